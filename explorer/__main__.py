@@ -1,0 +1,122 @@
+"""Command line: `python -m explorer models|info|prepare ...` over the same library as the app."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+from explorer import zoo
+from explorer.errors import LoadError
+
+
+def _quiet() -> None:
+    """Keep stdout for JSON and stderr for one-line messages: silence library chatter."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _models(args: argparse.Namespace) -> int:
+    rows = [
+        {"name": e.name, "family": e.family, "source": "embedded", "title": e.title, "package": e.package}
+        for e in zoo.ZOO.values()
+    ]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r, e in zip(rows, zoo.ZOO.values()):
+            default = "  (default)" if e.name == zoo.DEFAULT_MODEL else ""
+            print(f"{r['name']:<{width}}  {r['family']:<15} {e.summary}{default}")
+    return 0
+
+
+def _request(args: argparse.Namespace):
+    from explorer.loading import LoadRequest
+
+    return LoadRequest.parse(
+        args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+    )
+
+
+def _info(args: argparse.Namespace) -> int:
+    from explorer.loading import load_model
+
+    loaded = load_model(_request(args))
+    print(json.dumps(loaded.card.to_dict(), indent=2 if args.pretty else None))
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    """Converts the embedded GGUF models once, so that the app starts in seconds."""
+    from explorer import convert
+    from explorer.loading import LoadRequest, load_model
+
+    for name in args.names or list(zoo.ZOO):
+        item = zoo.entry(name)
+        key = f"{item.name}-{item.version}"
+        if not item.converts or convert.is_converted(key):
+            print(f"{name}: ready", file=sys.stderr)
+            continue
+        started = time.perf_counter()
+        last = [""]
+
+        def progress(stage: str, fraction: float, name: str = name) -> None:
+            if stage != last[0]:
+                print(f"{name}: {stage} ({fraction:.0%})", file=sys.stderr, flush=True)
+                last[0] = stage
+
+        load_model(LoadRequest("embedded", name), progress)
+        print(f"{name}: converted in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m explorer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the embedded models")
+    p.add_argument("--json", action="store_true", help="a JSON list of {name, family, source}")
+    p.set_defaults(run=_models)
+
+    p = sub.add_parser("info", help="load MODEL and print its architecture card as JSON")
+    p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
+    p.add_argument("--pretty", action="store_true", help="indent the JSON")
+    p.set_defaults(run=_info)
+
+    p = sub.add_parser("prepare", help="convert the embedded GGUF models once (make run does this)")
+    p.add_argument("names", nargs="*", help="embedded model names (default: all)")
+    p.set_defaults(run=_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet()
+    try:
+        return args.run(args)
+    except LoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line, no traceback, for any failure the library did not foresee
+        print(f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The Model page: the architecture card and the block diagram of the loaded model."""
+
+import streamlit as st
+
+from explorer import devices, session
+from explorer.figures import architecture_diagram
+
+loaded = session.current_model()
+if loaded is None:
+    st.title("Model")
+    st.info("No model is loaded. Pick one in the sidebar and press Load.")
+    st.stop()
+
+card = loaded.card
+st.title(card.name)
+st.caption(
+    f"{card.architecture} · {card.family} · loaded from {loaded.weights_from} in {loaded.load_seconds:.1f} s"
+)
+
+cols = st.columns(5)
+cols[0].metric("Parameters", f"{card.n_params / 1e6:,.1f} M")
+cols[1].metric("Layers", card.n_layers if card.family != "encoder-decoder" else f"{card.encoder_layers} + {card.decoder_layers}")
+cols[2].metric("Heads (q / kv)", f"{card.n_heads} / {card.n_kv_heads}")
+cols[3].metric("Hidden size", card.d_model)
+cols[4].metric("Memory", devices.human_bytes(card.memory_bytes))
+
+left, right = st.columns([2, 3])
+with left:
+    st.subheader("Architecture card")
+    rows = {
+        "Family": card.family,
+        "Architecture class": card.architecture,
+        "Model type": card.model_type,
+        "Parameters": f"{card.n_params:,}",
+        "Layers": str(card.n_layers),
+        "Encoder / decoder layers": f"{card.encoder_layers} / {card.decoder_layers}" if card.family == "encoder-decoder" else None,
+        "Attention": card.attention,
+        "Query heads": str(card.n_heads),
+        "Key/value heads": str(card.n_kv_heads),
+        "Head size": str(card.d_head),
+        "Hidden size (d_model)": str(card.d_model),
+        "Feed-forward size": str(card.d_ff) if card.d_ff else "?",
+        "Feed-forward": card.ffn,
+        "Activation": card.activation,
+        "Vocabulary": f"{card.vocab_size:,}",
+        "Context length": f"{card.context_length:,}" if card.context_length else "not fixed",
+        "Position encoding": card.position_encoding,
+        "Normalization": f"{card.norm}; {card.norm_placement}",
+        "Sliding window": f"{card.sliding_window} tokens" if card.sliding_window else None,
+        "Embeddings tied to LM head": "yes" if card.tied_embeddings else "no",
+        "Chat template": "yes" if card.chat_template else "no",
+        "dtype": card.dtype,
+        "Device": card.device,
+        "Memory (weights and buffers)": devices.human_bytes(card.memory_bytes),
+    }
+    shown = [{"Property": k, "Value": v} for k, v in rows.items() if v is not None]
+    st.table(shown, hide_index=True, border="horizontal")
+with right:
+    st.subheader("Block diagram")
+    st.plotly_chart(architecture_diagram(card), width="stretch", config={"displaylogo": False})
