@@ -1,0 +1,60 @@
+"""The shared registry and the command line."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from explorer import __main__ as cli
+from explorer import registry as registry_module
+from explorer.loading import LoadRequest, load_model
+from explorer.registry import ModelRegistry
+
+REQUIRED_INFO_KEYS = {
+    "name", "family", "architecture", "n_params", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_ff",
+    "vocab_size", "context_length", "position_encoding", "norm", "activation", "dtype", "device", "memory_bytes",
+}  # fmt: skip
+
+
+def test_concurrent_requests_share_one_load(tiny_dir, monkeypatch):
+    calls = []
+
+    def counting_load(request, progress=None):
+        calls.append(request)
+        return load_model(request, progress)
+
+    monkeypatch.setattr(registry_module, "load_model", counting_load)
+    reg = ModelRegistry()
+    request = LoadRequest("folder", str(tiny_dir("gpt2")))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(reg.load(request))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len({id(r) for r in results}) == 1 and len(results) == 4
+    assert reg.loaded() == [results[0]]
+    assert reg.unload(request) and reg.get(request) is None and not reg.unload(request)
+
+
+def test_models_json(capsys):
+    assert cli.main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} >= {"smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2"}
+    assert all({"name", "family", "source"} <= set(r) for r in rows)
+    assert {r["family"] for r in rows} >= {"encoder", "decoder"}
+
+
+def test_info_prints_the_card(tiny_dir, capsys):
+    assert cli.main(["info", str(tiny_dir("t5"))]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert REQUIRED_INFO_KEYS | {"encoder_layers", "decoder_layers"} <= set(card)
+    assert card["family"] == "encoder-decoder" and card["decoder_layers"] == 3
+
+
+def test_info_failure_is_one_line_and_nonzero(tmp_path, capsys):
+    assert cli.main(["info", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error: ")
