@@ -48,7 +48,7 @@ def _attention_text(card: ModelCard, causal: bool, heads: int | None = None) -> 
         lines.append("+ ALiBi bias")
     if card.sliding_window:
         n_sliding = sum(t == "sliding_attention" for t in card.layer_types) or card.n_layers
-        lines[-1 if len(lines) > 2 else 1] += f"; window {card.sliding_window} on {n_sliding} layers"
+        lines.append(f"sliding window {card.sliding_window} on {n_sliding} of {card.n_layers} layers")
     return "<br>".join(lines)
 
 
@@ -141,7 +141,7 @@ def _stack(
             c.arrow(resid_x, cy, xm - ADD_R, cy, color="#64748b")
             y = last_top = cy + ADD_R
         else:
-            h = BOX_H if item.kind != "norm" else BOX_H * 0.55
+            h = BOX_H * 0.55 if item.kind == "norm" else BOX_H + 0.16 * max(0, item.text.count("<br>") - 2)
             c.arrow(xm, last_top, xm, y + GAP * 0.6) if last_top < y + GAP * 0.6 - 1e-9 else None
             y += GAP * 0.6
             c.box(inner0, inner1, y, y + h, item.text, item.kind)
@@ -158,7 +158,7 @@ def _stack(
     c.fig.add_shape(
         type="line", x0=resid_x, x1=resid_x, y0=block_y0, y1=y, line=dict(color="#64748b", width=2)
     )
-    c.label(resid_x - 0.05, block_y0 + 0.1, "residual", size=10, anchor="right")
+    c.label(resid_x + 0.05, block_y0 + 0.12, "residual", size=10, anchor="left")
     c.label(x1 + 0.08, (block_y0 + y) / 2, f"<b>× {layers}</b>", size=16, anchor="left")
     c.label(xm, y + 0.18, f"<b>{title}</b>", size=13)
     y += 0.4

@@ -1,0 +1,97 @@
+"""The app in Streamlit's AppTest: the sidebar picker loads models and the Model page shows them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer import session
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    session.registry.clear()  # st.cache_resource is per process: each test starts with no model
+    yield
+    session.registry.clear()
+
+
+def run(at: AppTest) -> AppTest:
+    """Reruns the script. AppTest 1.67 drops every sidebar element on a rerun of an st.navigation
+    app that requests the page it finished on (reproduced with a two-line app); requesting the
+    default page, as a browser's rerun does for a one-page app, keeps them."""
+    at._finished_page_script_hash = ""
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def app() -> AppTest:
+    return run(AppTest.from_file(APP, default_timeout=120))
+
+
+def card_table(at: AppTest) -> dict[str, str]:
+    rows = at.table[0].value
+    return dict(zip(rows["Property"], rows["Value"]))
+
+
+def diagram(at: AppTest) -> dict:
+    charts = [e for e in at.get("plotly_chart")]
+    assert len(charts) == 1
+    return json.loads(charts[0].proto.spec)
+
+
+def load_folder(at: AppTest, folder) -> None:
+    at.radio(key=session.SOURCE).set_value("folder")
+    run(at)
+    at.text_input(key=session.FOLDER).set_value(str(folder))
+    at.sidebar.button[0].click()
+    run(at)
+
+
+def test_first_visit_shows_the_default_model():
+    at = app()
+    assert at.title[0].value == "smollm2-135m-instruct"
+    table = card_table(at)
+    assert table["Layers"] == "30" and table["Query heads"] == "9" and table["Key/value heads"] == "3"
+    assert table["Attention"].startswith("grouped-query")
+    spec = diagram(at)
+    texts = " ".join(a.get("text", "") for a in spec["layout"]["annotations"])
+    assert "× 30" in texts and "Masked self-attention" in texts and "RMSNorm" in texts
+    assert any("Loaded: smollm2-135m-instruct" in s.value for s in at.sidebar.success)
+
+
+def test_load_an_encoder_decoder_folder(tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("t5"))
+    table = card_table(at)
+    assert table["Family"] == "encoder-decoder"
+    assert table["Encoder / decoder layers"] == "2 / 3"
+    assert table["Position encoding"].startswith("relative position bias")
+    texts = " ".join(a.get("text", "") for a in diagram(at)["layout"]["annotations"])
+    assert "Cross-attention" in texts and "Encoder" in texts and "× 3" in texts
+
+
+def test_bad_folder_keeps_the_previous_model(tmp_path, tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("bert"))
+    assert card_table(at)["Family"] == "encoder"
+    load_folder(at, tmp_path)
+    assert "has no config.json" in at.sidebar.error[0].value
+    assert card_table(at)["Family"] == "encoder"  # still the BERT card
+    assert card_table(at)["Architecture class"] == "BertForMaskedLM"
+
+
+def test_unload_frees_the_model(tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("gpt2"))
+    assert len(session.registry().loaded()) == 2  # the default model and this one
+    unload = [b for b in at.sidebar.button if b.label == "Unload"][0]
+    unload.click()
+    run(at)
+    assert [m.card.name for m in session.registry().loaded()] == ["smollm2-135m-instruct"]
+    assert "No model is loaded" in at.info[0].value

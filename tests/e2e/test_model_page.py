@@ -1,0 +1,67 @@
+"""The Model page in a real browser: the default model on start, then Gemma loaded from the sidebar."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import screenshot, wait_for_app_run
+
+pytestmark = pytest.mark.e2e
+
+
+def card_value(page, prop: str) -> str:
+    cells = page.locator('[data-testid="stTable"] tr').filter(
+        has=page.locator("td, th", has_text=re.compile(f"^{re.escape(prop)}$"))
+    )
+    return cells.first.locator("td, th").last.inner_text().strip()
+
+
+def choose(page, sidebar, label: str, option: str, shows: str) -> None:
+    """Picks an option of a sidebar selectbox as a keyboard user does (type to filter, Enter) and waits
+    until the rerun has drawn `shows`. Seen here: a choice made in the seconds after a fresh server's
+    first model load is sometimes reverted by Streamlit; a person then chooses again, and so does this."""
+    for _ in range(3):
+        combobox = sidebar.get_by_role("combobox", name=label).last
+        combobox.click()
+        combobox.fill(option)
+        expect(page.get_by_role("option", name=option)).to_have_count(1)
+        page.keyboard.press("Enter")
+        try:
+            expect(sidebar.get_by_text(shows)).to_be_visible(timeout=5_000)
+            break
+        except AssertionError:
+            continue
+    expect(sidebar.get_by_role("combobox", name=label)).to_have_value(option)
+    wait_for_app_run(page)
+
+
+def test_start_on_smollm2_then_load_gemma(page, app_url):
+    page.goto(app_url)
+    wait_for_app_run(page)
+    expect(page.get_by_role("heading", name="smollm2-135m-instruct")).to_be_visible(timeout=120_000)
+    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(1)
+
+    sidebar = page.get_by_test_id("stSidebar")
+    choose(page, sidebar, "Embedded model", "Gemma 3 270M (base) · decoder", shows="Gemma 3 decoder, 18 layers")
+    sidebar.get_by_role("button", name="Load", exact=True).click()
+    expect(page.get_by_role("heading", name="gemma-3-270m")).to_be_visible(timeout=300_000)
+    wait_for_app_run(page)
+
+    assert card_value(page, "Architecture class") == "Gemma3ForCausalLM"
+    assert card_value(page, "Layers") == "18"
+    assert card_value(page, "Query heads") == "4"
+    assert card_value(page, "Key/value heads") == "1"
+    assert card_value(page, "Sliding window") == "512 tokens"
+    assert card_value(page, "Attention").startswith("multi-query")
+    chart = page.get_by_test_id("stPlotlyChart")
+    expect(chart.locator(".main-svg").first).to_be_visible()
+    texts = chart.locator("text").all_text_contents()
+    joined = " ".join(texts)
+    assert "Gemma3ForCausalLM: decoder, 18 layers" in joined
+    assert "× 18" in joined and "sliding attention (window 512)" in joined
+    expect(sidebar.get_by_text("Loaded: gemma-3-270m (embedded)")).to_be_visible()
+    screenshot(page, "model_page_gemma")
+    assert page.dialogs == []
