@@ -4,6 +4,7 @@ Page config, the shared sidebar with the model picker, and the page list.
 """
 
 import streamlit as st
+import torch
 
 from explorer import devices, session, zoo
 from explorer.loading import LoadRequest
@@ -23,6 +24,12 @@ DEVICE_LABELS = {
     "mps": "mps (Apple GPU)",
     devices.MULTI_GPU: "all GPUs, then CPU (device_map=auto)",
 }
+
+
+def device_choices() -> list[str]:
+    gpus = torch.cuda.device_count()
+    extra = [f"cuda:{i}" for i in range(gpus)] if gpus > 1 else []
+    return list(DEVICE_LABELS) + extra
 
 
 def model_picker() -> None:
@@ -50,7 +57,9 @@ def model_picker() -> None:
         st.sidebar.caption("Converted once to float32 safetensors and cached; later loads take seconds.")
 
     with st.sidebar.expander("Device, dtype, remote code"):
-        device = st.selectbox("Device", list(DEVICE_LABELS), format_func=DEVICE_LABELS.get, key=session.DEVICE)
+        device = st.selectbox(
+            "Device", device_choices(), format_func=lambda d: DEVICE_LABELS.get(d, d), key=session.DEVICE
+        )
         dtype = st.selectbox("dtype", list(devices.DTYPE_CHOICES), key=session.DTYPE)
         remote = st.checkbox(
             "Run code from the checkpoint (trust_remote_code)",

@@ -338,7 +338,7 @@ def _load_weights(where, config, family, device, dtype, request: LoadRequest, hu
         kwargs["device_map"] = device
     try:
         return cls.from_pretrained(where, **kwargs)
-    except torch.OutOfMemoryError as err:
+    except (torch.OutOfMemoryError, MemoryError) as err:
         raise LoadError(f"{request.label} does not fit in the memory of {device}: {_first_line(err)}") from err
     except LoadError:
         raise

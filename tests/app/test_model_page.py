@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,32 @@ def test_unload_frees_the_model(tiny_dir):
     run(at)
     assert [m.card.name for m in session.registry().loaded()] == ["smollm2-135m-instruct"]
     assert "No model is loaded" in at.info[0].value
+
+
+def test_offline_hub_id_gets_a_message_quickly(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    at = app()
+    at.radio(key=session.SOURCE).set_value("hub")
+    run(at)
+    at.text_input(key=session.HUB_ID).set_value("someone/not-a-cached-model")
+    at.sidebar.button[0].click()
+    started = time.perf_counter()
+    run(at)
+    assert time.perf_counter() - started < 3.0
+    assert "cannot be reached" in at.sidebar.error[0].value
+    assert at.title[0].value == "smollm2-135m-instruct"  # the page still shows the model it had
+
+
+def test_cuda_without_cuda_is_refused_in_the_sidebar(tiny_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    at = app()
+    at.selectbox(key=session.DEVICE).set_value("cuda")
+    run(at)
+    at.sidebar.button[0].click()
+    run(at)
+    assert "sees no CUDA GPU" in at.sidebar.error[0].value
