@@ -142,8 +142,8 @@ def _stack(
             y = last_top = cy + ADD_R
         else:
             h = BOX_H * 0.55 if item.kind == "norm" else BOX_H + 0.16 * max(0, item.text.count("<br>") - 2)
-            c.arrow(xm, last_top, xm, y + GAP * 0.6) if last_top < y + GAP * 0.6 - 1e-9 else None
             y += GAP * 0.6
+            c.arrow(xm, last_top, xm, y)
             c.box(inner0, inner1, y, y + h, item.text, item.kind)
             if item.kind == "cross":
                 cross_y = y + h / 2
