@@ -84,5 +84,8 @@ def model_picker() -> None:
 
 
 model_picker()
-page = st.navigation([st.Page("pages/model.py", title="Model", icon="🧱", default=True)])
+# The pages live in views/, not pages/: with a pages/ folder beside app.py, Streamlit 1.67 runs a
+# session's first script run as a pages-folder app and resets every sidebar widget on the user's first
+# interaction after it (their first choice of model was lost; seen in Chromium).
+page = st.navigation([st.Page("views/model.py", title="Model", icon="🧱", default=True)])
 page.run()

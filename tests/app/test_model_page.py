@@ -22,10 +22,6 @@ def fresh_registry():
 
 
 def run(at: AppTest) -> AppTest:
-    """Reruns the script. AppTest 1.67 drops every sidebar element on a rerun of an st.navigation
-    app that requests the page it finished on (reproduced with a two-line app); requesting the
-    default page, as a browser's rerun does for a one-page app, keeps them."""
-    at._finished_page_script_hash = ""
     at.run()
     assert not at.exception, at.exception
     return at
