@@ -19,6 +19,8 @@ COLORS = {
     "block": "rgba(148,163,184,0.12)",
 }
 INK = "#0f172a"
+PX_PER_UNIT = 62
+LINE_H = 0.26  # one 12 px line of text, in data units
 BOX_H = 0.62
 GAP = 0.3
 ADD_R = 0.16
@@ -62,7 +64,7 @@ def _block_items(card: ModelCard, causal: bool, cross: bool) -> list[_Item]:
     norm = _Item("norm", _short_norm(card))
     subs = [_Item("attn", _attention_text(card, causal))]
     if cross:
-        subs.append(_Item("cross", "<b>Cross-attention</b><br>queries: decoder, keys/values: encoder"))
+        subs.append(_Item("cross", "<b>Cross-attention</b><br>q from decoder, k/v from encoder"))
     subs.append(_Item("ffn", _ffn_text(card)))
     items: list[_Item] = []
     placement = card.norm_placement
@@ -141,7 +143,8 @@ def _stack(
             c.arrow(resid_x, cy, xm - ADD_R, cy, color="#64748b")
             y = last_top = cy + ADD_R
         else:
-            h = BOX_H * 0.55 if item.kind == "norm" else BOX_H + 0.16 * max(0, item.text.count("<br>") - 2)
+            lines = item.text.count("<br>") + 1
+            h = BOX_H * 0.55 if item.kind == "norm" else max(BOX_H, LINE_H * lines + 0.1)
             y += GAP * 0.6
             c.arrow(xm, last_top, xm, y)
             c.box(inner0, inner1, y, y + h, item.text, item.kind)
@@ -175,7 +178,11 @@ def _stack(
 
 def _head_text(card: ModelCard) -> str:
     if card.family == "encoder":
-        return f"<b>{card.architecture}</b><br>one {card.d_model}-wide vector per token"
+        if card.architecture.endswith("ForMaskedLM"):
+            return f"<b>Masked-LM head</b><br>{card.d_model} → {card.vocab_size:,} logits per token"
+        if card.architecture.endswith("Model"):
+            return f"<b>Hidden states</b><br>one {card.d_model}-wide vector per token"
+        return f"<b>{card.architecture} head</b><br>on {card.d_model}-wide token vectors"
     tied = " (tied to the embedding)" if card.tied_embeddings else ""
     return f"<b>LM head{tied}</b><br>{card.d_model} → {card.vocab_size:,} logits: next-token probabilities"
 
@@ -212,11 +219,17 @@ def architecture_diagram(card: ModelCard) -> go.Figure:
             width = _layer_strip(c, card, 6.3, top)
         top += 0.3
     fig = c.fig
-    fig.update_xaxes(visible=False, range=[-0.9, width], fixedrange=True)
-    fig.update_yaxes(visible=False, range=[-0.2, top], fixedrange=True, scaleanchor="x", scaleratio=1)
+    # A fixed size in pixels (PX_PER_UNIT per data unit on both axes): the text is sized in pixels, so
+    # a figure stretched or squeezed to its container would spill text out of the boxes.
+    x0, y0 = -0.9, -0.2
+    fig.update_xaxes(visible=False, range=[x0, width], fixedrange=True)
+    fig.update_yaxes(visible=False, range=[y0, top], fixedrange=True)
+    margin = dict(l=10, r=10, t=50, b=10)
     fig.update_layout(
         title=dict(text=f"{card.architecture}: {card.family}, {card.n_layers} layers", x=0.02),
-        height=int(min(1400, 70 * top + 80)), margin=dict(l=10, r=10, t=50, b=10),
+        width=int(PX_PER_UNIT * (width - x0)) + margin["l"] + margin["r"],
+        height=int(PX_PER_UNIT * (top - y0)) + margin["t"] + margin["b"],
+        margin=margin,
         plot_bgcolor="white", showlegend=False,
     )  # fmt: skip
     return fig

@@ -18,7 +18,7 @@ st.caption(
 )
 
 cols = st.columns(5)
-cols[0].metric("Parameters", f"{card.n_params / 1e6:,.1f} M")
+cols[0].metric("Parameters", devices.human_count(card.n_params))
 cols[1].metric("Layers", card.n_layers if card.family != "encoder-decoder" else f"{card.encoder_layers} + {card.decoder_layers}")
 cols[2].metric("Heads (q / kv)", f"{card.n_heads} / {card.n_kv_heads}")
 cols[3].metric("Hidden size", card.d_model)
@@ -57,4 +57,4 @@ with left:
     st.table(shown, hide_index=True, border="horizontal")
 with right:
     st.subheader("Block diagram")
-    st.plotly_chart(architecture_diagram(card), width="stretch", config={"displaylogo": False})
+    st.plotly_chart(architecture_diagram(card), width="content", config={"displaylogo": False})
