@@ -78,9 +78,15 @@ def model_picker() -> None:
     current = session.current_request()
     if current is not None:
         st.sidebar.success(f"Loaded: {current.label} ({current.source})")
-        if st.sidebar.button("Unload", help="Frees its memory for every user of this server."):
-            session.unload(current)
-            st.rerun()
+    loaded = session.registry().loaded()
+    if loaded:
+        total = devices.human_bytes(sum(m.card.memory_bytes for m in loaded))
+        with st.sidebar.expander(f"Models in memory on this server: {len(loaded)}, {total}"):
+            for i, item in enumerate(loaded):
+                st.caption(f"{item.card.name} · {item.card.device} · {devices.human_bytes(item.card.memory_bytes)}")
+                if st.button("Unload", key=f"unload-{i}", help="Frees its memory for every user of this server."):
+                    session.unload(item.request)
+                    st.rerun()
 
 
 model_picker()

@@ -264,3 +264,42 @@ def _norm_placement(config, modules: dict, family: str) -> str:
     if config.model_type in POST_NORM_TYPES:
         return "post-norm (after each residual add)"
     return "pre-norm (before each sub-layer)"
+
+
+ATTENTION_PARTS = {"attn", "attention", "self_attn", "selfattention", "self", "mixer"}
+CROSS_PARTS = {"encdecattention", "encoder_attn", "crossattention", "cross_attn"}
+FFN_PARTS = {"mlp", "ffn", "feed_forward", "densereludense", "intermediate", "fc1", "fc2", "block_sparse_moe", "experts"}
+HEAD_PARTS = {"lm_head", "cls", "classifier", "qa_outputs", "pooler", "score", "head"}
+PARAM_GROUPS = ("embeddings", "attention", "cross-attention", "feed-forward", "normalization", "output head", "other")
+
+
+def parameter_groups(model) -> dict[str, int]:
+    """Parameter counts by what they do, from the module tree (tied weights counted once, where they
+    are first defined: a tied LM head counts as embeddings). Sums to the model's parameter count."""
+    import torch.nn as nn
+
+    groups = dict.fromkeys(PARAM_GROUPS, 0)
+    seen: set[int] = set()
+    for path, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        if not own:
+            continue
+        seen.update(id(p) for p in own)
+        parts = [p.lower() for p in path.split(".") if not p.isdigit()]
+        kind = type(module).__name__
+        if parts and parts[0] in HEAD_PARTS:
+            group = "output head"
+        elif "Norm" in kind:
+            group = "normalization"
+        elif CROSS_PARTS & set(parts):
+            group = "cross-attention"
+        elif ATTENTION_PARTS & set(parts):  # includes T5's relative position bias table
+            group = "attention"
+        elif isinstance(module, nn.Embedding) or "embed" in kind.lower():
+            group = "embeddings"
+        elif FFN_PARTS & set(parts) or (len(parts) >= 2 and parts[-2] == "output"):  # BERT: layer.N.output.dense
+            group = "feed-forward"
+        else:
+            group = "other"
+        groups[group] += sum(p.numel() for p in own)
+    return {k: v for k, v in groups.items() if v}

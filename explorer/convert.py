@@ -15,12 +15,14 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from explorer.errors import LoadError
 
 Progress = Callable[[str, float], None]
 GGUF_MAGIC = b"GGUF"
+SEQ2SEQ_GGUF = {"t5", "umt5"}
 DONE_MARK = "converted.json"
 
 
@@ -49,12 +51,23 @@ def check_gguf(path: Path) -> None:
         raise LoadError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes).")
 
 
-def gguf_float32_bytes(path: Path) -> int:
-    """Bytes the GGUF's tensors take once dequantized to float32 (read from its header, no load)."""
+@dataclass(frozen=True)
+class GGUFSummary:
+    architecture: str  # general.architecture, e.g. llama, gemma3, t5
+    float32_bytes: int  # what its tensors take once dequantized to float32
+
+
+def read_gguf(path: Path) -> GGUFSummary:
+    """Reads the GGUF header (memory-mapped, no tensor is dequantized)."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
-    return sum(int(t.n_elements) * 4 for t in reader.tensors)
+    try:
+        reader = GGUFReader(str(path))
+        field = reader.fields["general.architecture"]
+        arch = bytes(field.parts[field.data[0]]).decode()
+    except (KeyError, ValueError, IndexError) as err:
+        raise LoadError(f"{path.name} is not a readable GGUF file: {_first_line(err)}") from err
+    return GGUFSummary(arch, sum(int(t.n_elements) * 4 for t in reader.tensors))
 
 
 @contextmanager
@@ -77,15 +90,11 @@ def is_converted(key: str) -> bool:
     return (converted_path(key) / DONE_MARK).exists()
 
 
-def convert_gguf(
-    gguf: Path | Callable[[], Path],
-    key: str,
-    progress: Progress | None = None,
-) -> Path:
+def convert_gguf(gguf: Path, key: str, architecture: str, progress: Progress | None = None) -> Path:
     """Returns a folder with the GGUF's model and tokenizer as float32 safetensors.
 
-    `gguf` may be a callable that produces the file (the embedded Gemma is assembled from chunks
-    only when a conversion is needed). A finished conversion is found again by `key`.
+    `architecture` is the file's general.architecture (see `read_gguf`). A finished conversion is
+    found again by `key`.
     """
     progress = progress or (lambda stage, frac: None)
     target = converted_path(key)
@@ -94,15 +103,12 @@ def convert_gguf(
     with _file_lock(cache_dir() / "locks" / f"{key}.lock"):
         if is_converted(key):  # another process finished it while this one waited
             return target
-        if callable(gguf):
-            progress("assemble GGUF", 0.02)
-            gguf = gguf()
         check_gguf(gguf)
         tmp = target.with_name(f"{key}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         started = time.perf_counter()
         try:
-            model, tokenizer = _load_gguf(gguf, progress)
+            model, tokenizer = _load_gguf(gguf, architecture, progress)
             progress("convert: save safetensors", 0.85)
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
@@ -122,18 +128,23 @@ def convert_gguf(
     return target
 
 
-def _load_gguf(path: Path, progress: Progress):
+def _load_gguf(path: Path, architecture: str, progress: Progress):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
+    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
+        known = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+        raise LoadError(
+            f"transformers cannot load the GGUF file {path.name}: its architecture {architecture!r} is "
+            f"not one it reads from GGUF ({known})."
+        )
     folder, name = str(path.parent), path.name
     try:
-        progress("convert: read GGUF config", 0.05)
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
         progress("convert: tokenizer from GGUF", 0.1)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         progress("convert: dequantize weights", 0.4)
-        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        auto = AutoModelForSeq2SeqLM if architecture in SEQ2SEQ_GGUF else AutoModelForCausalLM
         model = auto.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (ValueError, KeyError, NotImplementedError, OSError, RuntimeError) as err:
         raise LoadError(f"transformers cannot load the GGUF file {path.name}: {_first_line(err)}") from err

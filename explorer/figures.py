@@ -258,3 +258,22 @@ def _layer_strip(c: _Canvas, card: ModelCard, x: float, top: float) -> float:
     c.label(x, ys[0] - 0.35, "layer 0", size=10)
     c.label(x, ys[-1] + size + 0.05, f"layer {n - 1}", size=10)
     return x + 3.6
+
+
+def parameter_chart(groups: dict[str, int]) -> go.Figure:
+    """Horizontal bars: parameters per group, with counts and shares on hover and as labels."""
+    total = sum(groups.values())
+    names = list(groups)[::-1]
+    counts = [groups[n] for n in names]
+    fig = go.Figure(
+        go.Bar(
+            x=counts, y=names, orientation="h", marker_color="#6366f1",
+            text=[f"{c:,} ({c / total:.1%})" for c in counts], textposition="auto",
+            hovertemplate="%{y}: %{x:,} parameters<extra></extra>",
+        )  # fmt: skip
+    )
+    fig.update_layout(
+        title=dict(text=f"Where the {total:,} parameters are", x=0.02), height=60 + 34 * len(names),
+        margin=dict(l=10, r=10, t=40, b=10), xaxis=dict(title="parameters"), plot_bgcolor="white",
+    )  # fmt: skip
+    return fig

@@ -127,12 +127,11 @@ def _resolve_weights(request: LoadRequest, progress: Progress, free: int) -> tup
         key = f"{item.name}-{item.version}"
         if convert.is_converted(key):
             return str(convert.converted_path(key)), {}
-        progress(f"locate {item.name}", 0.01)
+        progress(f"locate {item.name}" + (" (assemble the GGUF)" if item.converts else ""), 0.01)
         kind, path = item.locate(item, convert.cache_dir())
         if kind == "folder":
             return str(path), {}
-        _check_gguf_fits(path, free)
-        folder = convert.convert_gguf(path, key, progress)
+        folder = convert.convert_gguf(path, key, _gguf_architecture(path, free, progress), progress)
         if convert.cache_dir() in path.parents:  # assembled from chunks for this conversion only
             path.unlink(missing_ok=True)
         return str(folder), {}
@@ -140,9 +139,9 @@ def _resolve_weights(request: LoadRequest, progress: Progress, free: int) -> tup
         path = Path(request.ref).expanduser()
         convert.check_gguf(path)
         key = convert.file_key(path)
-        if not convert.is_converted(key):
-            _check_gguf_fits(path, free)
-        return str(convert.convert_gguf(path, key, progress)), {}
+        if convert.is_converted(key):
+            return str(convert.converted_path(key)), {}
+        return str(convert.convert_gguf(path, key, _gguf_architecture(path, free, progress), progress)), {}
     if request.source == "folder":
         path = Path(request.ref).expanduser()
         check_checkpoint_folder(path)
@@ -150,13 +149,17 @@ def _resolve_weights(request: LoadRequest, progress: Progress, free: int) -> tup
     return request.ref.strip(), _hub_kwargs(request.ref.strip(), request.trust_remote_code)
 
 
-def _check_gguf_fits(path: Path, free: int) -> None:
-    need = convert.gguf_float32_bytes(path) * GGUF_PEAK_FACTOR
+def _gguf_architecture(path: Path, free: int, progress: Progress) -> str:
+    """Reads the GGUF header; refuses a file whose conversion would not fit in memory."""
+    progress("read GGUF header", 0.03)
+    summary = convert.read_gguf(path)
+    need = summary.float32_bytes * GGUF_PEAK_FACTOR
     if need > free:
         raise LoadError(
             f"Converting {path.name} needs about {devices.human_bytes(need)} of memory (the weights "
             f"dequantized to float32, held about 3 times at the peak); {devices.human_bytes(free)} is free."
         )
+    return summary.architecture
 
 
 def check_checkpoint_folder(path: Path) -> None:

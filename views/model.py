@@ -3,7 +3,8 @@
 import streamlit as st
 
 from explorer import devices, session
-from explorer.figures import architecture_diagram
+from explorer.card import parameter_groups
+from explorer.figures import architecture_diagram, parameter_chart
 
 loaded = session.current_model()
 if loaded is None:
@@ -55,6 +56,7 @@ with left:
     }
     shown = [{"Property": k, "Value": v} for k, v in rows.items() if v is not None]
     st.table(shown, hide_index=True, border="horizontal")
+    st.plotly_chart(parameter_chart(parameter_groups(loaded.model)), config={"displaylogo": False})
 with right:
     st.subheader("Block diagram")
     st.plotly_chart(architecture_diagram(card), width="content", config={"displaylogo": False})

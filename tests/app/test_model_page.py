@@ -36,10 +36,25 @@ def card_table(at: AppTest) -> dict[str, str]:
     return dict(zip(rows["Property"], rows["Value"]))
 
 
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
 def diagram(at: AppTest) -> dict:
-    charts = [e for e in at.get("plotly_chart")]
-    assert len(charts) == 1
-    return json.loads(charts[0].proto.spec)
+    found = [c for c in charts(at) if "layers" in c["layout"]["title"]["text"]]
+    assert len(found) == 1
+    return found[0]
+
+
+def _numbers(x) -> list[int]:
+    """Plotly sends numeric arrays as base64 typed arrays ({"dtype", "bdata"}) or as lists."""
+    if isinstance(x, dict):
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"]).tolist()
+    return list(x)
 
 
 def load_folder(at: AppTest, folder) -> None:
@@ -60,6 +75,10 @@ def test_first_visit_shows_the_default_model():
     texts = " ".join(a.get("text", "") for a in spec["layout"]["annotations"])
     assert "× 30" in texts and "Masked self-attention" in texts and "RMSNorm" in texts
     assert any("Loaded: smollm2-135m-instruct" in s.value for s in at.sidebar.success)
+    bars = [c for c in charts(at) if c["layout"]["title"]["text"].startswith("Where the")][0]["data"][0]
+    assert bars["type"] == "bar"
+    groups = dict(zip(bars["y"], _numbers(bars["x"])))
+    assert sum(groups.values()) == 134_515_008 and groups["embeddings"] == 49152 * 576  # tied LM head
 
 
 def test_load_an_encoder_decoder_folder(tiny_dir):
@@ -87,8 +106,9 @@ def test_unload_frees_the_model(tiny_dir):
     at = app()
     load_folder(at, tiny_dir("gpt2"))
     assert len(session.registry().loaded()) == 2  # the default model and this one
-    unload = [b for b in at.sidebar.button if b.label == "Unload"][0]
-    unload.click()
+    unload = [b for b in at.sidebar.button if b.label == "Unload"]
+    assert len(unload) == 2  # one per model in memory
+    unload[1].click()
     run(at)
     assert [m.card.name for m in session.registry().loaded()] == ["smollm2-135m-instruct"]
     assert "No model is loaded" in at.info[0].value

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers as tf
 
-from explorer.card import detect_family
+from explorer.card import detect_family, parameter_groups
 from explorer.loading import LoadRequest, estimate_bytes, load_model
 from tests.conftest import FAMILIES, MODEL_CLASSES, VOCAB, tiny_config
 
@@ -111,3 +111,22 @@ def test_request_parse(tmp_path):
     assert LoadRequest.parse("google-t5/t5-small").source == "hub"
     assert LoadRequest.parse(str(tmp_path)).source == "folder"
     assert LoadRequest.parse("/x/model.Q4.gguf").source == "gguf"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_parameter_groups_add_up(kind, loaded):
+    lm = loaded(kind)
+    groups = parameter_groups(lm.model)
+    assert sum(groups.values()) == lm.card.n_params
+    assert all(v > 0 for v in groups.values())
+    assert ("cross-attention" in groups) == (FAMILIES[kind] == "encoder-decoder")
+
+
+def test_parameter_groups_match_hand_counts(loaded):
+    d, kv, ff, layers = 32, 2 * 8, 48, 2  # tiny Llama: 4 query heads of 8, 2 key/value heads, no biases
+    groups = parameter_groups(loaded("llama").model)
+    assert groups["attention"] == layers * (d * d + 2 * d * kv + d * d)
+    assert groups["feed-forward"] == layers * 3 * d * ff
+    assert groups["normalization"] == (2 * layers + 1) * d
+    t5 = parameter_groups(loaded("t5").model)
+    assert t5["cross-attention"] == 3 * 4 * d * d  # 3 decoder layers, q k v o of 32 x 32
