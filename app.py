@@ -7,6 +7,7 @@ import streamlit as st
 import torch
 
 from explorer import devices, session, zoo
+from explorer.display import md
 from explorer.loading import LoadRequest
 
 st.set_page_config(page_title="Transformer Explorer", page_icon="🔎", layout="wide")
@@ -74,17 +75,17 @@ def model_picker() -> None:
     session.current_model()  # a first visit loads the default model, with progress
     error = st.session_state.get(session.LOAD_ERROR)
     if error:
-        st.sidebar.error(error)
+        st.sidebar.error(md(error))
     current = session.current_request()
     if current is not None:
-        st.sidebar.success(f"Loaded: {current.label} ({current.source})")
+        st.sidebar.success(f"Loaded: {md(current.label)} ({current.source})")
     loaded = session.registry().loaded()
     if loaded:
         total = devices.human_bytes(sum(m.card.memory_bytes for m in loaded))
         with st.sidebar.expander(f"Models in memory on this server: {len(loaded)}, {total}"):
-            for i, item in enumerate(loaded):
-                st.caption(f"{item.card.name} · {item.card.device} · {devices.human_bytes(item.card.memory_bytes)}")
-                if st.button("Unload", key=f"unload-{i}", help="Frees its memory for every user of this server."):
+            for item in loaded:
+                st.caption(f"{md(item.card.name)} · {item.card.device} · {devices.human_bytes(item.card.memory_bytes)}")
+                if st.button("Unload", key=f"unload-{hash(item.request)}", help="Frees its memory for every user of this server."):
                     session.unload(item.request)
                     st.rerun()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer import zoo
+from explorer.display import md
 from explorer.errors import LoadError
 from explorer.loading import LoadedModel, LoadRequest
 from explorer.registry import ModelRegistry
@@ -45,13 +46,13 @@ def load(request: LoadRequest) -> LoadedModel | None:
         st.session_state[REQUEST] = request
         st.session_state.pop(LOAD_ERROR, None)
         return found
-    bar = st.progress(0.0, text=f"Loading {request.label} …")
+    bar = st.progress(0.0, text=f"Loading {md(request.label)} …")
 
     def progress(stage: str, fraction: float) -> None:
-        bar.progress(min(max(fraction, 0.0), 1.0), text=f"Loading {request.label}: {stage}")
+        bar.progress(min(max(fraction, 0.0), 1.0), text=f"Loading {md(request.label)}: {md(stage)}")
 
     try:
-        with st.spinner(f"Loading {request.label} (the first load of a GGUF model converts it once) …"):
+        with st.spinner(f"Loading {md(request.label)} (the first load of a GGUF model converts it once) …"):
             loaded = registry().load(request, progress)
     except LoadError as err:
         st.session_state[LOAD_ERROR] = str(err)

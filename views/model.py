@@ -3,6 +3,7 @@
 import streamlit as st
 
 from explorer import devices, session
+from explorer.display import md
 from explorer.card import parameter_groups
 from explorer.figures import architecture_diagram, parameter_chart
 
@@ -13,9 +14,9 @@ if loaded is None:
     st.stop()
 
 card = loaded.card
-st.title(card.name)
+st.title(md(card.name))
 st.caption(
-    f"{card.architecture} · {card.family} · loaded from {loaded.weights_from} in {loaded.load_seconds:.1f} s"
+    f"{card.architecture} · {card.family} · loaded from {md(loaded.weights_from)} in {loaded.load_seconds:.1f} s"
 )
 
 cols = st.columns(5)
@@ -54,7 +55,7 @@ with left:
         "Device": card.device,
         "Memory (weights and buffers)": devices.human_bytes(card.memory_bytes),
     }
-    shown = [{"Property": k, "Value": v} for k, v in rows.items() if v is not None]
+    shown = [{"Property": k, "Value": md(v)} for k, v in rows.items() if v is not None]
     st.table(shown, hide_index=True, border="horizontal")
     st.plotly_chart(parameter_chart(parameter_groups(loaded.model)), config={"displaylogo": False})
 with right:

@@ -36,7 +36,7 @@ def test_start_on_smollm2_then_load_gemma(page, app_url):
     page.goto(app_url)
     wait_for_app_run(page)
     expect(page.get_by_role("heading", name="smollm2-135m-instruct")).to_be_visible(timeout=120_000)
-    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(1)
+    expect(page.get_by_test_id("stPlotlyChart")).to_have_count(2)  # parameters and block diagram
     assert card_value(page, "Key/value heads") == "3"
 
     sidebar = page.get_by_test_id("stSidebar")
@@ -51,7 +51,7 @@ def test_start_on_smollm2_then_load_gemma(page, app_url):
     assert card_value(page, "Key/value heads") == "1"
     assert card_value(page, "Sliding window") == "512 tokens"
     assert card_value(page, "Attention").startswith("multi-query")
-    chart = page.get_by_test_id("stPlotlyChart")
+    chart = page.get_by_test_id("stPlotlyChart").last
     expect(chart.locator(".main-svg").first).to_be_visible()
     texts = chart.locator("text").all_text_contents()
     joined = " ".join(texts)
@@ -59,4 +59,30 @@ def test_start_on_smollm2_then_load_gemma(page, app_url):
     assert "× 18" in joined and "sliding attention (window 512)" in joined
     expect(sidebar.get_by_text("Loaded: gemma-3-270m (embedded)")).to_be_visible()
     screenshot(page, "model_page_gemma")
+    assert page.dialogs == []
+
+
+HOSTILE = "**bold** :red[x] <img src=x onerror=alert(1)>"
+
+
+def test_hostile_folder_name_shows_as_text(page, app_url, tmp_path):
+    from tests.conftest import save_tiny
+
+    folder = save_tiny("gpt2", tmp_path / HOSTILE)
+    page.goto(app_url)
+    wait_for_app_run(page)
+    expect(page.get_by_test_id("stPlotlyChart").first).to_be_visible(timeout=120_000)
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_text("Local folder").click()
+    box = sidebar.get_by_role("textbox", name="Folder")
+    expect(box).to_be_visible()
+    box.fill(str(folder))
+    box.press("Enter")
+    wait_for_app_run(page)
+    sidebar.get_by_role("button", name="Load", exact=True).click()
+    heading = page.get_by_role("heading", level=1)
+    expect(heading).to_have_text(HOSTILE, timeout=60_000)
+    expect(sidebar.get_by_text(f"Loaded: {HOSTILE} (folder)")).to_be_visible()
+    assert page.locator("img[src=x]").count() == 0
+    screenshot(page, "model_page_hostile_name")
     assert page.dialogs == []
