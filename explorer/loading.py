@@ -241,7 +241,16 @@ def _hub_kwargs(repo_id: str, trust_remote_code: bool) -> dict:
 
 
 def _probe_hub(repo_id: str, endpoint: str) -> str:
-    """'ok', 'missing' or 'offline', within HUB_PROBE_TIMEOUT_S."""
+    """'ok', 'missing' or 'offline', within HUB_PROBE_TIMEOUT_S. The request runs in a thread because
+    urllib's timeout does not bound the name lookup, which can hang on a half-configured network."""
+    answer: list[str] = []
+    worker = threading.Thread(target=lambda: answer.append(_ask_hub(repo_id, endpoint)), daemon=True)
+    worker.start()
+    worker.join(HUB_PROBE_TIMEOUT_S + 0.2)
+    return answer[0] if answer else "offline"
+
+
+def _ask_hub(repo_id: str, endpoint: str) -> str:
     from huggingface_hub import get_token
 
     req = urllib.request.Request(f"{endpoint.rstrip('/')}/api/models/{repo_id}", method="GET")

@@ -14,6 +14,7 @@ from explorer.registry import ModelRegistry
 # st.session_state keys (per browser session)
 REQUEST = "model_request"  # the LoadRequest this user has loaded
 LOAD_ERROR = "model_load_error"  # the message of this user's last failed load
+PENDING = "model_pending"  # a LoadRequest this user is waiting for (survives reruns)
 SOURCE = "picker_source"
 EMBEDDED = "picker_embedded"
 HUB_ID = "picker_hub_id"
@@ -45,7 +46,10 @@ def load(request: LoadRequest) -> LoadedModel | None:
     if found is not None:
         st.session_state[REQUEST] = request
         st.session_state.pop(LOAD_ERROR, None)
+        st.session_state.pop(PENDING, None)
         return found
+    # Kept until the load ends: a rerun that interrupts the wait resumes it (the load itself goes on).
+    st.session_state[PENDING] = request
     bar = st.progress(0.0, text=f"Loading {md(request.label)} …")
 
     def progress(stage: str, fraction: float) -> None:
@@ -56,9 +60,11 @@ def load(request: LoadRequest) -> LoadedModel | None:
             loaded = registry().load(request, progress)
     except LoadError as err:
         st.session_state[LOAD_ERROR] = str(err)
+        st.session_state.pop(PENDING, None)
         return None
     finally:
         bar.empty()
+    st.session_state.pop(PENDING, None)
     st.session_state[REQUEST] = request
     st.session_state.pop(LOAD_ERROR, None)
     return loaded
@@ -66,6 +72,11 @@ def load(request: LoadRequest) -> LoadedModel | None:
 
 def current_model() -> LoadedModel | None:
     """This user's model; loads the default embedded model on a first visit."""
+    pending = st.session_state.get(PENDING)
+    if pending is not None:
+        resumed = load(pending)
+        if resumed is not None:
+            return resumed
     if REQUEST not in st.session_state:  # first visit
         return None if LOAD_ERROR in st.session_state else load(default_request())
     request = st.session_state[REQUEST]

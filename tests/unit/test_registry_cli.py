@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+
+import pytest
 
 from explorer import __main__ as cli
 from explorer import registry as registry_module
+from explorer.errors import LoadError
 from explorer.loading import LoadRequest, load_model
 from explorer.registry import ModelRegistry
 
@@ -36,6 +40,43 @@ def test_concurrent_requests_share_one_load(tiny_dir, monkeypatch):
     assert len({id(r) for r in results}) == 1 and len(results) == 4
     assert reg.loaded() == [results[0]]
     assert reg.unload(request) and reg.get(request) is None and not reg.unload(request)
+
+
+def test_an_interrupted_wait_does_not_stop_the_load(tiny_dir, monkeypatch):
+    """A Streamlit rerun raises inside the waiting script's progress callback; the load goes on."""
+    calls = []
+
+    def slow_load(request, progress=None):
+        calls.append(request)
+        progress("load weights", 0.5)
+        time.sleep(0.5)
+        return load_model(request, progress)
+
+    class Rerun(Exception):
+        pass
+
+    def interrupted(stage, fraction):
+        raise Rerun
+
+    monkeypatch.setattr(registry_module, "load_model", slow_load)
+    reg = ModelRegistry()
+    request = LoadRequest("folder", str(tiny_dir("bert")))
+    with pytest.raises(Rerun):
+        reg.load(request, interrupted, poll_s=0.01)
+    assert reg.loading(request)
+    loaded = reg.load(request)  # the next run waits for the same load
+    assert loaded.card.family == "encoder" and len(calls) == 1 and not reg.loading(request)
+
+
+def test_unexpected_failures_become_messages(monkeypatch):
+    def broken(request, progress=None):
+        raise RuntimeError("disk on fire\nmore detail")
+
+    monkeypatch.setattr(registry_module, "load_model", broken)
+    reg = ModelRegistry()
+    with pytest.raises(LoadError, match="failed: RuntimeError: disk on fire$"):
+        reg.load(LoadRequest("folder", "/x"))
+    assert reg.loaded() == [] and not reg.loading(LoadRequest("folder", "/x"))
 
 
 def test_models_json(capsys):
