@@ -14,8 +14,8 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 from explorer.errors import LoadError

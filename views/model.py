@@ -3,8 +3,8 @@
 import streamlit as st
 
 from explorer import devices, session
-from explorer.display import md
 from explorer.card import parameter_groups
+from explorer.display import md
 from explorer.figures import architecture_diagram, parameter_chart
 
 loaded = session.current_model()
