@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8501
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-unit test-app test-e2e test-slow setup models browser bench clean
+.PHONY: run test test-unit test-app test-e2e test-slow lint setup models browser bench clean
 
 run: setup models
 	$(PY) -m streamlit run app.py --server.port $(PORT)
@@ -27,6 +27,9 @@ test-app: setup models
 
 test-e2e: setup models browser
 	$(PY) -m pytest tests/e2e
+
+lint: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 setup: $(STAMP)
 

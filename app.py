@@ -48,7 +48,9 @@ def model_picker() -> None:
         )
         st.sidebar.caption(zoo.ZOO[ref].summary)
     elif source == "hub":
-        ref = st.sidebar.text_input("Hub id", placeholder="gpt2, bert-base-uncased, t5-small", key=session.HUB_ID)
+        ref = st.sidebar.text_input(
+            "Hub id", placeholder="gpt2, bert-base-uncased, t5-small", key=session.HUB_ID
+        )
         st.sidebar.caption("Needs the network, unless the model is already in the local Hugging Face cache.")
     elif source == "folder":
         ref = st.sidebar.text_input("Folder", placeholder="/path/to/checkpoint", key=session.FOLDER)
@@ -84,8 +86,13 @@ def model_picker() -> None:
         total = devices.human_bytes(sum(m.card.memory_bytes for m in loaded))
         with st.sidebar.expander(f"Models in memory on this server: {len(loaded)}, {total}"):
             for item in loaded:
-                st.caption(f"{md(item.card.name)} · {item.card.device} · {devices.human_bytes(item.card.memory_bytes)}")
-                if st.button("Unload", key=f"unload-{hash(item.request)}", help="Frees its memory for every user of this server."):
+                size = devices.human_bytes(item.card.memory_bytes)
+                st.caption(f"{md(item.card.name)} · {item.card.device} · {size}")
+                if st.button(
+                    "Unload",
+                    key=f"unload-{hash(item.request)}",
+                    help="Frees its memory for every user of this server.",
+                ):
                     session.unload(item.request)
                     st.rerun()
 

@@ -55,7 +55,10 @@ def main() -> None:
                 "ratio": round(first["seconds"] / cached["seconds"], 1),
                 "first_stages_s": {k: round(v, 2) for k, v in first["stages"].items()},
             }
-            print(f"{name}: first {first['seconds']:.1f} s, from cache {cached['seconds']:.1f} s", file=sys.stderr)
+            print(
+                f"{name}: first {first['seconds']:.1f} s, from cache {cached['seconds']:.1f} s",
+                file=sys.stderr,
+            )
     print(json.dumps(results))
 
 

@@ -129,7 +129,9 @@ def build_card(model, tokenizer, name: str, source: str) -> ModelCard:
     params = {id(p): p for p in model.parameters()}.values()
     buffers = list(model.buffers())
     n_params = sum(p.numel() for p in params)
-    memory = sum(p.numel() * p.element_size() for p in params) + sum(b.numel() * b.element_size() for b in buffers)
+    memory = sum(p.numel() * p.element_size() for p in params) + sum(
+        b.numel() * b.element_size() for b in buffers
+    )
     first = next(iter(params))
 
     layer_types = tuple(getattr(config, "layer_types", None) or ())
@@ -214,7 +216,9 @@ def _rope_theta(config) -> str:
     params = getattr(config, "rope_parameters", None)
     if isinstance(params, dict) and params:
         if all(isinstance(v, dict) for v in params.values()):  # one entry per layer type (Gemma 3)
-            parts = [f"{k.replace('_attention', '')} θ={v.get('rope_theta', '?'):g}" for k, v in params.items()]
+            parts = [
+                f"{k.replace('_attention', '')} θ={v.get('rope_theta', '?'):g}" for k, v in params.items()
+            ]
             return ", ".join(parts)
         theta = params.get("rope_theta")
         kind = params.get("rope_type", "default")
@@ -268,9 +272,27 @@ def _norm_placement(config, modules: dict, family: str) -> str:
 
 ATTENTION_PARTS = {"attn", "attention", "self_attn", "selfattention", "self", "mixer"}
 CROSS_PARTS = {"encdecattention", "encoder_attn", "crossattention", "cross_attn"}
-FFN_PARTS = {"mlp", "ffn", "feed_forward", "densereludense", "intermediate", "fc1", "fc2", "block_sparse_moe", "experts"}
+FFN_PARTS = {
+    "mlp",
+    "ffn",
+    "feed_forward",
+    "densereludense",
+    "intermediate",
+    "fc1",
+    "fc2",
+    "block_sparse_moe",
+    "experts",
+}
 HEAD_PARTS = {"lm_head", "cls", "classifier", "qa_outputs", "pooler", "score", "head"}
-PARAM_GROUPS = ("embeddings", "attention", "cross-attention", "feed-forward", "normalization", "output head", "other")
+PARAM_GROUPS = (
+    "embeddings",
+    "attention",
+    "cross-attention",
+    "feed-forward",
+    "normalization",
+    "output head",
+    "other",
+)
 
 
 def parameter_groups(model) -> dict[str, int]:
@@ -297,7 +319,9 @@ def parameter_groups(model) -> dict[str, int]:
             group = "attention"
         elif isinstance(module, nn.Embedding) or "embed" in kind.lower():
             group = "embeddings"
-        elif FFN_PARTS & set(parts) or (len(parts) >= 2 and parts[-2] == "output"):  # BERT: layer.N.output.dense
+        elif FFN_PARTS & set(parts) or (
+            len(parts) >= 2 and parts[-2] == "output"
+        ):  # BERT: layer.N.output.dense
             group = "feed-forward"
         else:
             group = "other"

@@ -112,8 +112,19 @@ class _Canvas:
 
 
 def _stack(
-    c: _Canvas, card: ModelCard, x0: float, x1: float, y: float, *, layers: int, causal: bool, cross: bool,
-    title: str, bottom: str, top: str, final_norm: bool,
+    c: _Canvas,
+    card: ModelCard,
+    x0: float,
+    x1: float,
+    y: float,
+    *,
+    layers: int,
+    causal: bool,
+    cross: bool,
+    title: str,
+    bottom: str,
+    top: str,
+    final_norm: bool,
 ) -> tuple[float, float]:
     """Draws one stack from y upwards; returns (top y, y of the cross-attention box centre or -1)."""
     xm = (x0 + x1) / 2
@@ -195,16 +206,17 @@ def architecture_diagram(card: ModelCard) -> go.Figure:
     if card.family == "encoder-decoder":
         enc_top, _ = _stack(
             c, card, 0.0, 4.6, 0.0, layers=card.encoder_layers or 0, causal=False, cross=False,
-            title="Encoder", bottom="source text → token ids", top="<b>Encoder output</b><br>keys/values for cross-attention",
-            final_norm=pre,
+            title="Encoder", bottom="source text → token ids", final_norm=pre,
+            top="<b>Encoder output</b><br>keys/values for cross-attention",
         )  # fmt: skip
         dec_top, cross_y = _stack(
             c, card, 5.6, 10.2, 0.0, layers=card.decoder_layers or 0, causal=True, cross=True,
             title="Decoder", bottom="target so far → token ids", top=_head_text(card), final_norm=pre,
         )  # fmt: skip
+        # From the encoder output over to the side of each decoder block's cross-attention.
+        curve = f"M 2.3 {enc_top} C 2.3 {enc_top + 0.6}, 5.0 {enc_top + 0.6}, 5.0 {cross_y} L 6.35 {cross_y}"
         c.fig.add_shape(
-            type="path", path=f"M 2.3 {enc_top} C 2.3 {enc_top + 0.6}, 5.0 {enc_top + 0.6}, 5.0 {cross_y} L 6.35 {cross_y}",
-            line=dict(color="#7c3aed", width=2),
+            type="path", path=curve, line=dict(color="#7c3aed", width=2),
         )  # fmt: skip
         c.arrow(6.0, cross_y, 6.45, cross_y, color="#7c3aed")
         top, width = max(enc_top, dec_top) + 0.7, 11.2
@@ -250,12 +262,22 @@ def _layer_strip(c: _Canvas, card: ModelCard, x: float, top: float) -> float:
             text += f" (window {card.sliding_window})"
         c.fig.add_trace(
             go.Scatter(
-                x=[x] * len(idx), y=[ys[i] + size / 2 for i in idx], mode="markers",
+                x=[x] * len(idx),
+                y=[ys[i] + size / 2 for i in idx],
+                mode="markers",
                 marker=dict(symbol="square", size=max(6, size * 34), color=palette[k % len(palette)]),
-                name=text, hovertext=[f"layer {i}: {text}" for i in idx], hoverinfo="text",
+                name=text,
+                hovertext=[f"layer {i}: {text}" for i in idx],
+                hoverinfo="text",
             )  # fmt: skip
         )
-        c.label(x + 0.3, ys[-1] + size + 0.35 + 0.35 * k, f"<span style='color:{palette[k % len(palette)]}'>■</span> {text}", size=11, anchor="left")
+        c.label(
+            x + 0.3,
+            ys[-1] + size + 0.35 + 0.35 * k,
+            f"<span style='color:{palette[k % len(palette)]}'>■</span> {text}",
+            size=11,
+            anchor="left",
+        )
     c.label(x, ys[0] - 0.35, "layer 0", size=10)
     c.label(x, ys[-1] + size + 0.05, f"layer {n - 1}", size=10)
     return x + 3.6
@@ -268,8 +290,12 @@ def parameter_chart(groups: dict[str, int]) -> go.Figure:
     counts = [groups[n] for n in names]
     fig = go.Figure(
         go.Bar(
-            x=counts, y=names, orientation="h", marker_color="#6366f1",
-            text=[f"{c:,} ({c / total:.1%})" for c in counts], textposition="auto",
+            x=counts,
+            y=names,
+            orientation="h",
+            marker_color="#6366f1",
+            text=[f"{c:,} ({c / total:.1%})" for c in counts],
+            textposition="auto",
             hovertemplate="%{y}: %{x:,} parameters<extra></extra>",
         )  # fmt: skip
     )

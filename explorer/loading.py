@@ -193,7 +193,9 @@ def check_safetensors(file: Path) -> None:
             header = json.loads(f.read(header_len))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        raise LoadError(f"The weights file {file.name} is damaged: its header cannot be read ({err}).") from err
+        raise LoadError(
+            f"The weights file {file.name} is damaged: its header cannot be read ({err})."
+        ) from err
     if 8 + header_len + end > size:
         raise LoadError(
             f"The weights file {file.name} is truncated: its header lists {devices.human_bytes(end)} of "
@@ -295,7 +297,9 @@ def model_class(config, family: str, trust_remote_code: bool = False):
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     if getattr(config, "auto_map", None) and trust_remote_code:
-        return {"decoder": AutoModelForCausalLM, "encoder-decoder": AutoModelForSeq2SeqLM}.get(family, AutoModel)
+        return {"decoder": AutoModelForCausalLM, "encoder-decoder": AutoModelForSeq2SeqLM}.get(
+            family, AutoModel
+        )
     if family == "decoder":
         return AutoModelForCausalLM
     if family == "encoder-decoder":
@@ -351,7 +355,9 @@ def _load_weights(where, config, family, device, dtype, request: LoadRequest, hu
     try:
         return cls.from_pretrained(where, **kwargs)
     except (torch.OutOfMemoryError, MemoryError) as err:
-        raise LoadError(f"{request.label} does not fit in the memory of {device}: {_first_line(err)}") from err
+        raise LoadError(
+            f"{request.label} does not fit in the memory of {device}: {_first_line(err)}"
+        ) from err
     except LoadError:
         raise
     except Exception as err:  # safetensors, torch and transformers raise many types here
@@ -378,4 +384,3 @@ def _tf_version() -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0][:400]
-

@@ -44,7 +44,9 @@ class ModelRegistry:
         with self._guard:
             return request in self._jobs
 
-    def load(self, request: LoadRequest, progress: Progress | None = None, poll_s: float = 0.25) -> LoadedModel:
+    def load(
+        self, request: LoadRequest, progress: Progress | None = None, poll_s: float = 0.25
+    ) -> LoadedModel:
         """Returns the model, loading it once; `progress(stage, fraction)` is called while waiting."""
         with self._guard:
             found = self._models.get(request)
@@ -53,7 +55,9 @@ class ModelRegistry:
             job = self._jobs.get(request)
             if job is None:
                 job = self._jobs[request] = _Job(request)
-                threading.Thread(target=self._run, args=(job,), name=f"load {request.label}", daemon=True).start()
+                threading.Thread(
+                    target=self._run, args=(job,), name=f"load {request.label}", daemon=True
+                ).start()
         last = None
         while not job.done.wait(poll_s):
             if progress is not None and job.stage != last:

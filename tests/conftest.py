@@ -65,7 +65,13 @@ MODEL_CLASSES = {
     "t5": "T5ForConditionalGeneration",
     "bart": "BartForConditionalGeneration",
 }
-FAMILIES = {"bert": "encoder", "gpt2": "decoder", "llama": "decoder", "t5": "encoder-decoder", "bart": "encoder-decoder"}
+FAMILIES = {
+    "bert": "encoder",
+    "gpt2": "decoder",
+    "llama": "decoder",
+    "t5": "encoder-decoder",
+    "bart": "encoder-decoder",
+}
 
 
 def save_tiny(kind: str, folder: Path) -> Path:

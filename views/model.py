@@ -15,13 +15,15 @@ if loaded is None:
 
 card = loaded.card
 st.title(md(card.name))
-st.caption(
-    f"{card.architecture} · {card.family} · loaded from {md(loaded.weights_from)} in {loaded.load_seconds:.1f} s"
-)
+origin = f"loaded from {md(loaded.weights_from)} in {loaded.load_seconds:.1f} s"
+st.caption(f"{card.architecture} · {card.family} · {origin}")
 
 cols = st.columns(5)
 cols[0].metric("Parameters", devices.human_count(card.n_params))
-cols[1].metric("Layers", card.n_layers if card.family != "encoder-decoder" else f"{card.encoder_layers} + {card.decoder_layers}")
+cols[1].metric(
+    "Layers",
+    card.n_layers if card.family != "encoder-decoder" else f"{card.encoder_layers} + {card.decoder_layers}",
+)
 cols[2].metric("Heads (q / kv)", f"{card.n_heads} / {card.n_kv_heads}")
 cols[3].metric("Hidden size", card.d_model)
 cols[4].metric("Memory", devices.human_bytes(card.memory_bytes))
@@ -35,7 +37,9 @@ with left:
         "Model type": card.model_type,
         "Parameters": f"{card.n_params:,}",
         "Layers": str(card.n_layers),
-        "Encoder / decoder layers": f"{card.encoder_layers} / {card.decoder_layers}" if card.family == "encoder-decoder" else None,
+        "Encoder / decoder layers": f"{card.encoder_layers} / {card.decoder_layers}"
+        if card.family == "encoder-decoder"
+        else None,
         "Attention": card.attention,
         "Query heads": str(card.n_heads),
         "Key/value heads": str(card.n_kv_heads),

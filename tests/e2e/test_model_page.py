@@ -40,7 +40,9 @@ def test_start_on_smollm2_then_load_gemma(page, app_url):
     assert card_value(page, "Key/value heads") == "3"
 
     sidebar = page.get_by_test_id("stSidebar")
-    choose(page, sidebar, "Embedded model", "Gemma 3 270M (base) · decoder", shows="Gemma 3 decoder, 18 layers")
+    choose(
+        page, sidebar, "Embedded model", "Gemma 3 270M (base) · decoder", shows="Gemma 3 decoder, 18 layers"
+    )
     sidebar.get_by_role("button", name="Load", exact=True).click()
     expect(page.get_by_role("heading", name="gemma-3-270m")).to_be_visible(timeout=300_000)
     wait_for_app_run(page)

@@ -2,7 +2,10 @@ from explorer.display import md
 
 
 def test_markdown_characters_are_escaped():
-    assert md("**bold** _x_ `code` [a](b) :red[x] <b>") == r"\*\*bold\*\* \_x\_ \`code\` \[a\](b) \:red\[x\] \<b\>"
+    assert (
+        md("**bold** _x_ `code` [a](b) :red[x] <b>")
+        == r"\*\*bold\*\* \_x\_ \`code\` \[a\](b) \:red\[x\] \<b\>"
+    )
 
 
 def test_plain_names_are_unchanged():

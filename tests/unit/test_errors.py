@@ -33,7 +33,9 @@ def test_missing_folder(tmp_path):
 
 def test_folder_that_is_not_a_checkpoint(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    assert "not a transformers checkpoint: it has no config.json" in load_error(LoadRequest("folder", str(tmp_path)))
+    assert "not a transformers checkpoint: it has no config.json" in load_error(
+        LoadRequest("folder", str(tmp_path))
+    )
 
 
 def test_config_without_weights(tmp_path, tiny_dir):

@@ -46,7 +46,9 @@ def test_card_numbers_match_config(kind, loaded):
     assert card.vocab_size == config.vocab_size == len(VOCAB)
     assert card.dtype == "float32" and card.device == "cpu"
     weights = sum(p.numel() * 4 for p in {id(p): p for p in fresh.parameters()}.values())
-    assert weights <= card.memory_bytes <= weights + sum(b.numel() * b.element_size() for b in fresh.buffers())
+    assert (
+        weights <= card.memory_bytes <= weights + sum(b.numel() * b.element_size() for b in fresh.buffers())
+    )
 
 
 def test_encoder_numbers(loaded):
@@ -61,7 +63,9 @@ def test_encoder_numbers(loaded):
 def test_decoder_numbers(loaded):
     gpt2, llama = loaded("gpt2").card, loaded("llama").card
     assert (gpt2.n_layers, gpt2.d_ff, gpt2.context_length) == (2, 128, 64)  # n_inner=None -> 4 x n_embd
-    assert gpt2.position_encoding.startswith("learned absolute") and gpt2.norm_placement.startswith("pre-norm")
+    assert gpt2.position_encoding.startswith("learned absolute") and gpt2.norm_placement.startswith(
+        "pre-norm"
+    )
     assert gpt2.tied_embeddings
     assert (llama.n_heads, llama.n_kv_heads, llama.d_ff) == (4, 2, 48)
     assert llama.attention.startswith("grouped-query (2 query heads share each of 2")

@@ -15,8 +15,9 @@ from explorer.loading import LoadRequest, load_model
 from explorer.registry import ModelRegistry
 
 REQUIRED_INFO_KEYS = {
-    "name", "family", "architecture", "n_params", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_ff",
-    "vocab_size", "context_length", "position_encoding", "norm", "activation", "dtype", "device", "memory_bytes",
+    "name", "family", "architecture", "n_params", "n_layers", "n_heads", "n_kv_heads", "d_model",
+    "d_ff", "vocab_size", "context_length", "position_encoding", "norm", "activation", "dtype", "device",
+    "memory_bytes",
 }  # fmt: skip
 
 
