@@ -127,7 +127,7 @@ def _resolve_weights(request: LoadRequest, progress: Progress, free: int) -> tup
         key = f"{item.name}-{item.version}"
         if convert.is_converted(key):
             return str(convert.converted_path(key)), {}
-        progress(f"locate {item.name}" + (" (assemble the GGUF)" if item.converts else ""), 0.01)
+        progress(f"locate {item.name}", 0.01)
         kind, path = item.locate(item, convert.cache_dir())
         if kind == "folder":
             return str(path), {}
