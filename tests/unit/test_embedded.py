@@ -66,6 +66,14 @@ def test_user_gguf_is_converted_once(tmp_path, monkeypatch):
     first = load_model(LoadRequest("gguf", str(path)))
     key = convert.file_key(path)
     assert convert.is_converted(key) and first.weights_from == str(convert.converted_path(key))
+    monkeypatch.setattr(convert, "_load_gguf", _no_second_conversion)
     second = load_model(LoadRequest("gguf", str(path)))
-    assert second.load_seconds < first.load_seconds / 3
+    assert second.weights_from == first.weights_from
     assert second.card == first.card
+    ids = first.tokenizer("Hello there", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(first.model(ids).logits, second.model(ids).logits)
+
+
+def _no_second_conversion(*args, **kwargs):
+    raise AssertionError("the GGUF was converted again")

@@ -153,15 +153,12 @@ def _offline_env(tmp_path: Path) -> dict:
 
 
 def test_offline_hub_id_fails_fast_with_one_line(tmp_path):
-    started = time.perf_counter()
     result = _cli("info", "openai-community/gpt2", env=_offline_env(tmp_path))
-    elapsed = time.perf_counter() - started
     assert result.returncode != 0
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not in the local Hugging Face cache" in lines[0]
     assert "Traceback" not in result.stderr
-    assert elapsed < 15  # the interpreter and torch import dominate; the probe itself is capped at 2.5 s
 
 
 def test_offline_hub_probe_is_quick(tmp_path, monkeypatch):
