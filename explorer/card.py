@@ -136,8 +136,12 @@ def build_card(model, tokenizer, name: str, source: str) -> ModelCard:
 
     layer_types = tuple(getattr(config, "layer_types", None) or ())
     sliding = getattr(config, "sliding_window", None)
-    if sliding is not None and layer_types and "sliding_attention" not in layer_types:
-        sliding = None  # the config names a window that no layer uses
+    if (
+        layer_types
+        and "sliding_attention" not in layer_types
+        or not getattr(config, "use_sliding_window", True)
+    ):
+        sliding = None  # the config names a window that no layer uses (Qwen2: use_sliding_window=False)
     if len(set(layer_types)) <= 1:
         layer_types = ()
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import transformers as tf
 
-from explorer.card import detect_family, parameter_groups
+from explorer.card import build_card, detect_family, parameter_groups
 from explorer.loading import LoadRequest, estimate_bytes, load_model
-from tests.conftest import FAMILIES, MODEL_CLASSES, VOCAB, tiny_config
+from tests.conftest import FAMILIES, MODEL_CLASSES, VOCAB, tiny_config, tiny_tokenizer
 
 KINDS = list(MODEL_CLASSES)
 
@@ -134,3 +134,23 @@ def test_parameter_groups_match_hand_counts(loaded):
     assert groups["normalization"] == (2 * layers + 1) * d
     t5 = parameter_groups(loaded("t5").model)
     assert t5["cross-attention"] == 3 * 4 * d * d  # 3 decoder layers, q k v o of 32 x 32
+
+
+def test_sliding_window_only_where_layers_use_it():
+    qwen = tf.Qwen2Config(
+        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=16, use_sliding_window=False,
+    )  # fmt: skip
+    gemma = tf.Gemma3TextConfig(
+        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=48, num_hidden_layers=3, head_dim=8,
+        num_attention_heads=4, num_key_value_heads=1, sliding_window=16,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+    )  # fmt: skip
+    tok = tiny_tokenizer()
+    no_window = build_card(tf.Qwen2ForCausalLM(qwen), tok, name="q", source="folder")
+    window = build_card(tf.Gemma3ForCausalLM(gemma), tok, name="g", source="folder")
+    assert no_window.sliding_window is None and no_window.layer_types == ()
+    assert window.sliding_window == 16
+    assert window.layer_types == ("sliding_attention", "sliding_attention", "full_attention")
+    assert window.attention.startswith("multi-query") and window.d_head == 8
+    assert window.norm_placement.startswith("pre- and post-norm")
