@@ -136,11 +136,8 @@ def build_card(model, tokenizer, name: str, source: str) -> ModelCard:
 
     layer_types = tuple(getattr(config, "layer_types", None) or ())
     sliding = getattr(config, "sliding_window", None)
-    if (
-        layer_types
-        and "sliding_attention" not in layer_types
-        or not getattr(config, "use_sliding_window", True)
-    ):
+    unused = bool(layer_types) and "sliding_attention" not in layer_types
+    if unused or not getattr(config, "use_sliding_window", True):
         sliding = None  # the config names a window that no layer uses (Qwen2: use_sliding_window=False)
     if len(set(layer_types)) <= 1:
         layer_types = ()

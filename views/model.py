@@ -61,7 +61,7 @@ with left:
     }
     shown = [{"Property": k, "Value": md(v)} for k, v in rows.items() if v is not None]
     st.table(shown, hide_index=True, border="horizontal")
-    st.plotly_chart(parameter_chart(parameter_groups(loaded.model)), config={"displaylogo": False})
 with right:
     st.subheader("Block diagram")
     st.plotly_chart(architecture_diagram(card), width="content", config={"displaylogo": False})
+    st.plotly_chart(parameter_chart(parameter_groups(loaded.model)), config={"displaylogo": False})
