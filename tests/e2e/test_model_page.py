@@ -53,7 +53,7 @@ def test_start_on_smollm2_then_load_gemma(page, app_url):
     assert card_value(page, "Key/value heads") == "1"
     assert card_value(page, "Sliding window") == "512 tokens"
     assert card_value(page, "Attention").startswith("multi-query")
-    chart = page.get_by_test_id("stPlotlyChart").last
+    chart = page.get_by_test_id("stPlotlyChart").filter(has_text="Decoder block")
     expect(chart.locator(".main-svg").first).to_be_visible()
     texts = chart.locator("text").all_text_contents()
     joined = " ".join(texts)
