@@ -10,7 +10,7 @@ import time
 import warnings
 
 from explorer import zoo
-from explorer.errors import LoadError
+from explorer.errors import LoadError, first_line
 
 
 def _quiet() -> None:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # one line, no traceback, for any failure the library did not foresee
-        print(f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
+        print(f"error: {type(err).__name__}: {first_line(err)}", file=sys.stderr)
         return 1
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from explorer.errors import LoadError
+from explorer.errors import LoadError, first_line
 
 Progress = Callable[[str, float], None]
 GGUF_MAGIC = b"GGUF"
@@ -66,7 +66,7 @@ def read_gguf(path: Path) -> GGUFSummary:
         field = reader.fields["general.architecture"]
         arch = bytes(field.parts[field.data[0]]).decode()
     except (KeyError, ValueError, IndexError) as err:
-        raise LoadError(f"{path.name} is not a readable GGUF file: {_first_line(err)}") from err
+        raise LoadError(f"{path.name} is not a readable GGUF file: {first_line(err)}") from err
     return GGUFSummary(arch, sum(int(t.n_elements) * 4 for t in reader.tensors))
 
 
@@ -147,14 +147,9 @@ def _load_gguf(path: Path, architecture: str, progress: Progress):
         auto = AutoModelForSeq2SeqLM if architecture in SEQ2SEQ_GGUF else AutoModelForCausalLM
         model = auto.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (ValueError, KeyError, NotImplementedError, OSError, RuntimeError) as err:
-        raise LoadError(f"transformers cannot load the GGUF file {path.name}: {_first_line(err)}") from err
+        raise LoadError(f"transformers cannot load the GGUF file {path.name}: {first_line(err)}") from err
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         # A GGUF-loaded model refuses save_pretrained while it carries the GGUF quantization config.
         quantizer.remove_quantization_config(model)
     return model, tokenizer
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]

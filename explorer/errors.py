@@ -3,3 +3,9 @@
 
 class LoadError(Exception):
     """A model could not be loaded; `str(err)` is a complete sentence fit for the page."""
+
+
+def first_line(err: BaseException, limit: int = 400) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line messages."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

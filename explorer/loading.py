@@ -21,7 +21,7 @@ import torch
 
 from explorer import convert, devices, zoo
 from explorer.card import ModelCard, build_card, detect_family
-from explorer.errors import LoadError
+from explorer.errors import LoadError, first_line
 
 Progress = Callable[[str, float], None]
 SOURCES = ("embedded", "hub", "folder", "gguf")
@@ -283,11 +283,11 @@ def _read_config(where: str, request: LoadRequest, hub_kwargs: dict):
         if "model_type" in text or "Unrecognized" in text:
             raise LoadError(
                 f"transformers {_tf_version()} does not know the architecture of {request.label}: "
-                f"{_first_line(err)}"
+                f"{first_line(err)}"
             ) from err
-        raise LoadError(f"The config of {request.label} cannot be read: {_first_line(err)}") from err
+        raise LoadError(f"The config of {request.label} cannot be read: {first_line(err)}") from err
     except OSError as err:
-        raise LoadError(f"The config of {request.label} cannot be read: {_first_line(err)}") from err
+        raise LoadError(f"The config of {request.label} cannot be read: {first_line(err)}") from err
 
 
 def model_class(config, family: str, trust_remote_code: bool = False):
@@ -355,13 +355,11 @@ def _load_weights(where, config, family, device, dtype, request: LoadRequest, hu
     try:
         return cls.from_pretrained(where, **kwargs)
     except (torch.OutOfMemoryError, MemoryError) as err:
-        raise LoadError(
-            f"{request.label} does not fit in the memory of {device}: {_first_line(err)}"
-        ) from err
+        raise LoadError(f"{request.label} does not fit in the memory of {device}: {first_line(err)}") from err
     except LoadError:
         raise
     except Exception as err:  # safetensors, torch and transformers raise many types here
-        raise LoadError(f"The weights of {request.label} cannot be loaded: {_first_line(err)}") from err
+        raise LoadError(f"The weights of {request.label} cannot be loaded: {first_line(err)}") from err
 
 
 def _load_tokenizer(where, request: LoadRequest, hub_kwargs):
@@ -371,7 +369,7 @@ def _load_tokenizer(where, request: LoadRequest, hub_kwargs):
         return AutoTokenizer.from_pretrained(where, trust_remote_code=request.trust_remote_code, **hub_kwargs)
     except Exception as err:
         raise LoadError(
-            f"{request.label} has no tokenizer that transformers can load: {_first_line(err)}"
+            f"{request.label} has no tokenizer that transformers can load: {first_line(err)}"
         ) from err
 
 
@@ -379,8 +377,3 @@ def _tf_version() -> str:
     import transformers
 
     return transformers.__version__
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0][:400]

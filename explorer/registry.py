@@ -12,7 +12,7 @@ import threading
 
 import torch
 
-from explorer.errors import LoadError
+from explorer.errors import LoadError, first_line
 from explorer.loading import LoadedModel, LoadRequest, Progress, load_model
 
 
@@ -74,8 +74,9 @@ class ModelRegistry:
         except LoadError as err:
             job.error = err
         except Exception as err:  # a failure nobody foresaw still reaches the user as a message
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            job.error = LoadError(f"Loading {job.request.label} failed: {type(err).__name__}: {first}")
+            job.error = LoadError(
+                f"Loading {job.request.label} failed: {type(err).__name__}: {first_line(err)}"
+            )
         with self._guard:
             if job.result is not None:
                 self._models[job.request] = job.result
