@@ -58,13 +58,12 @@ def _info(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     """Converts the embedded GGUF models once, so that the app starts in seconds."""
-    from explorer import convert
-    from explorer.loading import LoadRequest, load_model
+    from explorer import convert, devices
+    from explorer.loading import embedded_weights
 
     for name in args.names or list(zoo.ZOO):
         item = zoo.entry(name)
-        key = f"{item.name}-{item.version}"
-        if not item.converts or convert.is_converted(key):
+        if not item.converts or convert.is_converted(item.cache_key):
             print(f"{name}: ready", file=sys.stderr)
             continue
         started = time.perf_counter()
@@ -75,7 +74,7 @@ def _prepare(args: argparse.Namespace) -> int:
                 print(f"{name}: {stage} ({fraction:.0%})", file=sys.stderr, flush=True)
                 last[0] = stage
 
-        load_model(LoadRequest("embedded", name), progress)
+        embedded_weights(item, devices.available_bytes("cpu"), progress)
         print(f"{name}: converted in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 

@@ -172,7 +172,7 @@ def build_card(model, tokenizer, name: str, source: str) -> ModelCard:
         context_length=_context_length(config, tokenizer),
         position_encoding=_position_encoding(config, modules, class_names),
         norm=_norm(config, class_names),
-        norm_placement=_norm_placement(config, modules, family),
+        norm_placement=_norm_placement(config, modules),
         activation=activation,
         sliding_window=int(sliding) if sliding else None,
         layer_types=layer_types,
@@ -262,7 +262,7 @@ def _norm(config, class_names: Counter) -> str:
     return "none found"
 
 
-def _norm_placement(config, modules: dict, family: str) -> str:
+def _norm_placement(config, modules: dict) -> str:
     names = {n.rsplit(".", 1)[-1] for n in modules}
     if {"pre_feedforward_layernorm", "post_feedforward_layernorm"} <= names:
         return "pre- and post-norm (around each sub-layer)"
@@ -274,26 +274,13 @@ def _norm_placement(config, modules: dict, family: str) -> str:
 ATTENTION_PARTS = {"attn", "attention", "self_attn", "selfattention", "self", "mixer"}
 CROSS_PARTS = {"encdecattention", "encoder_attn", "crossattention", "cross_attn"}
 FFN_PARTS = {
-    "mlp",
-    "ffn",
-    "feed_forward",
-    "densereludense",
-    "intermediate",
-    "fc1",
-    "fc2",
-    "block_sparse_moe",
+    "mlp", "ffn", "feed_forward", "densereludense", "intermediate", "fc1", "fc2", "block_sparse_moe",
     "experts",
-}
+}  # fmt: skip
 HEAD_PARTS = {"lm_head", "cls", "classifier", "qa_outputs", "pooler", "score", "head"}
 PARAM_GROUPS = (
-    "embeddings",
-    "attention",
-    "cross-attention",
-    "feed-forward",
-    "normalization",
-    "output head",
-    "other",
-)
+    "embeddings", "attention", "cross-attention", "feed-forward", "normalization", "output head", "other",
+)  # fmt: skip
 
 
 def parameter_groups(model) -> dict[str, int]:
@@ -309,20 +296,20 @@ def parameter_groups(model) -> dict[str, int]:
             continue
         seen.update(id(p) for p in own)
         parts = [p.lower() for p in path.split(".") if not p.isdigit()]
+        names = set(parts)
+        bert_ffn_out = len(parts) >= 2 and parts[-2] == "output"  # BERT: layer.N.output.dense
         kind = type(module).__name__
         if parts and parts[0] in HEAD_PARTS:
             group = "output head"
         elif "Norm" in kind:
             group = "normalization"
-        elif CROSS_PARTS & set(parts):
+        elif CROSS_PARTS & names:
             group = "cross-attention"
-        elif ATTENTION_PARTS & set(parts):  # includes T5's relative position bias table
+        elif ATTENTION_PARTS & names:  # includes T5's relative position bias table
             group = "attention"
         elif isinstance(module, nn.Embedding) or "embed" in kind.lower():
             group = "embeddings"
-        elif FFN_PARTS & set(parts) or (
-            len(parts) >= 2 and parts[-2] == "output"
-        ):  # BERT: layer.N.output.dense
+        elif FFN_PARTS & names or bert_ffn_out:
             group = "feed-forward"
         else:
             group = "other"

@@ -37,11 +37,10 @@ def _short_norm(card: ModelCard) -> str:
     return escape(card.norm.split(",")[0])
 
 
-def _attention_text(card: ModelCard, causal: bool, heads: int | None = None) -> str:
+def _attention_text(card: ModelCard, causal: bool) -> str:
     title = "Masked self-attention" if causal else "Self-attention"
-    heads = heads or card.n_heads
     kv = f", {card.n_kv_heads} kv heads" if card.n_kv_heads != card.n_heads else ""
-    lines = [f"<b>{title}</b>", f"{heads} heads{kv}, d_head {card.d_head}"]
+    lines = [f"<b>{title}</b>", f"{card.n_heads} heads{kv}, d_head {card.d_head}"]
     pos = card.position_encoding
     if pos.startswith("rotary"):
         lines.append("RoPE on q and k")

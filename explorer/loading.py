@@ -26,9 +26,6 @@ from explorer.errors import LoadError, first_line
 Progress = Callable[[str, float], None]
 SOURCES = ("embedded", "hub", "folder", "gguf")
 HUB_PROBE_TIMEOUT_S = 2.5
-# A GGUF load holds the dequantized float32 weights about three times over at its peak
-# (measured: Gemma 3 270M, 1.07 GB of float32 weights, 3.3 GB peak).
-GGUF_PEAK_FACTOR = 3.0
 LOAD_HEADROOM = 1.15
 
 
@@ -123,25 +120,11 @@ def load_model(
 def _resolve_weights(request: LoadRequest, progress: Progress, free: int) -> tuple[str, dict]:
     """Where from_pretrained should read: a local folder, or a hub id with its keyword arguments."""
     if request.source == "embedded":
-        item = zoo.entry(request.ref)
-        key = f"{item.name}-{item.version}"
-        if convert.is_converted(key):
-            return str(convert.converted_path(key)), {}
-        progress(f"locate {item.name}", 0.01)
-        kind, path = item.locate(item, convert.cache_dir())
-        if kind == "folder":
-            return str(path), {}
-        folder = convert.convert_gguf(path, key, _gguf_architecture(path, free, progress), progress)
-        if convert.cache_dir() in path.parents:  # assembled from chunks for this conversion only
-            path.unlink(missing_ok=True)
-        return str(folder), {}
+        return str(embedded_weights(zoo.entry(request.ref), free, progress)), {}
     if request.source == "gguf":
         path = Path(request.ref).expanduser()
         convert.check_gguf(path)
-        key = convert.file_key(path)
-        if convert.is_converted(key):
-            return str(convert.converted_path(key)), {}
-        return str(convert.convert_gguf(path, key, _gguf_architecture(path, free, progress), progress)), {}
+        return str(convert.convert_gguf(path, convert.file_key(path), free, progress)), {}
     if request.source == "folder":
         path = Path(request.ref).expanduser()
         check_checkpoint_folder(path)
@@ -149,17 +132,18 @@ def _resolve_weights(request: LoadRequest, progress: Progress, free: int) -> tup
     return request.ref.strip(), _hub_kwargs(request.ref.strip(), request.trust_remote_code)
 
 
-def _gguf_architecture(path: Path, free: int, progress: Progress) -> str:
-    """Reads the GGUF header; refuses a file whose conversion would not fit in memory."""
-    progress("read GGUF header", 0.03)
-    summary = convert.read_gguf(path)
-    need = summary.float32_bytes * GGUF_PEAK_FACTOR
-    if need > free:
-        raise LoadError(
-            f"Converting {path.name} needs about {devices.human_bytes(need)} of memory (the weights "
-            f"dequantized to float32, held about 3 times at the peak); {devices.human_bytes(free)} is free."
-        )
-    return summary.architecture
+def embedded_weights(item: zoo.ZooEntry, free: int, progress: Progress) -> Path:
+    """The folder of an embedded model's weights, converting its GGUF into the cache the first time."""
+    if convert.is_converted(item.cache_key):  # skips locating (Gemma: assembling 253 MB of chunks)
+        return convert.converted_path(item.cache_key)
+    progress(f"locate {item.name}", 0.01)
+    kind, path = item.locate(item, convert.cache_dir())
+    if kind == "folder":
+        return path
+    folder = convert.convert_gguf(path, item.cache_key, free, progress)
+    if convert.cache_dir() in path.parents:  # assembled from chunks for this conversion only
+        path.unlink(missing_ok=True)
+    return folder
 
 
 def check_checkpoint_folder(path: Path) -> None:

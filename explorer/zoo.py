@@ -34,6 +34,11 @@ class ZooEntry:
         except importlib.metadata.PackageNotFoundError:
             return "missing"
 
+    @property
+    def cache_key(self) -> str:
+        """Names its converted folder: a new package version converts again."""
+        return f"{self.name}-{self.version}"
+
     def package_dir(self) -> Path:
         spec = importlib.util.find_spec(self.module)
         if spec is None or not spec.submodule_search_locations:

@@ -48,7 +48,7 @@ def test_converted_smollm2_equals_the_gguf_load():
     ).eval()
     tokenizer = AutoTokenizer.from_pretrained(gguf, gguf_file=name)
     cached = load_model(LoadRequest("embedded", item.name))
-    assert cached.weights_from == str(convert.converted_path(f"{item.name}-{item.version}"))
+    assert cached.weights_from == str(convert.converted_path(item.cache_key))
     text = "The capital of France is"
     ids = tokenizer(text, return_tensors="pt").input_ids
     assert ids.tolist() == cached.tokenizer(text, return_tensors="pt").input_ids.tolist()
