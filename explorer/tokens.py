@@ -1,0 +1,96 @@
+"""Token pieces made readable: what each id of a tokenizer stands for, as a person would write it.
+
+Tokenizers store pieces in their own encodings: byte-level BPE (GPT-2, Llama 3, SmolLM2) maps every byte
+to a printable character (`Ġ` is a space, `Ċ` a newline), SentencePiece marks a word start with `▁` and
+may fall back to bytes (`<0x0A>`), WordPiece marks a word's continuation with `##`. `display_tokens`
+turns them into text: spaces as `␣`, newlines as `↵`, tabs as `⇥`, bytes that are not a whole character
+as `\\xNN`. The result is plain text: callers escape it for wherever it is shown.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any, Sequence
+
+BYTE_LEVEL = "byte-level"
+SENTENCEPIECE = "sentencepiece"
+WORDPIECE = "wordpiece"
+PLAIN = "plain"
+
+VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "⏎"})
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+@lru_cache(maxsize=1)
+def _byte_level_table() -> dict[str, int]:
+    """Byte-level BPE's printable stand-ins, character -> byte: printable Latin-1 bytes stand for
+    themselves; the other 68 bytes (controls, space, soft hyphen ...) take the code points from 256 up,
+    in byte order."""
+    ranges = [("!", "~"), ("¡", "¬"), ("®", "ÿ")]
+    printable = [b for lo, hi in ranges for b in range(ord(lo), ord(hi) + 1)]
+    table = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table.values():
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+def _component_types(node: Any) -> list[str]:
+    """Every `type` in a tokenizer.json component, with Sequence members flattened."""
+    if not isinstance(node, dict):
+        return []
+    types = [node.get("type", "")]
+    for key in ("pretokenizers", "decoders", "normalizers"):
+        for child in node.get(key) or []:
+            types += _component_types(child)
+    return types
+
+
+def piece_style(tokenizer: Any) -> str:
+    """How `tokenizer` writes its pieces: BYTE_LEVEL, SENTENCEPIECE, WORDPIECE or PLAIN."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow (Python) tokenizer: judge by its vocabulary
+        vocab = tokenizer.get_vocab()
+        if any(p.startswith("▁") for p in list(vocab)[:2000]):
+            return SENTENCEPIECE
+        return WORDPIECE if any(p.startswith("##") for p in vocab) else PLAIN
+    spec = json.loads(backend.to_str())
+    types = _component_types(spec.get("pre_tokenizer")) + _component_types(spec.get("decoder"))
+    if "ByteLevel" in types:
+        return BYTE_LEVEL
+    if "Metaspace" in types or "▁" in json.dumps(spec.get("decoder") or {}, ensure_ascii=False):
+        return SENTENCEPIECE
+    if "WordPiece" in types or (spec.get("model") or {}).get("type") == "WordPiece":
+        return WORDPIECE
+    return PLAIN
+
+
+def readable(piece: str, style: str) -> str:
+    """One stored piece as text with visible whitespace."""
+    if style == BYTE_LEVEL:
+        table = _byte_level_table()
+        if all(ch in table for ch in piece):
+            piece = bytes(table[ch] for ch in piece).decode("utf-8", errors="backslashreplace")
+    elif style == SENTENCEPIECE:
+        piece = piece.replace("▁", " ")
+        if _BYTE_TOKEN.fullmatch(piece):
+            raw = bytes([int(_BYTE_TOKEN.fullmatch(piece).group(1), 16)])
+            piece = raw.decode("utf-8", errors="backslashreplace")
+    return piece.translate(VISIBLE)
+
+
+def display_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """The readable text of each id, in order (special tokens keep their names, e.g. `<bos>`)."""
+    style = piece_style(tokenizer)
+    pieces = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+    return [readable(p if p is not None else f"<id {i}>", style) for p, i in zip(pieces, ids)]
+
+
+def special_flags(tokenizer: Any, ids: Sequence[int]) -> list[bool]:
+    """True where the id is one of the tokenizer's special tokens (BOS, EOS, CLS, SEP, PAD ...)."""
+    special = set(tokenizer.all_special_ids)
+    return [int(i) in special for i in ids]
