@@ -1,0 +1,227 @@
+"""Attention from scratch equals the model's own attention maps, for every family decomposed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+from explorer import blocks, scratch
+from explorer.loading import LoadRequest, load_model
+from tests.conftest import VOCAB, tiny_tokenizer
+
+TEXT = "the cat sat on the mat because it was tired and then the dog ran to the park"
+KINDS = ["bert", "gpt2", "llama", "t5", "bart"]
+
+
+def gemma_config(**extra):
+    """Tiny Gemma 3 text model: q/k norms, multi-query, a window of 3 on two layers of three, its own
+    query_pre_attn_scalar (not the head size), two rope thetas."""
+    return tf.Gemma3TextConfig(
+        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=48, num_hidden_layers=3, head_dim=8,
+        num_attention_heads=4, num_key_value_heads=1, sliding_window=3, query_pre_attn_scalar=20,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        max_position_embeddings=128, **extra,
+    )  # fmt: skip
+
+
+def qwen_config():
+    """Tiny Qwen2: Llama-style with biases on q, k and v."""
+    return tf.Qwen2Config(
+        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )  # fmt: skip
+
+
+def _save(model, folder):
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_dir, tmp_path_factory):
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            if kind == "gemma3":
+                torch.manual_seed(0)
+                model = tf.Gemma3ForCausalLM(gemma_config())
+                # Gemma's norm weights start at zero; random ones make the q/k norm step matter.
+                for name, p in model.named_parameters():
+                    if "norm" in name:
+                        p.data.normal_(0, 0.5)
+                folder = _save(model, tmp_path_factory.mktemp("tiny-gemma3"))
+            elif kind == "qwen2":
+                torch.manual_seed(0)
+                model = tf.Qwen2ForCausalLM(qwen_config())
+                for name, p in model.named_parameters():
+                    if name.endswith("bias"):
+                        p.data.normal_(0, 0.5)
+                folder = _save(model, tmp_path_factory.mktemp("tiny-qwen2"))
+            else:
+                folder = tiny_dir(kind)
+            cache[kind] = load_model(LoadRequest("folder", str(folder)))
+        return cache[kind]
+
+    return get
+
+
+@pytest.mark.parametrize("kind", KINDS + ["gemma3", "qwen2"])
+def test_every_head_matches_the_model(kind, loaded):
+    lm = loaded(kind)
+    result = scratch.verify(lm, TEXT)
+    assert result["tolerance"] == 1e-5
+    rows = result["per_layer"] if "per_layer" in result else sum(result["per_stack"].values(), [])
+    assert all(d <= 1e-5 for row in rows for d in row), rows
+    assert result["ok"] and result["max_abs_diff"] <= 1e-5
+    heads = lm.model.config.num_attention_heads if kind != "t5" else lm.model.config.num_heads
+    assert all(len(row) == heads for row in rows)
+
+
+@pytest.mark.parametrize("kind", KINDS + ["gemma3"])
+def test_steps_are_consistent(kind, loaded):
+    """The intermediates obey their formulas: rows of A sum to 1, masked entries are 0, O = A V."""
+    lm = loaded(kind)
+    caps = scratch.capture(lm, TEXT)
+    for stack, cap in caps.items():
+        m = scratch.heads_from_scratch(lm.model, stack, cap.n_layers - 1, cap.inputs[-1])
+        n = len(cap.ids)
+        assert m.x.shape == (n, lm.model.config.d_model if kind == "t5" else lm.model.config.hidden_size)
+        assert torch.allclose(m.probs.sum(-1), torch.ones(m.probs.shape[:2]), atol=1e-5)
+        assert (m.probs[:, ~m.allowed] == 0).all()
+        assert torch.allclose(m.out, m.probs @ m.v.repeat_interleave(m.n_rep, 0), atol=1e-6)
+        if blocks.causal(lm.model, stack):
+            assert not m.allowed.triu(1).any()
+        else:
+            assert m.allowed.all()
+
+
+def test_grouped_query_heads_share_keys(loaded):
+    lm = loaded("llama")  # 4 query heads on 2 key/value heads
+    cap = scratch.capture(lm, TEXT)["decoder"]
+    m = scratch.heads_from_scratch(lm.model, "decoder", 0, cap.inputs[0])
+    assert m.q.shape[0] == 4 and m.k.shape[0] == 2 and m.n_rep == 2
+    assert m.q_rot is not None and not torch.allclose(m.q_rot, m.q)  # the rotation changed q
+    assert torch.allclose(m.q_rot[:, 0], m.q[:, 0])  # position 0 turns by angle 0
+
+
+def test_rotation_matches_transformers(loaded):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    lm = loaded("llama")
+    cap = scratch.capture(lm, TEXT)["decoder"]
+    m = scratch.heads_from_scratch(lm.model, "decoder", 1, cap.inputs[1])
+    pos = torch.arange(len(cap.ids))[None]
+    cos, sin = lm.model.model.rotary_emb(cap.inputs[1][None], pos)
+    q_ref, k_ref = apply_rotary_pos_emb(m.q[None], m.k[None], cos, sin)
+    assert torch.allclose(m.cos, cos[0], atol=1e-6)
+    assert torch.allclose(m.q_rot, q_ref[0], atol=1e-6) and torch.allclose(m.k_rot, k_ref[0], atol=1e-6)
+
+
+def test_gemma_window_norms_and_scale(loaded):
+    lm = loaded("gemma3")
+    cap = scratch.capture(lm, TEXT)["decoder"]
+    sliding = scratch.heads_from_scratch(lm.model, "decoder", 0, cap.inputs[0])
+    full = scratch.heads_from_scratch(lm.model, "decoder", 2, cap.inputs[2])
+    assert sliding.window == 3 and full.window is None
+    assert sliding.allowed.sum(-1).max() == 3  # each query sees itself and the two before
+    assert full.allowed.sum(-1).tolist() == list(range(1, len(cap.ids) + 1))
+    assert sliding.scale == pytest.approx(20**-0.5)
+    assert sliding.q_normed is not None
+    # The sliding and the full layers rotate with their own theta
+    assert not torch.allclose(sliding.cos, full.cos)
+
+
+def test_t5_buckets_match_transformers():
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    rel = torch.arange(-300, 300)[None, :]
+    for bidirectional in (True, False):
+        ours = scratch.relative_buckets(rel, bidirectional, 32, 128)
+        ref = T5Attention._relative_position_bucket(rel, bidirectional, 32, 128)
+        assert torch.equal(ours, ref)
+
+
+def test_padding_mask(loaded):
+    """Left padding: padded keys get no attention, as in the model's own maps."""
+    lm = loaded("llama")
+    model = lm.model
+    ids = blocks.encode(model, lm.tokenizer, "the cat sat on the mat")
+    pad = lm.tokenizer.pad_token_id
+    x = torch.tensor([[pad, pad] + ids])
+    mask = torch.tensor([[0, 0] + [1] * len(ids)])
+    seen = {}
+    attn = blocks.parts(model, "decoder", 1).attn
+
+    def hook(module, args, kwargs):
+        seen["x"] = kwargs["hidden_states"][0]
+
+    handle = attn.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        out = model(input_ids=x, attention_mask=mask, output_attentions=True)
+    finally:
+        handle.remove()
+    # Positions count from the first token, padding included, as in the model's forward without position_ids.
+    m = scratch.heads_from_scratch(model, "decoder", 1, seen["x"], keep=mask[0])
+    real = slice(2, None)
+    assert (m.probs[:, real, :2] == 0).all()
+    assert torch.allclose(m.probs[:, real], out.attentions[1][0][:, real], atol=1e-5)
+
+
+def test_hooks_are_removed(loaded):
+    lm = loaded("gpt2")
+    scratch.capture(lm, TEXT)
+    assert all(not mod._forward_pre_hooks for mod in lm.model.modules())
+
+
+@pytest.mark.parametrize("text", ["", "   \n"])
+def test_empty_text(text, loaded):
+    with pytest.raises(blocks.TextError, match="empty"):
+        scratch.capture(loaded("gpt2"), text)
+
+
+def test_text_longer_than_the_context(loaded):
+    lm = loaded("bert")  # 64 positions
+    with pytest.raises(blocks.TextError, match="at most 64"):
+        scratch.capture(lm, " ".join(["cat"] * 80))
+
+
+def test_unsupported_family_says_so():
+    model = tf.GPTNeoXForCausalLM(
+        tf.GPTNeoXConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
+    )
+    with pytest.raises(blocks.UnsupportedModel, match="not one of the families"):
+        blocks.style(model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2"])
+def test_embedded_models_match(name):
+    lm = load_model(LoadRequest("embedded", name))
+    text = "The Eiffel Tower is in Paris, and the Colosseum is in Rome. " * 3
+    result = scratch.verify(lm, text)
+    assert result["ok"], result["max_abs_diff"]
+    assert result["max_abs_diff"] <= 1e-5
+    assert len(result["per_layer"]) == lm.card.n_layers
+    assert all(len(row) == lm.card.n_heads for row in result["per_layer"])
+
+
+def test_a_wrong_step_is_caught(loaded, monkeypatch):
+    """The comparison is not vacuous: leaving out the rotation, or using 1/sqrt(d_head) where Gemma uses
+    its query_pre_attn_scalar, fails the check."""
+    lm = loaded("llama")
+    monkeypatch.setattr(scratch, "rotate", lambda x, cos, sin: x)
+    result = scratch.verify(lm, TEXT)
+    assert not result["ok"] and result["max_abs_diff"] > 1e-3
+    monkeypatch.undo()
+    real_scale = scratch._scale
+    monkeypatch.setattr(
+        scratch,
+        "_scale",
+        lambda kind, model, m, layer, d: (
+            (d**-0.5, "") if kind == "gemma3" else real_scale(kind, model, m, layer, d)
+        ),
+    )
+    assert not scratch.verify(loaded("gemma3"), TEXT)["ok"]
