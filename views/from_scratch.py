@@ -1,0 +1,116 @@
+"""Attention from scratch: one head of the loaded model computed step by step from its weights, then
+checked against the attention map the model itself returned."""
+
+import streamlit as st
+
+from explorer import blocks, scratch, session
+from explorer.display import md
+from explorer.learn_figures import heatmap
+from explorer.scratch_steps import TOKENS, walkthrough
+
+TEXT = "scratch_text"
+STACK = "scratch_stack"
+LAYER = "scratch_layer"
+HEAD = "scratch_head"
+CACHE = "scratch_capture"  # (request, text, {stack: StackCapture}) of this user's last run
+DEFAULT_TEXT = "The cat sat on the mat because it was tired."
+MAX_TOKENS = 256  # every step is drawn as a heatmap of up to pos x pos cells
+
+st.title("Attention from scratch")
+st.caption(
+    "One attention head of the loaded model, computed here step by step from the layer's input and the "
+    "model's own weights, then compared with the attention map the model returned."
+)
+loaded = session.current_model()
+if loaded is None:
+    st.info("No model is loaded. Pick one in the sidebar and press Load.")
+    st.stop()
+try:
+    stacks = blocks.stacks(loaded.model)
+except blocks.UnsupportedModel as err:
+    st.warning(md(err))
+    st.stop()
+
+text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=80)
+cached = st.session_state.get(CACHE)
+if cached is not None and cached[0] == loaded.request and cached[1] == text:
+    caps = cached[2]
+else:
+    try:
+        with st.spinner("Running the model once, recording each attention layer's input …"):
+            caps = scratch.capture(loaded, text, limit=MAX_TOKENS)
+    except blocks.TextError as err:
+        st.error(md(err))
+        st.stop()
+    st.session_state[CACHE] = (loaded.request, text, caps)
+
+cols = st.columns(3)
+if len(stacks) > 1:
+    stack = cols[0].radio(
+        "Stack", stacks, key=STACK, horizontal=True,
+        help="The decoder reads the text shifted right behind its start token (teacher forcing).",
+    )  # fmt: skip
+else:
+    stack = stacks[0]
+    cols[0].markdown(f"**Stack:** {stack}")
+cap = caps[stack]
+n_heads = cap.attentions[0].shape[0]
+# A choice kept from a model with more layers or heads is reset.
+if st.session_state.get(LAYER, 0) >= cap.n_layers:
+    st.session_state.pop(LAYER)
+if st.session_state.get(HEAD, 0) >= n_heads:
+    st.session_state.pop(HEAD)
+layer = cols[1].selectbox("Layer", list(range(cap.n_layers)), key=LAYER)
+head = cols[2].selectbox("Head", list(range(n_heads)), key=HEAD)
+
+walk = walkthrough(loaded.model, cap, layer, head)
+tokens = list(cap.tokens)
+verdict = "matches" if walk.ok else "does NOT match"
+summary = f"Layer {layer}, head {head}: the computation below {verdict} the model's own map "
+summary += f"(largest difference {walk.max_abs_diff:.2e}, tolerance {walk.tolerance:.0e})."
+(st.success if walk.ok else st.error)(summary)
+st.caption(f"{len(tokens)} tokens · {md(loaded.card.architecture)} · {md(loaded.card.attention)}")
+
+for i, step in enumerate(walk.steps, 1):
+    left, right = st.columns([1, 2])
+    with left:
+        st.markdown(f"**{i}. {md(step.title)}**")
+        st.latex(step.latex)
+        st.caption(f"shape {step.shape}" + (f" · {md(step.note)}" if step.note else ""))
+    with right:
+        rows = tokens if step.rows == TOKENS else None
+        cols_ = tokens if step.cols == TOKENS else None
+        probs = step.title.startswith("Attention weights")
+        fig = heatmap(
+            step.values, f"{i}. {step.title} ({step.shape})", rows=rows, cols=cols_,
+            row_title="query" if step.cols == TOKENS else "token",
+            col_title="key" if step.cols == TOKENS else "dimension",
+            colorscale="Blues" if probs else "RdBu", symmetric=not probs,
+        )  # fmt: skip
+        st.plotly_chart(fig, key=f"scratch-step-{i}")
+
+st.subheader("Check against the model")
+st.markdown(
+    "The model's own map comes from `model(..., output_attentions=True)` with eager attention, in the same "
+    "forward pass that recorded the layer input."
+)
+left, right = st.columns(2)
+with left:
+    st.plotly_chart(
+        heatmap(
+            walk.model_map, "The model's own attention map", tokens, tokens, "query", "key", "Blues", False
+        ),
+        key="scratch-model-map",
+    )
+with right:
+    st.plotly_chart(
+        heatmap(
+            abs(walk.computed - walk.model_map), "|from scratch − model|", tokens, tokens, "query", "key",
+            "Reds", False,
+        ),
+        key="scratch-diff",
+    )  # fmt: skip
+result = "PASS" if walk.ok else "FAIL"
+st.metric(
+    f"Largest absolute difference ({result})", f"{walk.max_abs_diff:.3e}", help=f"tolerance {walk.tolerance}"
+)
