@@ -29,13 +29,17 @@ def heatmap(
     colorscale: str = "RdBu",
     symmetric: bool = True,
     height: int | None = None,
+    x_values: Sequence[float] | None = None,
 ) -> go.Figure:
     """A (rows, cols) heatmap; `rows`/`cols` are token strings (None: numbered dimensions). NaN cells
-    (masked positions) stay blank. `symmetric` centres a diverging scale on zero."""
+    (masked positions) stay blank. `symmetric` centres a diverging scale on zero. `x_values` puts the
+    columns on a numeric axis instead (relative distances)."""
     values = np.asarray(values, dtype=np.float32)
     n_rows, n_cols = values.shape
     ry, ty = _labels(rows, n_rows)
     rx, tx = _labels(cols, n_cols)
+    if x_values is not None:
+        rx, tx = list(x_values), [str(v) for v in x_values]
     finite = values[np.isfinite(values)]
     bound = float(np.abs(finite).max()) if finite.size else 1.0
     extra = dict(zmid=0.0, zmin=-bound, zmax=bound) if symmetric else {}
@@ -56,7 +60,8 @@ def heatmap(
     )  # fmt: skip
     fig.update_xaxes(
         title=col_title, tickmode="array", tickangle=-60 if cols is not None else 0,
-        tickvals=rx if cols is not None else None, ticktext=tx if cols is not None else None,
+        tickvals=rx if cols is not None and x_values is None else None,
+        ticktext=tx if cols is not None and x_values is None else None,
     )  # fmt: skip
     if height is None:
         height = int(min(900, max(260, 120 + 16 * n_rows)))
