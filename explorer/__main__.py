@@ -1,4 +1,4 @@
-"""Command line: `python -m explorer models|info|prepare ...` over the same library as the app."""
+"""Command line: `python -m explorer models|info|trace|prepare ...` over the same library as the app."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import warnings
 
 from explorer import zoo
-from explorer.errors import LoadError, first_line
+from explorer.errors import InputError, LoadError, first_line
 
 
 def _quiet() -> None:
@@ -79,6 +79,48 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Attention from scratch against the model's own maps, every layer and head; exit 1 when any
+    head differs by more than the tolerance."""
+    from explorer import blocks, scratch
+    from explorer.loading import load_model
+
+    loaded = load_model(_request(args))
+    try:
+        result = scratch.verify(loaded, args.text)
+    except (blocks.TextError, blocks.UnsupportedModel) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+def _trace(args: argparse.Namespace) -> int:
+    """Runs MODEL on a text and writes every attention map and hidden state to an .npz file."""
+    from explorer.capture import capture
+    from explorer.export import write_npz
+    from explorer.loading import load_model
+
+    loaded = load_model(_request(args))
+    if args.target is not None and loaded.card.family != "encoder-decoder":
+        raise InputError(f"--target is for encoder-decoders; {loaded.card.name} is a {loaded.card.family}.")
+    cap = capture(loaded, args.text, target=args.target)
+    write_npz(cap, args.out)
+    summary = {
+        "model": cap.model_name,
+        "family": cap.family,
+        "out": args.out,
+        "layers": int(cap.attentions.shape[0]),
+        "heads": int(cap.attentions.shape[1]),
+        "tokens": list(cap.sequence.tokens),
+    }
+    if cap.source is not None:
+        summary["encoder_tokens"] = list(cap.source.tokens)
+        summary["target_generated"] = cap.target_generated
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m explorer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +137,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pretty", action="store_true", help="indent the JSON")
     p.set_defaults(run=_info)
 
+    p = sub.add_parser("verify", help="attention from scratch vs the model's own, every layer and head")
+    p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
+    p.add_argument("--text", required=True, help="the text to run")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
+    p.set_defaults(run=_verify)
+
+    p = sub.add_parser("trace", help="run MODEL on a text; write its attention and hidden states (.npz)")
+    p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
+    p.add_argument("--text", required=True, help="the text (for encoder-decoders: the source)")
+    p.add_argument("--target", help="encoder-decoders: the decoder's prefix (default: its own greedy output)")
+    p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
+    p.set_defaults(run=_trace)
+
     p = sub.add_parser("prepare", help="convert the embedded GGUF models once (make run does this)")
     p.add_argument("names", nargs="*", help="embedded model names (default: all)")
     p.set_defaults(run=_prepare)
@@ -106,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet()
     try:
         return args.run(args)
-    except LoadError as err:
+    except (LoadError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

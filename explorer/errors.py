@@ -9,3 +9,7 @@ def first_line(err: BaseException, limit: int = 400) -> str:
     """The first line of an exception's message (its type name when it has none), for one-line messages."""
     text = str(err).strip()
     return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
+class InputError(ValueError):
+    """The user's input cannot be run (empty, too long, too large); `str(err)` says what to change."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer import zoo
+from explorer.capture import Capture, capture
 from explorer.display import md
-from explorer.errors import LoadError
+from explorer.errors import InputError, LoadError
 from explorer.loading import LoadedModel, LoadRequest
 from explorer.registry import ModelRegistry
 
@@ -23,6 +24,24 @@ GGUF = "picker_gguf"
 DEVICE = "picker_device"
 DTYPE = "picker_dtype"
 REMOTE_CODE = "picker_remote_code"
+# the text a user looks at, shared by the Attention and Hidden states pages (and the Tasks page's links)
+TEXT = "attention_text"
+TARGET = "attention_target"  # encoder-decoders: the decoder's prefix
+CAPTURE = "capture"  # (key, Capture) of this user's last run
+ATTN_KIND = "attention_kind"
+ATTN_VIEW = "attention_view"
+ATTN_LAYER = "attention_layer"
+ATTN_HEAD = "attention_head"
+ATTN_GRID = "attention_grid"
+ATTN_SCALE = "attention_scale"
+ATTN_QUERY = "attention_query"
+ATTN_KEY = "attention_key"
+ATTN_STAT = "attention_stat"
+ATTN_WINDOW = "attention_window"
+BERTVIZ_VIEW = "bertviz_view"
+BERTVIZ_LAYERS = "bertviz_layers"
+HIDDEN_VIEW = "hidden_view"
+LENS_POSITIONS = "lens_positions"
 
 
 @st.cache_resource
@@ -84,6 +103,23 @@ def current_model() -> LoadedModel | None:
         return None
     found = registry().get(request)
     return found if found is not None else load(request)
+
+
+def capture_for(loaded: LoadedModel, text: str, target: str | None) -> Capture | None:
+    """This user's capture of `text` (and `target`) on `loaded`, run once per change and kept in the
+    session; on bad input shows the message and returns None."""
+    key = (loaded.request, text, target or None)
+    kept = st.session_state.get(CAPTURE)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    try:
+        with st.spinner(f"Running {md(loaded.card.name)} and keeping every attention map …"):
+            cap = capture(loaded, text, target=target or None)
+    except InputError as err:
+        st.error(md(err))
+        return None
+    st.session_state[CAPTURE] = (key, cap)
+    return cap
 
 
 def unload(request: LoadRequest) -> bool:

@@ -1,0 +1,290 @@
+"""The Attention page: every head of every layer, as heatmaps, statistics and bertviz's views."""
+
+import numpy as np
+import streamlit as st
+
+from explorer import session
+from explorer.attention import (
+    SAME_SEQUENCE_ONLY,
+    STATISTICS,
+    focus,
+    head_statistics,
+    mean_over_heads,
+    rollout,
+    top_attended,
+)
+from explorer.attention_figures import heads_grid, layer_head_heatmap, token_heatmap, top_attended_figure
+from explorer.bertviz_view import bertviz_html, view_height
+from explorer.capture import AttentionSet, Capture
+from explorer.devices import human_bytes
+from explorer.display import md
+from explorer.errors import InputError
+from explorer.export import npz_bytes
+from views.common import text_inputs, token_line
+
+VIEWS = ["One head", "All heads", "Mean and rollout", "Token focus", "Head statistics", "bertviz"]
+FULL_MAP_LIMIT = 768  # longer texts show one window of the map at full detail
+WINDOW = 512
+
+
+def layer_label(s: AttentionSet, layer: int) -> str:
+    window = s.windows[layer] if layer < len(s.windows) else None
+    return f"{layer} (sliding window {window})" if window else str(layer)
+
+
+def _clamp(key: str, n: int) -> None:
+    if st.session_state.get(key, 0) >= n:
+        st.session_state[key] = 0
+
+
+def open_from_grid() -> None:
+    """A click on a thumbnail of the grid opens that head large."""
+    event = st.session_state.get(session.ATTN_GRID)
+    points = event.selection.points if event is not None else []
+    if points and points[0].get("customdata"):
+        layer, head = points[0]["customdata"][:2]
+        st.session_state[session.ATTN_LAYER] = int(layer)
+        st.session_state[session.ATTN_HEAD] = int(head)
+        st.session_state[session.ATTN_VIEW] = "One head"
+
+
+def one_head(s: AttentionSet, layer: int, head: int) -> None:
+    z = s.maps[layer, head]
+    n_q, n_k = z.shape
+    q0 = k0 = 0
+    if max(n_q, n_k) > FULL_MAP_LIMIT:
+        st.info(
+            f"{max(n_q, n_k)} tokens: the map is shown {WINDOW} positions at a time at full detail "
+            "(the All heads grid shows the whole of every map)."
+        )
+        c1, c2 = st.columns(2)
+        q0 = c1.number_input("First query position", 0, max(0, n_q - 1), max(0, n_q - WINDOW), step=64)
+        k0 = c2.number_input("First key position", 0, max(0, n_k - 1), max(0, min(q0, n_k - WINDOW)), step=64)
+        z = z[q0 : q0 + WINDOW, k0 : k0 + WINDOW]
+    window = s.windows[layer] if s.same_sequence else None
+    title = f"{s.title}: layer {layer}, head {head}" + (f" (sliding window {window})" if window else "")
+    fig = token_heatmap(
+        z, s.queries.tokens[q0 : q0 + z.shape[0]], s.keys.tokens[k0 : k0 + z.shape[1]], title,
+        window=window if window and window < max(n_q, n_k) else None, q_offset=q0, k_offset=k0,
+    )  # fmt: skip
+    st.plotly_chart(fig, width="content", key="one_head")
+    notes = ["Each row is one query's attention: its weights sum to 1."]
+    if s.causal:
+        notes.append("Causal: a token attends only to itself and earlier tokens (the upper triangle is 0).")
+    if window:
+        notes.append(f"This layer uses a sliding window: keys more than {window - 1} positions back get 0.")
+    st.caption(" ".join(notes))
+
+
+def all_heads(s: AttentionSet) -> None:
+    scale = st.radio(
+        "Colour",
+        ["map", "sqrt", "linear"],
+        format_func={
+            "map": "each map from 0 to its own largest weight",
+            "sqrt": "square root of the weight (faint weights show)",
+            "linear": "weight from 0 to 1",
+        }.get,
+        horizontal=True,
+        key=session.ATTN_SCALE,
+    )
+    fig = heads_grid(s.maps, f"{s.title}: {s.n_layers} layers × {s.n_heads} heads", scale, s.windows)
+    st.plotly_chart(
+        fig, width="content", key=session.ATTN_GRID, on_select=open_from_grid, selection_mode="points",
+        config={"displayModeBar": True},
+    )  # fmt: skip
+    st.caption(
+        "Click a thumbnail to open that head large. Rows are layers (·w: sliding window), columns heads."
+    )
+
+
+def mean_and_rollout(s: AttentionSet, layer: int) -> None:
+    mean = mean_over_heads(s.maps[layer : layer + 1])[0]
+    left, right = st.columns(2)
+    left.plotly_chart(
+        token_heatmap(mean, s.queries.tokens, s.keys.tokens, f"{s.title}: layer {layer}, mean over heads"),
+        width="content",
+        key="mean_map",
+    )
+    if not s.same_sequence:
+        st.caption(
+            "Rollout follows attention through the layers of one stack; cross-attention has no rollout."
+        )
+        return
+    rolled = rollout(s.maps)[layer]
+    right.plotly_chart(
+        token_heatmap(
+            rolled, s.queries.tokens, s.keys.tokens,
+            f"Attention rollout through layers 0–{layer}", value_name="rollout",
+        ),
+        width="content",
+        key="rollout_map",
+    )  # fmt: skip
+    st.caption(
+        "Rollout (Abnar and Zuidema, 2020): each layer's head-averaged map is mixed half and half with the "
+        "identity (the residual connection), rows renormalized, and the layers multiplied in order: how much "
+        "each position draws on each input token through every path up to this layer."
+    )
+
+
+def default_query(s: AttentionSet) -> int:
+    words = [t.strip("␣").lower() for t in s.queries.tokens]
+    return words.index("it") if "it" in words else len(words) - 1
+
+
+def token_focus(s: AttentionSet) -> None:
+    q_opts = list(range(len(s.queries)))
+    k_opts = list(range(len(s.keys)))
+    if st.session_state.get(session.ATTN_QUERY) not in q_opts:
+        st.session_state[session.ATTN_QUERY] = default_query(s)
+    c1, c2 = st.columns(2)
+    query = c1.selectbox(
+        "Query token (attending)",
+        q_opts,
+        format_func=lambda i: f"{i}: {s.queries.tokens[i]}",
+        key=session.ATTN_QUERY,
+    )
+    if st.session_state.get(session.ATTN_KEY) not in k_opts:
+        mean = s.maps[:, :, query, :].mean(axis=(0, 1)).copy()
+        if s.same_sequence:
+            mean[query] = -1.0
+        if len(mean) > 1:
+            mean[0] = -1.0  # the first token soaks up attention in most models; suggest something else
+        st.session_state[session.ATTN_KEY] = int(np.argmax(mean))
+    key = c2.selectbox(
+        "Key token (attended to)",
+        k_opts,
+        format_func=lambda i: f"{i}: {s.keys.tokens[i]}",
+        key=session.ATTN_KEY,
+    )
+    values = focus(s.maps, query, key)
+    qt, kt = s.queries.tokens[query], s.keys.tokens[key]
+    notes = [f"sliding {w}" if w else "" for w in s.windows]
+    st.plotly_chart(
+        layer_head_heatmap(values, f"How much “{qt}” ({query}) attends to “{kt}” ({key}), per head", "weight",
+                           layer_notes=notes, zmax=1.0),
+        width="content",
+        key="focus_map",
+    )  # fmt: skip
+    st.plotly_chart(
+        top_attended_figure(top_attended(s.maps, query, 3), s.keys.tokens, f"“{qt}” ({query})"),
+        width="content",
+        key="top_attended",
+    )
+
+
+def head_stats(s: AttentionSet) -> None:
+    names = [n for n in STATISTICS if s.same_sequence or n not in SAME_SEQUENCE_ONLY]
+    name = st.radio("Statistic", names, format_func=STATISTICS.get, key=session.ATTN_STAT)
+    if name not in names:
+        name = names[0]
+    values = head_statistics(s.maps, name)
+    fmt = ".2f" if name in ("entropy", "distance") else ".3f"
+    zmax = 1.0 if name not in ("entropy", "distance") else None
+    notes = [f"sliding {w}" if w else "" for w in s.windows]
+    st.plotly_chart(
+        layer_head_heatmap(values, STATISTICS[name], name, fmt=fmt, layer_notes=notes, zmax=zmax),
+        width="content",
+        key="stats_map",
+    )
+    if name == "entropy":
+        st.caption(
+            f"For reference: uniform attention over {len(s.keys)} keys has {np.log2(len(s.keys)):.2f} bits."
+        )
+
+
+def bertviz_views(cap: Capture, layer: int) -> None:
+    sets = cap.attention_sets()
+    view = st.radio(
+        "bertviz view",
+        ["head", "model"],
+        format_func={
+            "head": "Head view (one layer, heads as colours)",
+            "model": "Model view (every head)",
+        }.get,
+        horizontal=True,
+        key=session.BERTVIZ_VIEW,
+    )
+    n_layers = min(s.n_layers for s in sets)
+    if view == "head":
+        default = [min(layer, n_layers - 1)]
+    else:
+        default = list(range(min(4, n_layers)))
+    chosen = st.multiselect(
+        "Layers to include (fewer layers, smaller page)",
+        list(range(n_layers)),
+        default=default,
+        key=f"{session.BERTVIZ_LAYERS}_{view}",
+    )
+    if not chosen:
+        st.info("Choose at least one layer.")
+        return
+    try:
+        html = bertviz_html(sets, view, sorted(chosen))
+    except InputError as err:
+        st.warning(md(err))
+        return
+    st.caption(
+        f"bertviz {view} view, drawn by bertviz's own code from this capture "
+        f"({human_bytes(len(html.encode()))}, "
+        "weights rounded to 3 decimals). Hover a token to see its attention; double-click a head colour to "
+        "show only that head."
+    )
+    st.iframe(html, height=view_height(sets, view, len(chosen)))
+
+
+def main() -> None:
+    st.title("Attention")
+    loaded = session.current_model()
+    if loaded is None:
+        st.info("Load a model in the sidebar to look at its attention.")
+        return
+    text, target = text_inputs(loaded.card.family)
+    cap = session.capture_for(loaded, text, target)
+    if cap is None:
+        return
+    token_line(cap)
+    sets = cap.attention_sets()
+    if len(sets) > 1:
+        st.session_state.setdefault(session.ATTN_KIND, "cross")
+        kind = st.segmented_control(
+            "Attention", [s.name for s in sets], format_func=lambda n: cap.attention_set(n).title,
+            key=session.ATTN_KIND, required=True,
+        )  # fmt: skip
+        s = cap.attention_set(kind or "cross")
+    else:
+        s = sets[0]
+    st.session_state.setdefault(session.ATTN_VIEW, VIEWS[0])
+    view = st.segmented_control("View", VIEWS, key=session.ATTN_VIEW, required=True) or VIEWS[0]
+    _clamp(session.ATTN_LAYER, s.n_layers)
+    _clamp(session.ATTN_HEAD, s.n_heads)
+    layer = head = 0
+    if view in ("One head", "Mean and rollout"):
+        c1, c2, _ = st.columns([2, 1, 3])
+        layer = c1.selectbox(
+            "Layer", list(range(s.n_layers)), format_func=lambda i: layer_label(s, i), key=session.ATTN_LAYER
+        )
+        if view == "One head":
+            head = c2.selectbox("Head", list(range(s.n_heads)), key=session.ATTN_HEAD)
+    if view == "One head":
+        one_head(s, layer, head)
+    elif view == "All heads":
+        all_heads(s)
+    elif view == "Mean and rollout":
+        mean_and_rollout(s, layer)
+    elif view == "Token focus":
+        token_focus(s)
+    elif view == "Head statistics":
+        head_stats(s)
+    else:
+        bertviz_views(cap, st.session_state.get(session.ATTN_LAYER, 0))
+    st.download_button(
+        "Download the capture (.npz: tokens, attentions, hidden states)",
+        data=lambda: npz_bytes(cap),
+        file_name=f"{cap.model_name}-capture.npz",
+        mime="application/octet-stream",
+        on_click="ignore",
+    )
+
+
+main()

@@ -1,0 +1,68 @@
+"""Pieces shared by the pages that read the user's text: the text boxes and the token line."""
+
+from html import escape
+
+import streamlit as st
+
+from explorer import session
+from explorer.capture import Capture, Sequence
+
+DEFAULT_TEXT = "The cat sat on the mat because it was tired."
+
+
+def _kept_box(label: str, key: str, default: str, height: int, container=st) -> str:
+    """A text box whose value lives under `key`, outside the widget: Streamlit drops a widget's state
+    on a page without that widget, and the text must survive a visit to another page."""
+    st.session_state.setdefault(key, default)
+    box = f"{key}_box"
+    st.session_state[box] = st.session_state[key]
+
+    def keep() -> None:
+        st.session_state[key] = st.session_state[box]
+
+    return container.text_area(label, key=box, height=height, on_change=keep)
+
+
+def text_inputs(family: str) -> tuple[str, str | None]:
+    """The text box(es) shared by the Attention and Hidden states pages."""
+    if family == "encoder-decoder":
+        left, right = st.columns(2)
+        text = _kept_box("Source (the encoder's input)", session.TEXT, DEFAULT_TEXT, 90, left)
+        target = _kept_box(
+            "Target prefix (the decoder's input; empty: the model's own greedy output)",
+            session.TARGET,
+            "",
+            90,
+            right,
+        )
+        return text, target
+    return _kept_box("Text", session.TEXT, DEFAULT_TEXT, 90), None
+
+
+CHIP = (
+    "display:inline-block; margin:1px 2px; padding:0 4px; border-radius:4px; font-family:monospace; "
+    "font-size:12px; white-space:pre; background:{bg}"
+)
+
+
+def chips(seq: Sequence) -> str:
+    """The tokens as escaped HTML chips; special tokens in another colour."""
+    return "".join(
+        f'<span title="id {i}" style="{CHIP.format(bg="#fde68a" if sp else "#e2e8f0")}">{escape(t)}</span>'
+        for i, t, sp in zip(seq.ids, seq.tokens, seq.special)
+    )
+
+
+def token_line(cap: Capture) -> None:
+    """The tokens the model read (special tokens in yellow)."""
+    if cap.source is not None:
+        how = "the model's own greedy output" if cap.target_generated else "your prefix"
+        parts = [(f"Encoder input, {len(cap.source)} tokens", cap.source),
+                 (f"Decoder input ({how}), {len(cap.sequence)} tokens", cap.sequence)]  # fmt: skip
+    else:
+        parts = [(f"{len(cap.sequence)} tokens (special tokens in yellow)", cap.sequence)]
+    html = "".join(
+        f'<div style="font-size:13px; color:#475569; margin:2px 0">{escape(label)}: {chips(seq)}</div>'
+        for label, seq in parts
+    )
+    st.html(html)

@@ -1,0 +1,99 @@
+"""The Hidden states page: how large each position's vector is, how much each block turns it, and
+what each layer would predict (logit lens)."""
+
+import streamlit as st
+
+from explorer import session
+from explorer.attention_figures import layer_position_heatmap, logit_lens_figure
+from explorer.display import md
+from explorer.errors import InputError
+from explorer.hidden import LENS_MAX_POSITIONS, consecutive_cosine, logit_lens, norms
+from views.common import text_inputs, token_line
+
+VIEWS = ["Norms", "Change per layer", "Logit lens"]
+
+
+def stacks(cap) -> list[tuple[str, object]]:
+    if cap.family == "encoder-decoder":
+        return [
+            ("Encoder", (cap.encoder_hidden_states, cap.source)),
+            ("Decoder", (cap.hidden_states, cap.sequence)),
+        ]
+    return [("", (cap.hidden_states, cap.sequence))]
+
+
+def main() -> None:
+    st.title("Hidden states")
+    loaded = session.current_model()
+    if loaded is None:
+        st.info("Load a model in the sidebar to look at its hidden states.")
+        return
+    text, target = text_inputs(loaded.card.family)
+    cap = session.capture_for(loaded, text, target)
+    if cap is None:
+        return
+    token_line(cap)
+    views = VIEWS if cap.family == "decoder" else VIEWS[:2]
+    st.session_state.setdefault(session.HIDDEN_VIEW, VIEWS[0])
+    view = st.segmented_control("View", views, key=session.HIDDEN_VIEW, required=True) or VIEWS[0]
+    if view not in views:
+        view = views[0]
+    if view == "Norms":
+        for name, (hidden, seq) in stacks(cap):
+            st.plotly_chart(
+                layer_position_heatmap(
+                    norms(hidden), seq.tokens, f"{name} L2 norm of each position's hidden state".strip(),
+                    "norm", fmt=".2f",
+                ),
+                width="content",
+                key=f"norms_{name}",
+            )  # fmt: skip
+        st.caption(
+            "Row L0 is the embedding output; row L(i+1) the output of block i. The last row is taken after "
+            "the model's final norm where it has one (as transformers returns it), which rescales it."
+        )
+    elif view == "Change per layer":
+        for name, (hidden, seq) in stacks(cap):
+            st.plotly_chart(
+                layer_position_heatmap(
+                    consecutive_cosine(hidden), seq.tokens,
+                    f"{name} cosine similarity between a block's input and its output".strip(), "cosine",
+                    zmin=-1.0, zmax=1.0, colorscale="RdBu",
+                ),
+                width="content",
+                key=f"cosine_{name}",
+            )  # fmt: skip
+        st.caption(
+            "Near 1: the block barely turned that position's vector; lower: it rewrote it. Row Li is block i."
+        )
+    else:
+        n = len(cap.sequence)
+        default = list(range(max(0, n - 12), n))
+        st.session_state.setdefault(session.LENS_POSITIONS, default)
+        chosen = [p for p in st.session_state[session.LENS_POSITIONS] if p < n]
+        st.session_state[session.LENS_POSITIONS] = chosen or default
+        positions = st.multiselect(
+            f"Positions (at most {LENS_MAX_POSITIONS})",
+            list(range(n)),
+            format_func=lambda i: f"{i}: {cap.sequence.tokens[i]}",
+            key=session.LENS_POSITIONS,
+            max_selections=LENS_MAX_POSITIONS,
+        )
+        try:
+            with st.spinner("Reading every layer through the unembedding …"):
+                lens = logit_lens(loaded, cap, sorted(positions))
+        except InputError as err:
+            st.warning(md(err))
+            return
+        st.plotly_chart(
+            logit_lens_figure(lens.top_probs, lens.top_tokens, cap.sequence.tokens, lens.positions),
+            width="content",
+            key="logit_lens",
+        )
+        st.caption(
+            "Each layer's hidden state put through the model's own final norm and unembedding, as if it were "
+            "the last layer (nostalgebraist's logit lens). The last row is the model's real prediction."
+        )
+
+
+main()
