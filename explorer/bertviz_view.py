@@ -16,6 +16,7 @@ of 128 tokens). Here the page is put together from bertviz's own drawing code (`
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Sequence
@@ -53,11 +54,17 @@ def _bertviz_js(view: str) -> str:
     return (Path(bertviz.__file__).parent / VIEWS[view]).read_text(encoding="utf-8")
 
 
-def _rounded(maps: np.ndarray, layers: Sequence[int], heads: Sequence[int] | None) -> list:
+def numbers_json(a: np.ndarray) -> str:
+    """A nested JSON array of weights rounded to DECIMALS, written short (`.25` for 0.25, `0` for 0.0).
+    Only digits, `.`, `-`, `,`, `[` and `]`: nothing in it can end a script."""
+    text = json.dumps(np.round(a.astype(np.float64), DECIMALS).tolist(), separators=(",", ":"))
+    text = re.sub(r"\.0(?=[,\]])", "", text)  # 1.0 -> 1, 0.0 -> 0
+    return re.sub(r"(?<![\d.])0\.(?=\d)", ".", text)  # 0.25 -> .25
+
+
+def _chosen(maps: np.ndarray, layers: Sequence[int], heads: Sequence[int] | None) -> np.ndarray:
     chosen = maps[list(layers)]
-    if heads is not None:
-        chosen = chosen[:, list(heads)]
-    return np.round(chosen.astype(np.float64), DECIMALS).tolist()
+    return chosen if heads is None else chosen[:, list(heads)]
 
 
 def bertviz_html(
@@ -88,10 +95,11 @@ def bertviz_html(
     if not layers or any(not 0 <= x < n_layers for x in layers):
         raise InputError(f"Choose layers between 0 and {n_layers - 1}.")
     root = f"bertviz-{uuid.uuid4().hex}"
+    # the weights go in after the JSON is escaped, as placeholders replaced by numbers-only JSON
     data = [
-        {"name": s.title, "attn": _rounded(s.maps, layers, heads if view == "model" else None),
-         "left_text": list(s.queries.tokens), "right_text": list(s.keys.tokens)}
-        for s in sets
+        {"name": s.title, "attn": f"@@ATTN{i}@@", "left_text": list(s.queries.tokens),
+         "right_text": list(s.keys.tokens)}
+        for i, s in enumerate(sets)
     ]  # fmt: skip
     params: dict = {"attention": data, "default_filter": "0", "root_div_id": root, "include_layers": layers}
     if view == "head":
@@ -108,7 +116,11 @@ def bertviz_html(
     if len(sets) > 1:
         options = "".join(f'<option value="{i}">{_plain(s.title)}</option>' for i, s in enumerate(sets))
         controls += f' Attention: <select id="filter">{options}</select>'
-    code = _bertviz_js(view).replace("PYTHON_PARAMS", script_json(params), 1)
+    payload = script_json(params)
+    for i, s in enumerate(sets):
+        weights = numbers_json(_chosen(s.maps, layers, heads if view == "model" else None))
+        payload = payload.replace(f'"@@ATTN{i}@@"', weights, 1)
+    code = _bertviz_js(view).replace("PYTHON_PARAMS", payload, 1)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>bertviz {view} view</title></head>
 <body style="margin:0; background:#fff">
