@@ -1,0 +1,140 @@
+"""FFN memory: the feed-forward neurons that fire on a token, the tokens their outputs promote, and how
+much of each layer's update comes from attention and how much from the feed-forward network."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from explorer import blocks, ffn, session
+from explorer.display import md
+from explorer.learn_figures import bars, stacked_shares
+from explorer.tokens import display_tokens
+
+TEXT = "ffn_text"
+LAYER = "ffn_layer"
+POSITION = "ffn_position"
+TOP_K = "ffn_top_k"
+THROUGH_NORM = "ffn_through_norm"
+CACHE = "ffn_capture"  # (request, text, FfnCapture) of this user's last run
+DEFAULT_TEXT = "The Eiffel Tower is in the city of Paris"
+MAX_TOKENS = 512
+
+st.title("FFN memory: how LLMs store facts")
+st.caption(
+    "Each layer's feed-forward network is a large set of neurons. A neuron reads the token's vector, "
+    "fires (its activation), and adds its own output vector to the residual stream, scaled by that "
+    "activation. Read through the unembedding, an output vector says which next tokens it makes likelier: "
+    "a key-value memory (Geva et al., 2021)."
+)
+loaded = session.current_model()
+if loaded is None:
+    st.info("No model is loaded. Pick one in the sidebar and press Load.")
+    st.stop()
+try:
+    blocks.style(loaded.model)
+except blocks.UnsupportedModel as err:
+    st.warning(md(err))
+    st.stop()
+
+text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=80)
+cached = st.session_state.get(CACHE)
+if cached is not None and cached[0] == loaded.request and cached[1] == text:
+    cap = cached[2]
+else:
+    try:
+        with st.spinner("Running the model once, recording every feed-forward input …"):
+            cap = ffn.capture(loaded, text, limit=MAX_TOKENS)
+    except blocks.TextError as err:
+        st.error(md(err))
+        st.stop()
+    st.session_state[CACHE] = (loaded.request, text, cap)
+
+if st.session_state.get(LAYER, 0) >= cap.n_layers:
+    st.session_state.pop(LAYER)
+if st.session_state.get(POSITION, 0) >= len(cap.ids):
+    st.session_state.pop(POSITION)
+cols = st.columns([1, 2, 1])
+layer = cols[0].selectbox("Layer", list(range(cap.n_layers)), index=cap.n_layers // 2, key=LAYER)
+position = cols[1].selectbox(
+    "Token", list(range(len(cap.ids))), index=len(cap.ids) - 1, key=POSITION,
+    format_func=lambda i: f"{i}: {cap.tokens[i]}",
+)  # fmt: skip
+k = cols[2].slider("Neurons", 5, 30, 10, key=TOP_K)
+if cap.stack == "decoder" and len(blocks.stacks(loaded.model)) == 2:
+    st.caption(
+        "Encoder-decoder: the decoder's layers, reading the text shifted right behind its start token."
+    )
+
+acts = ffn.activations(loaded.model, cap.stack, layer, cap.inputs[layer])  # (pos, d_ff)
+row = acts[position]
+order = row.abs().argsort(descending=True)[:k].tolist()
+st.latex(ffn.formula(loaded.model))
+st.caption(
+    f"Layer {layer} has {acts.shape[1]:,} neurons. The {k} with the largest |activation| on token "
+    f"{position} ({md(cap.tokens[position])}); computed from the FFN's input and weights, the same numbers "
+    "the down projection reads."
+)
+fig = bars(
+    [f"neuron {n}" for n in order], [float(row[n]) for n in order],
+    f"Layer {layer}, token {position} ({cap.tokens[position]}): strongest neurons", "activation",
+    [f"neuron {n}: {float(row[n]):.4g}" for n in order],
+)  # fmt: skip
+st.plotly_chart(fig, key="ffn-neurons")
+
+if ffn.can_unembed(loaded.model):
+    _, norm_name = ffn.final_norm_scale(loaded.model)
+    through = st.toggle(f"Through the {norm_name}", value=True, key=THROUGH_NORM)
+    st.latex(r"\text{logits} = W_U\,(\gamma \odot w_{out})" if through else r"\text{logits} = W_U\, w_{out}")
+    note = (
+        "w_out is the neuron's column of the down projection: what it writes per unit of activation. "
+        "γ is the final norm's scale; the norm's division by the vector's size (and, for LayerNorm, its "
+        "mean and bias) depends on the whole residual stream and is left out, as is usual (logit lens)."
+    )
+    if blocks.style(loaded.model) == "gemma3":
+        note += (
+            " Gemma also normalizes the whole FFN output (post_feedforward_layernorm) before adding it: "
+            "left out too."
+        )
+    st.caption(note)
+    top, top_ids, low, low_ids = ffn.promoted(
+        loaded.model, ffn.out_vectors(loaded.model, cap.stack, layer, order), k=6, through_norm=through
+    )
+    tok = loaded.tokenizer
+    table = pd.DataFrame(
+        {
+            "neuron": order,
+            "activation": [round(float(row[n]), 4) for n in order],
+            "promotes (top logits)": [" · ".join(display_tokens(tok, ids.tolist())) for ids in top_ids],
+            "suppresses (lowest)": [" · ".join(display_tokens(tok, ids.tolist())) for ids in low_ids],
+            "top logit": [round(float(v[0]), 3) for v in top],
+        }
+    )
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.caption(
+        "A neuron with a negative activation writes −w_out: it promotes the right-hand column instead."
+    )
+else:
+    st.info(
+        f"{md(loaded.card.architecture)} is not a decoder-only model with an LM head: its neurons' outputs "
+        "are not read as next-token logits here."
+    )
+
+st.subheader("Who writes into the residual stream: attention or the FFN")
+choice = st.radio("Over", ["this token", "the mean over all tokens"], horizontal=True, key="ffn_share_over")
+attn = cap.attn_norms[:, position] if choice == "this token" else cap.attn_norms.mean(1)
+ffn_n = cap.ffn_norms[:, position] if choice == "this token" else cap.ffn_norms.mean(1)
+st.plotly_chart(
+    stacked_shares(
+        np.asarray(attn), np.asarray(ffn_n), "Size of each layer's two updates (L2 norm), as shares"
+    ),
+    key="ffn-shares",
+)
+post = blocks.style(loaded.model) in ("bert", "bart")
+st.caption(
+    "The L2 norm of what attention adds and what the FFN adds to the residual stream at each layer"
+    + (
+        "; this model normalizes after each addition (post-norm), so the norms are measured before that."
+        if post
+        else "."
+    )
+)
