@@ -121,6 +121,31 @@ def _trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task(args: argparse.Namespace) -> int:
+    """Runs one NLP task on MODEL and prints the results as JSON; a task the model cannot do exits 1."""
+    from explorer import tasks
+    from explorer.loading import load_model
+
+    try:
+        name = tasks.task_name(args.task)
+        options = {k: v for k, v in vars(args).items() if k in TASK_OPTIONS and v is not None}
+        given = tasks.TaskInput(
+            texts=args.text or [],
+            labels=tasks.parse_labels(args.labels or ""),
+            context=args.context or "",
+            options=options,
+        )
+        result = tasks.run(load_model(_request(args)), name, given)
+    except tasks.TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.to_dict(), ensure_ascii=False, indent=None if args.json else 2))
+    return 0
+
+
+TASK_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "pair", "target")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m explorer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +179,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
     p.set_defaults(run=_trace)
+
+    p = sub.add_parser("task", help="run an NLP task (text-classification, fill-mask, ...) and print JSON")
+    p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
+    p.add_argument(
+        "task",
+        help="text-classification (sentiment-analysis), zero-shot-classification, token-classification "
+        "(ner), question-answering, fill-mask, text-generation, chat, summarization, translation, "
+        "feature-extraction, sentence-similarity, semantic-search",
+    )
+    p.add_argument("--text", action="append", help="an input (repeat for several; chat: the turns)")
+    p.add_argument("--labels", help="zero-shot: candidate labels, comma-separated")
+    p.add_argument(
+        "--context", help="question-answering: the passage; semantic-search: documents, one a line"
+    )
+    p.add_argument("--max-new-tokens", type=int, help="generation: new tokens at most")
+    p.add_argument(
+        "--sample", dest="do_sample", action="store_true", default=None, help="sample (default greedy)"
+    )
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int, help="fill-mask: candidates; sampling: top-k")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--pair", help="translation with T5: a language pair such as en_to_de")
+    p.add_argument("--target-language", dest="target", help="translation by a prompted decoder: the language")
+    p.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
+    p.set_defaults(run=_task)
 
     p = sub.add_parser("prepare", help="convert the embedded GGUF models once (make run does this)")
     p.add_argument("names", nargs="*", help="embedded model names (default: all)")
