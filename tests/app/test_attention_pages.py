@@ -1,0 +1,153 @@
+"""The Attention and Hidden states pages in AppTest, on tiny models of each family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from explorer import session
+from tests.app.test_model_page import _numbers, app, charts, fresh_registry, load_folder, run  # noqa: F401
+
+ATTENTION = "views/attention.py"
+HIDDEN = "views/hidden_states.py"
+TEXT = "the cat sat on the mat because it was tired"
+SHAPES = {  # (layers, heads) of the tiny models in tests/conftest.py
+    "bert": (2, 4),
+    "gpt2": (2, 4),
+    "llama": (2, 4),
+}
+
+
+def open_page(kind, tiny_dir, page=ATTENTION, text=TEXT):
+    at = app()
+    load_folder(at, tiny_dir(kind))
+    at.session_state[session.TEXT] = text
+    at.switch_page(page)
+    return run(at)
+
+
+def view(at, name: str, key=session.ATTN_VIEW):
+    at.session_state[key] = name
+    return run(at)
+
+
+def heatmap_shape(spec: dict) -> tuple[int, int]:
+    trace = spec["data"][0]
+    z = trace["z"]
+    if isinstance(z, dict):  # a base64 typed array with its shape
+        return tuple(int(x) for x in str(z["shape"]).split(","))
+    return len(z), len(z[0])
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_every_attention_view_on_a_single_stack(kind, tiny_dir):
+    at = open_page(kind, tiny_dir)
+    assert at.session_state[session.CAPTURE][1].sequence.tokens == tuple(TEXT.split())
+    n = len(TEXT.split())
+    layers, heads = SHAPES[kind]
+    one = charts(at)[0]
+    assert heatmap_shape(one) == (n, n)
+    assert "layer 0, head 0" in one["layout"]["title"]["text"]
+    at.selectbox(key=session.ATTN_LAYER).set_value(1)
+    at.selectbox(key=session.ATTN_HEAD).set_value(3)
+    one = charts(run(at))[0]
+    assert "layer 1, head 3" in one["layout"]["title"]["text"]
+
+    grid = charts(view(at, "All heads"))[0]
+    assert grid["data"][0]["type"] == "image" and grid["data"][0]["source"].startswith("data:image/png")
+    assert len(grid["data"][1]["customdata"]) == layers * heads
+
+    mean, rolled = charts(view(at, "Mean and rollout"))
+    assert heatmap_shape(mean) == heatmap_shape(rolled) == (n, n)
+
+    focus, top = charts(view(at, "Token focus"))
+    assert heatmap_shape(focus) == (layers, heads)
+    assert at.selectbox(key=session.ATTN_QUERY).value == TEXT.split().index("it")
+
+    stats = charts(view(at, "Head statistics"))[0]
+    assert heatmap_shape(stats) == (layers, heads)
+    at.radio(key=session.ATTN_STAT).set_value("entropy")
+    values = np.array(_numbers(charts(run(at))[0]["data"][0]["z"]))
+    assert (values >= 0).all() and (values <= np.log2(n) + 1e-5).all()
+
+    view(at, "bertviz")
+    frames = at.get("iframe")
+    assert len(frames) == 1
+    html = frames[0].proto.srcdoc
+    assert "because" in html and "<script src" not in html
+    assert at.download_button  # the NPZ export
+
+
+def test_encoder_decoder_offers_encoder_decoder_and_cross_attention(tiny_dir):
+    at = open_page("t5", tiny_dir)
+    src = len(at.session_state[session.CAPTURE][1].source)
+    tgt = len(at.session_state[session.CAPTURE][1].sequence)
+    assert at.session_state[session.ATTN_KIND] == "cross"
+    assert heatmap_shape(charts(at)[0]) == (tgt, src)
+    at.session_state[session.ATTN_KIND] = "encoder"
+    assert heatmap_shape(charts(run(at))[0]) == (src, src)
+    at.session_state[session.ATTN_KIND] = "decoder"
+    assert heatmap_shape(charts(run(at))[0]) == (tgt, tgt)
+    # the decoder of the tiny T5 has 3 layers, its encoder 2
+    at.session_state[session.ATTN_KIND] = "cross"
+    grid = charts(view(at, "All heads"))[0]
+    assert len(grid["data"][1]["customdata"]) == 3 * 4
+    assert len(charts(view(at, "Mean and rollout"))) == 1  # no rollout across two sequences
+    stats = view(at, "Head statistics").radio(key=session.ATTN_STAT)
+    assert list(stats.options) == [
+        "Entropy (bits): how spread out each query's attention is, averaged over queries",
+        "Share on the first token (attention sink), averaged over queries",
+    ]
+    view(at, "bertviz")
+    html = at.get("iframe")[0].proto.srcdoc
+    assert "Cross-attention" in html and "Encoder self-attention" in html
+
+
+def test_a_target_prefix_is_read_as_given(tiny_dir):
+    at = open_page("bart", tiny_dir)
+    at.text_area(key=f"{session.TARGET}_box").input("the dog ran")
+    run(at)
+    cap = at.session_state[session.CAPTURE][1]
+    assert not cap.target_generated and cap.sequence.tokens[-3:] == ("the", "dog", "ran")
+
+
+def test_bad_text_gets_a_message_and_the_page_recovers(tiny_dir):
+    at = open_page("gpt2", tiny_dir, text="   ")
+    assert "empty" in at.error[0].value
+    at.text_area(key=f"{session.TEXT}_box").input(" ".join(["cat"] * 70))
+    run(at)
+    assert "70 tokens long" in at.error[0].value and "at most 64" in at.error[0].value
+    at.text_area(key=f"{session.TEXT}_box").input(TEXT)
+    run(at)
+    assert not at.error and charts(at)
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama", "t5"])
+def test_hidden_states_page(kind, tiny_dir):
+    at = open_page(kind, tiny_dir, page=HIDDEN)
+    cap = at.session_state[session.CAPTURE][1]
+    norms = charts(at)
+    stacks = 2 if kind == "t5" else 1
+    assert len(norms) == stacks
+    assert heatmap_shape(norms[-1]) == cap.hidden_states.shape[:2]
+    cos = charts(view(at, "Change per layer", session.HIDDEN_VIEW))
+    assert heatmap_shape(cos[-1]) == (cap.hidden_states.shape[0] - 1, cap.hidden_states.shape[1])
+    options = [b for b in at.get("button_group") if b.key == session.HIDDEN_VIEW][0].options
+    assert ("Logit lens" in options) == (kind == "llama")
+
+
+def test_logit_lens_on_a_decoder(tiny_dir):
+    at = open_page("llama", tiny_dir, page=HIDDEN)
+    lens = charts(view(at, "Logit lens", session.HIDDEN_VIEW))[0]
+    n = len(TEXT.split())
+    assert heatmap_shape(lens) == (2 + 1, n)  # embeddings + 2 layers, every position (fewer than 12)
+    assert len(lens["data"][0]["text"][0]) == n
+
+
+def test_the_text_survives_a_visit_to_another_page(tiny_dir):
+    at = open_page("gpt2", tiny_dir, text="the dog ran to park")
+    at.switch_page("views/model.py")
+    run(at)
+    at.switch_page(HIDDEN)
+    run(at)
+    assert at.text_area(key=f"{session.TEXT}_box").value == "the dog ran to park"
