@@ -308,6 +308,10 @@ def head_model(loaded: LoadedModel, auto_class: str):
     mapping = getattr(cls, "_model_mapping", None)
     wanted = mapping.get(type(loaded.model.config), None) if mapping is not None else None
     if wanted is not None and isinstance(loaded.model, wanted):
+        # The shared load used the config's architecture: check its head was in the checkpoint.
+        missing = untrained_head(loaded.model, checkpoint_names(loaded))
+        if missing:
+            raise _fresh_error(loaded, type(loaded.model).__name__, missing)
         return loaded.model
     key = (loaded.request, auto_class)
     with _heads_guard:
@@ -358,14 +362,47 @@ def _load_head(loaded: LoadedModel, cls, auto_class: str):
         )
     fresh = sorted(set(info.get("missing_keys") or ()) | {k for k, *_ in info.get("mismatched_keys") or ()})
     if fresh:
-        shown = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
-        return TaskError(
-            f"{loaded.card.name} cannot do this: its checkpoint has no weights for {shown}, so "
-            f"{type(model).__name__} would start them at random and its output would be noise."
-        )
+        return _fresh_error(loaded, type(model).__name__, fresh)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _fresh_error(loaded: LoadedModel, class_name: str, fresh: list[str]) -> TaskError:
+    shown = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
+    return TaskError(
+        f"{loaded.card.name} cannot do this: its checkpoint has no weights for {shown}, so {class_name} "
+        "starts them at random and its output would be noise."
+    )
+
+
+def checkpoint_names(loaded: LoadedModel) -> set[str] | None:
+    """The tensor names in the checkpoint's safetensors files (headers only), or None when the weights
+    are not local safetensors (then nothing can be checked without loading)."""
+    import json
+    import struct
+    from pathlib import Path
+
+    folder = Path(loaded.weights_from)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    names: set[str] = set()
+    for file in files:
+        with file.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            names |= {k for k in json.loads(f.read(size)) if k != "__metadata__"}
+    return names
+
+
+def untrained_head(model, names: set[str] | None) -> list[str]:
+    """Parameters outside the base model (the head) that the checkpoint does not hold. Tied parameters
+    appear once in named_parameters, under the base model's name, so a tied decoder is not listed."""
+    if names is None:
+        return []
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    head = [n for n, _ in model.named_parameters() if not n.startswith(prefix)]
+    return sorted(n for n in head if n not in names and f"{prefix}{n}" not in names)
 
 
 # --- inputs ------------------------------------------------------------------------------------------------
