@@ -229,3 +229,27 @@ def test_a_wrong_step_is_caught(loaded, monkeypatch):
         ),
     )
     assert not scratch.verify(loaded("gemma3"), TEXT)["ok"]
+
+
+def test_verify_command(tiny_dir, capsys):
+    import json
+
+    from explorer import __main__ as cli
+
+    assert cli.main(["verify", str(tiny_dir("t5")), "--text", TEXT]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] and result["tolerance"] == 1e-5 and result["max_abs_diff"] <= 1e-5
+    assert [len(rows) for rows in result["per_stack"].values()] == [2, 3]  # encoder, decoder layers
+    assert cli.main(["verify", str(tiny_dir("gpt2")), "--text", ""]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: The text is empty") and err.count("\n") == 1
+
+
+def test_verify_command_fails_on_a_mismatch(tiny_dir, capsys, monkeypatch):
+    import json
+
+    from explorer import __main__ as cli
+
+    monkeypatch.setattr(scratch, "rotate", lambda x, cos, sin: x)
+    assert cli.main(["verify", str(tiny_dir("llama")), "--text", TEXT]) == 1
+    assert json.loads(capsys.readouterr().out)["ok"] is False

@@ -1,0 +1,196 @@
+"""The learning pages in Streamlit's AppTest: attention from scratch, positions, tokens, FFN memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import transformers as tf
+from streamlit.testing.v1 import AppTest
+
+from explorer import session
+from tests.conftest import tiny_tokenizer
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+HOSTILE = "the cat </script><b>x</b> <img src=x onerror=alert(1)> **bold** $x$"
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    session.registry.clear()
+    yield
+    session.registry.clear()
+
+
+def run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def open_page(page: str, folder=None) -> AppTest:
+    at = run(AppTest.from_file(APP, default_timeout=180))
+    if folder is not None:
+        at.radio(key=session.SOURCE).set_value("folder")
+        run(at)
+        at.text_input(key=session.FOLDER).set_value(str(folder))
+        at.sidebar.button[0].click()
+        run(at)
+    at.switch_page(page)
+    return run(at)
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
+def titles(at: AppTest) -> list[str]:
+    return [c["layout"]["title"]["text"] for c in charts(at)]
+
+
+def latex(at: AppTest) -> list[str]:
+    return [e.value.strip("$\n") for e in at.get("latex")]  # st.latex wraps the formula in $$ lines
+
+
+# Attention from scratch
+
+
+def test_from_scratch_on_the_default_model():
+    at = open_page("views/from_scratch.py")
+    assert "matches the model's own map" in at.success[0].value
+    assert any(t.startswith("Q = X W_Q^{(0)}") for t in latex(at))
+    assert any("\\mathrm{rot}" in t for t in latex(at))  # SmolLM2 is rotary
+    assert float(at.metric[0].value) <= 1e-5
+    at.selectbox(key="scratch_layer").set_value(7)
+    at.selectbox(key="scratch_head").set_value(4)
+    run(at)
+    assert at.success[0].value.startswith("Layer 7, head 4: the computation below matches")
+    names = titles(at)
+    assert any(n.startswith("3. Keys K, kv head 1") for n in names)  # 9 heads on 3 kv heads: 4 // 3
+    probs = [c for c in charts(at) if "Attention weights" in c["layout"]["title"]["text"]][0]
+    z = probs["data"][0]["z"]
+    n = len(probs["data"][0]["y"])
+    assert probs["layout"]["title"]["text"].endswith(f"({n} × {n})")
+    assert isinstance(z, (list, dict))
+
+
+def test_from_scratch_encoder_decoder_stacks(tiny_dir):
+    at = open_page("views/from_scratch.py", tiny_dir("t5"))
+    assert "matches" in at.success[0].value
+    assert any("unchanged" in t for t in latex(at))  # the encoder masks nothing
+    at.radio(key="scratch_stack").set_value("decoder")
+    run(at)
+    assert "matches" in at.success[0].value
+    assert any("B_{ij}" in t for t in latex(at))  # T5's relative position bias step
+    assert any("j > i" in t for t in latex(at))
+    assert "S' = S \\cdot 1" in latex(at)  # T5 does not scale
+
+
+def test_from_scratch_bad_text(tiny_dir):
+    at = open_page("views/from_scratch.py", tiny_dir("bert"))
+    at.text_area(key="scratch_text").set_value("   ")
+    run(at)
+    assert "The text is empty" in at.error[0].value
+    at.text_area(key="scratch_text").set_value(" ".join(["cat"] * 80))
+    run(at)
+    assert "reads at most 64" in at.error[0].value
+    at.text_area(key="scratch_text").set_value("the cat sat")
+    run(at)  # the page recovers
+    assert "matches" in at.success[0].value
+
+
+def test_from_scratch_unsupported_family(tmp_path):
+    model = tf.GPTNeoXForCausalLM(
+        tf.GPTNeoXConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
+    )
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    at = open_page("views/from_scratch.py", tmp_path)
+    assert "not one of the families" in at.warning[0].value
+    at.switch_page("views/ffn.py")
+    run(at)
+    assert "not one of the families" in at.warning[0].value
+
+
+# Positions
+
+
+def test_positions_rotary_default_model():
+    at = open_page("views/positions.py")
+    names = titles(at)
+    assert any(n.startswith("Sinusoidal encoding (128 × 576)") for n in names)
+    assert any("after rotation" in n for n in names)
+    assert any("base θ = 100000.0" in c.value for c in at.caption)
+    decay = [c for c in charts(at) if "after rotation" in c["layout"]["title"]["text"]][0]["data"][0]
+    assert decay["name"] == "all layers"
+
+
+def test_positions_learned_gpt2(tiny_dir):
+    at = open_page("views/positions.py", tiny_dir("gpt2"))
+    names = titles(at)
+    assert "Cosine similarity between positions" in names
+    assert any(n.startswith("Learned position vectors (64 of 64 × 32)") for n in names)
+
+
+def test_positions_t5_buckets(tiny_dir):
+    at = open_page("views/positions.py", tiny_dir("t5"))
+    names = titles(at)
+    assert "encoder: learned bias per head" in names and "decoder: learned bias per head" in names
+    bias = [c for c in charts(at) if c["layout"]["title"]["text"] == "encoder: learned bias per head"][0]
+    z = bias["data"][0]["z"]  # a typed array {"dtype", "bdata", "shape"} or nested lists
+    rows = int(z["shape"].split(",")[0]) if isinstance(z, dict) else len(z)
+    assert rows == 4  # one row per head
+
+
+# Tokens
+
+
+def test_tokens_page_counts_and_escapes():
+    at = open_page("views/tokens.py")
+    at.text_area(key="tokens_text").set_value(HOSTILE)
+    run(at)
+    from explorer.loading import LoadRequest
+
+    tok = session.registry().get(LoadRequest("embedded", "smollm2-135m-instruct")).tokenizer
+    n = len(tok(HOSTILE)["input_ids"])
+    assert at.metric[0].value == str(n)
+    html = at.get("html")[0].proto.body
+    # The tokenizer cuts "</script>" into "</" and "script": each piece arrives escaped.
+    assert ">␣&lt;/</span>" in html and "&gt;&lt;</span>" in html
+    assert "<b>" not in html and "<img" not in html and "<script" not in html
+    assert html.count('class="tok-chip"') == n
+    table = at.dataframe[0].value
+    assert list(table["id"]) == tok(HOSTILE)["input_ids"]
+    assert "".join(table["text"]).replace("␣", " ").endswith("$x$")
+    # side by side with Gemma's tokenizer (the default second choice)
+    assert len(at.get("html")) == 3
+    assert any("tokens here" in c.value for c in at.caption)
+
+
+def test_tokens_page_empty_text():
+    at = open_page("views/tokens.py")
+    at.text_area(key="tokens_text").set_value("")
+    run(at)
+    assert "The text is empty" in at.error[0].value
+
+
+# FFN memory
+
+
+def test_ffn_page_default_model():
+    at = open_page("views/ffn.py")
+    table = at.dataframe[0].value
+    assert len(table) == 10 and table["activation"].abs().is_monotonic_decreasing
+    assert any(c["data"][0]["type"] == "bar" for c in charts(at))
+    shares = [c for c in charts(at) if "shares" in c["layout"]["title"]["text"]][0]
+    assert [t["name"] for t in shares["data"]] == ["attention", "feed-forward"]
+    at.toggle(key="ffn_through_norm").set_value(False)
+    run(at)
+    assert any("W_U\\, w_{out}" in t for t in latex(at))
+
+
+def test_ffn_page_encoder(tiny_dir):
+    at = open_page("views/ffn.py", tiny_dir("bert"))
+    assert "not a decoder-only model" in at.info[0].value
+    assert any("post-norm" in c.value for c in at.caption)
