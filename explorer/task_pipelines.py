@@ -161,7 +161,8 @@ def fill_mask(loaded: LoadedModel, texts: list[str], given: TaskInput, notes: li
         progress(i / len(texts), f"text {i + 1} of {len(texts)}")
         text = normalize_mask(loaded, text)
         if mask not in text:
-            raise TaskError(f"Put {mask} (or [MASK]) where {loaded.card.name} should fill in a word.")
+            also = "" if mask == "[MASK]" else " ([MASK] works too)"
+            raise TaskError(f"Put {mask}{also} where {loaded.card.name} should fill in a word.")
         clipped = clip_text(loaded, text, token_limit(loaded), notes)
         n_masks = clipped.count(mask)
         if n_masks == 0:
