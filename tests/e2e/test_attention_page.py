@@ -1,0 +1,110 @@
+"""The Attention page in a real browser: the embedded decoder and encoder, the grid, one head opened
+from it, bertviz's view drawn offline, and a hostile text shown as text."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import screenshot, wait_for_app_run
+from tests.e2e.test_model_page import choose
+
+pytestmark = pytest.mark.e2e
+
+HOSTILE = "</script><b>x</b> <img src=x onerror=alert(1)> it"
+
+
+def open_attention(page, app_url):
+    page.set_viewport_size({"width": 1500, "height": 2400})
+    page.goto(f"{app_url}/attention")
+    wait_for_app_run(page)
+    expect(page.get_by_role("heading", name="Attention", exact=True)).to_be_visible(timeout=120_000)
+
+
+def chart(page, text: str):
+    return page.get_by_test_id("stPlotlyChart").filter(has_text=text)
+
+
+def pick_view(page, name: str) -> None:
+    page.get_by_test_id("stButtonGroup").get_by_text(name, exact=True).click()
+    wait_for_app_run(page)
+
+
+def bertviz_frame(page):
+    return page.frame_locator('[data-testid="stIFrame"]')
+
+
+def test_decoder_grid_opens_a_head_and_bertviz_draws(page, app_url):
+    open_attention(page, app_url)
+    expect(chart(page, "layer 0, head 0")).to_be_visible()
+    expect(chart(page, "␣cat")).to_have_count(1)  # the tokens on the axes, readable
+    screenshot(page, "attention-one-head")
+
+    pick_view(page, "All heads")
+    grid = chart(page, "30 layers × 9 heads")
+    expect(grid).to_be_visible()
+    expect(grid.locator("image")).to_have_count(1)  # every thumbnail in one picture
+    # click the thumbnail of layer 2, head 4 (markers are in layer-major order, 9 heads a row)
+    marker = grid.locator(".scatterlayer .point").nth(2 * 9 + 4)
+    box = marker.bounding_box()
+    screenshot(page, "attention-grid")
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    wait_for_app_run(page)
+    expect(chart(page, "layer 2, head 4")).to_be_visible(timeout=30_000)
+    screenshot(page, "attention-opened-from-grid")
+
+    pick_view(page, "bertviz")
+    frame = bertviz_frame(page)
+    expect(frame.locator("svg text").filter(has_text="␣cat").first).to_be_visible(timeout=30_000)
+    expect(frame.locator("#layer option")).to_have_count(1)  # only the chosen layer was sent
+    screenshot(page, "attention-bertviz-head")
+
+    pick_view(page, "Token focus")
+    expect(chart(page, "How much “␣it” (7) attends to")).to_be_visible()
+    pick_view(page, "Head statistics")
+    expect(chart(page, "Entropy (bits)")).to_be_visible()
+    assert page.dialogs == []
+
+
+def test_hostile_text_is_shown_as_text_everywhere(page, app_url):
+    open_attention(page, app_url)
+    box = page.get_by_label("Text")
+    box.fill(HOSTILE)
+    box.press("Control+Enter")
+    wait_for_app_run(page)
+    chips = page.locator('[data-testid="stHtml"]')
+    expect(chips.get_by_text("</", exact=True).first).to_be_visible(timeout=60_000)
+    assert page.locator('img[src="x"]').count() == 0
+    assert page.locator("[data-testid='stMain'] b").filter(has_text="x").count() == 0
+    ticks = chart(page, "layer 0, head 0").locator(".xtick text")
+    expect(ticks.filter(has_text="</").first).to_be_attached()  # the token text on the heatmap's axes
+    expect(ticks.filter(has_text="img")).to_have_count(1)
+    screenshot(page, "attention-hostile-one-head")
+
+    pick_view(page, "All heads")
+    expect(chart(page, "30 layers × 9 heads")).to_be_visible()
+    pick_view(page, "bertviz")
+    frame = bertviz_frame(page)
+    expect(frame.locator("svg text").filter(has_text="img").first).to_be_visible(timeout=30_000)
+    expect(frame.locator("svg text").filter(has_text="</").first).to_be_visible()
+    assert frame.locator('img[src="x"]').count() == 0
+    assert frame.locator("b").count() == 0
+    page.get_by_text("Model view (every head)").click()
+    wait_for_app_run(page)
+    expect(frame.locator("svg").first).to_be_visible(timeout=30_000)
+    screenshot(page, "attention-hostile-bertviz-model")
+    assert page.dialogs == []
+
+
+def test_encoder_attention(page, app_url):
+    open_attention(page, app_url)
+    sidebar = page.get_by_test_id("stSidebar")
+    choose(page, sidebar, "Embedded model", "all-MiniLM-L6-v2 · encoder", shows="BERT encoder, 6 layers")
+    sidebar.get_by_role("button", name="Load", exact=True).click()
+    wait_for_app_run(page)
+    expect(chart(page, "Self-attention: layer 0, head 0")).to_be_visible(timeout=120_000)
+    expect(chart(page, "[CLS]")).to_have_count(1)
+    pick_view(page, "All heads")
+    expect(chart(page, "6 layers × 12 heads")).to_be_visible()
+    screenshot(page, "attention-encoder-grid")
+    assert page.dialogs == []
