@@ -36,32 +36,27 @@ def heatmap(
     columns on a numeric axis instead (relative distances)."""
     values = np.asarray(values, dtype=np.float32)
     n_rows, n_cols = values.shape
-    ry, ty = _labels(rows, n_rows)
-    rx, tx = _labels(cols, n_cols)
+    # Token axes are categories named "token ·position" (unique, so repeated tokens keep their own row);
+    # the names travel once per axis, the hover reads them from there.
+    y = _labels(rows, n_rows)[1] if rows is not None else list(range(n_rows))
+    x = _labels(cols, n_cols)[1] if cols is not None else list(range(n_cols))
     if x_values is not None:
-        rx, tx = list(x_values), [str(v) for v in x_values]
+        x = list(x_values)
     finite = values[np.isfinite(values)]
     bound = float(np.abs(finite).max()) if finite.size else 1.0
     extra = dict(zmid=0.0, zmin=-bound, zmax=bound) if symmetric else {}
-    hover_rows = np.array(ty, dtype=object)[:, None].repeat(n_cols, 1)
-    hover_cols = np.array(tx, dtype=object)[None, :].repeat(n_rows, 0)
     fig = go.Figure(
         go.Heatmap(
-            z=values, x=rx, y=ry, colorscale=colorscale, customdata=np.stack([hover_rows, hover_cols], -1),
-            hovertemplate=f"{escape(row_title)} %{{customdata[0]}}<br>{escape(col_title)} %{{customdata[1]}}"
+            z=values, x=x, y=y, colorscale=colorscale,
+            hovertemplate=f"{escape(row_title)} %{{y}}<br>{escape(col_title)} %{{x}}"
             "<br>%{z:.5g}<extra></extra>",
             **extra,
         )
     )  # fmt: skip
-    fig.update_yaxes(
-        autorange="reversed", title=row_title, tickmode="array",
-        tickvals=ry if rows is not None or n_rows <= 40 else None,
-        ticktext=ty if rows is not None or n_rows <= 40 else None,
-    )  # fmt: skip
+    fig.update_yaxes(autorange="reversed", title=row_title, type="category" if rows is not None else "linear")
     fig.update_xaxes(
-        title=col_title, tickmode="array", tickangle=-60 if cols is not None else 0,
-        tickvals=rx if cols is not None and x_values is None else None,
-        ticktext=tx if cols is not None and x_values is None else None,
+        title=col_title, type="category" if cols is not None and x_values is None else "linear",
+        tickangle=-60 if cols is not None and x_values is None else 0,
     )  # fmt: skip
     if height is None:
         height = int(min(900, max(260, 120 + 16 * n_rows)))

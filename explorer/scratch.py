@@ -288,7 +288,8 @@ def heads_from_scratch(
             qq, kk = q_normed, k_normed
         if kind in ("llama", "gemma3"):
             inv_freq, attention_scaling = rotary_frequencies(model, layer)
-            angles = torch.arange(x.shape[0]).float()[:, None] * inv_freq.to(x.device)[None, :]  # (pos, d/2)
+            pos = torch.arange(x.shape[0], device=x.device).float()
+            angles = pos[:, None] * inv_freq.to(x.device)[None, :]  # (pos, d_head / 2)
             angles = torch.cat((angles, angles), dim=-1)  # (pos, d_head)
             cos, sin = angles.cos() * attention_scaling, angles.sin() * attention_scaling
             q_rot, k_rot = rotate(qq, cos, sin), rotate(kk, cos, sin)

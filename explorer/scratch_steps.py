@@ -180,6 +180,12 @@ def walkthrough(model, cap: StackCapture, layer: int, head: int) -> Walkthrough:
         if rules
         else "An encoder: every token sees every token."
     )
+    if m.window is not None and n <= m.window:
+        note += f" The text has {n} tokens, no more than the window, so the window hides nothing here."
+    elif (
+        m.window is None and getattr(model.config, "sliding_window", None) and blocks.style(model) == "gemma3"
+    ):
+        note += " This is one of the model's full-attention layers: no sliding window."
     steps.append(Step("Masked", mask_tex, masked, TOKENS, TOKENS, note))
     steps.append(
         Step(

@@ -14,7 +14,7 @@ LAYER = "scratch_layer"
 HEAD = "scratch_head"
 CACHE = "scratch_capture"  # (request, text, {stack: StackCapture}) of this user's last run
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
-MAX_TOKENS = 256  # every step is drawn as a heatmap of up to pos x pos cells
+MAX_TOKENS = 640  # every step is a heatmap of up to pos x pos cells; past Gemma's window of 512
 
 st.title("Attention from scratch")
 st.caption(

@@ -194,3 +194,30 @@ def test_ffn_page_encoder(tiny_dir):
     at = open_page("views/ffn.py", tiny_dir("bert"))
     assert "not a decoder-only model" in at.info[0].value
     assert any("post-norm" in c.value for c in at.caption)
+
+
+@pytest.mark.slow
+def test_from_scratch_on_gemma_past_its_window():
+    """Gemma 3 on a text longer than its sliding window (512): sliding and full layers both match."""
+    at = run(AppTest.from_file(APP, default_timeout=300))
+    at.selectbox(key=session.EMBEDDED).set_value("gemma-3-270m")
+    run(at)
+    at.sidebar.button[0].click()
+    run(at)
+    at.switch_page("views/from_scratch.py")
+    run(at)
+    text = " ".join(f"Item {i} is blue." for i in range(80))
+    at.text_area(key="scratch_text").set_value(text)
+    run(at)
+    assert "matches" in at.success[0].value
+    assert any("sliding window of 512" in c.value for c in at.caption)
+    assert any("i - j \\ge 512" in t for t in latex(at))
+    assert any("1/\\sqrt{256}" in t for t in latex(at))  # query_pre_attn_scalar
+    assert any(t.startswith("\\hat q") for t in latex(at))  # q_norm
+    masked = [c for c in charts(at) if ". Masked" in c["layout"]["title"]["text"]][0]
+    n = len(masked["data"][0]["y"])
+    assert n > 512
+    at.selectbox(key="scratch_layer").set_value(5)  # a full-attention layer
+    run(at)
+    assert "matches" in at.success[0].value
+    assert any("full-attention layers" in c.value for c in at.caption)
