@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 STATISTICS = {
     "entropy": "Entropy (bits): how spread out each query's attention is, averaged over queries",
@@ -101,7 +102,6 @@ def pool_max(a: np.ndarray, size: int) -> tuple[np.ndarray, int]:
     block = max(1, int(np.ceil(max(n_q, n_k) / size)))
     if block == 1:
         return a, 1
-    pq, pk = -n_q % block, -n_k % block
-    padded = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, pq), (0, pk)])
-    shape = padded.shape[:-2] + (padded.shape[-2] // block, block, padded.shape[-1] // block, block)
-    return padded.reshape(shape).max(axis=(-3, -1)), block
+    x = torch.from_numpy(np.ascontiguousarray(a)).reshape(-1, 1, n_q, n_k)
+    pooled = torch.nn.functional.max_pool2d(x, kernel_size=block, stride=block, ceil_mode=True)
+    return pooled.reshape(*a.shape[:-2], *pooled.shape[-2:]).numpy(), block
