@@ -253,3 +253,12 @@ def test_verify_command_fails_on_a_mismatch(tiny_dir, capsys, monkeypatch):
     monkeypatch.setattr(scratch, "rotate", lambda x, cos, sin: x)
     assert cli.main(["verify", str(tiny_dir("llama")), "--text", TEXT]) == 1
     assert json.loads(capsys.readouterr().out)["ok"] is False
+
+
+def test_half_precision_models_get_a_half_precision_tolerance(tiny_dir):
+    assert scratch.tolerance(torch.float32) == 1e-5
+    assert scratch.tolerance(torch.bfloat16) == pytest.approx(8 * 2**-7)
+    lm = load_model(LoadRequest("folder", str(tiny_dir("llama")), dtype="bfloat16"))
+    result = scratch.verify(lm, TEXT)
+    assert result["tolerance"] == pytest.approx(0.0625)
+    assert 0 < result["max_abs_diff"] <= result["tolerance"] and result["ok"]
