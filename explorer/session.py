@@ -123,6 +123,9 @@ def capture_for(loaded: LoadedModel, text: str, target: str | None) -> Capture |
 
 
 def unload(request: LoadRequest) -> bool:
+    from explorer.tasks import forget_heads
+
+    forget_heads(request)  # head classes the Tasks page loaded for this model
     done = registry().unload(request)
     if current_request() == request:
         st.session_state[REQUEST] = None

@@ -402,7 +402,18 @@ def untrained_head(model, names: set[str] | None) -> list[str]:
         return []
     prefix = getattr(model, "base_model_prefix", "") + "."
     head = [n for n, _ in model.named_parameters() if not n.startswith(prefix)]
-    return sorted(n for n in head if n not in names and f"{prefix}{n}" not in names)
+    return sorted(n for n in head if not any(a in names for a in _stored_as(n, prefix)))
+
+
+def _stored_as(name: str, prefix: str) -> list[str]:
+    """Names a checkpoint may store `name` under: with or without the base model's prefix, and the
+    LayerNorm `gamma`/`beta` of old checkpoints (bert-base-uncased), which transformers renames on load."""
+    forms = [name]
+    if name.endswith(".weight"):
+        forms.append(name[: -len("weight")] + "gamma")
+    elif name.endswith(".bias"):
+        forms.append(name[: -len("bias")] + "beta")
+    return forms + [prefix + f for f in forms]
 
 
 # --- inputs ------------------------------------------------------------------------------------------------

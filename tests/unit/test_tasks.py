@@ -497,3 +497,22 @@ def test_smollm2_chat_reply_is_its_greedy_generation():
     ref = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
     assert item["new_ids"] == ref[0, ids.shape[1] :].tolist()
     assert "Paris" in item["reply"]
+
+
+def test_old_layernorm_names_count_as_present(tmp_path):
+    """bert-base-uncased stores LayerNorm.gamma/beta; transformers renames them on load, so does the check."""
+    from safetensors.torch import load_file, save_file
+
+    folder = _save(tmp_path, "BertForMaskedLM")
+    weights = load_file(folder / "model.safetensors")
+    renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+               for k, v in weights.items()}  # fmt: skip
+    assert "cls.predictions.transform.LayerNorm.gamma" in renamed
+    save_file(renamed, folder / "model.safetensors", metadata={"format": "pt"})
+    loaded = load_model(LoadRequest("folder", str(folder), device="cpu"))
+    assert tasks.untrained_head(loaded.model, tasks.checkpoint_names(loaded)) == []
+    del renamed["cls.predictions.transform.dense.weight"]
+    save_file(renamed, folder / "model.safetensors", metadata={"format": "pt"})
+    assert tasks.untrained_head(loaded.model, tasks.checkpoint_names(loaded)) == [
+        "cls.predictions.transform.dense.weight"
+    ]
