@@ -12,6 +12,11 @@ import plotly.graph_objects as go
 INK = "#0f172a"
 
 
+def _plain(text: str) -> str:
+    """Text for a Plotly label, which reads HTML: <, > and & escaped (quotes kept as they are)."""
+    return escape(text, quote=False)
+
+
 def _labels(labels: Sequence[str] | None, n: int) -> tuple[list[int], list[str]]:
     """Numeric positions with text ticks: repeated tokens would collapse on a categorical axis."""
     if labels is None:
@@ -61,7 +66,7 @@ def heatmap(
     if height is None:
         height = int(min(900, max(260, 120 + 16 * n_rows)))
     fig.update_layout(
-        title=dict(text=escape(title), x=0.01), height=height, margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(text=_plain(title), x=0.01), height=height, margin=dict(l=10, r=10, t=40, b=10),
         plot_bgcolor="white",
     )  # fmt: skip
     return fig
@@ -72,9 +77,9 @@ def lines(
 ) -> go.Figure:
     fig = go.Figure()
     for name, y in series.items():
-        fig.add_trace(go.Scatter(x=np.asarray(x), y=np.asarray(y), mode="lines", name=escape(name)))
+        fig.add_trace(go.Scatter(x=np.asarray(x), y=np.asarray(y), mode="lines", name=_plain(name)))
     fig.update_layout(
-        title=dict(text=escape(title), x=0.01), height=height, margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(text=_plain(title), x=0.01), height=height, margin=dict(l=10, r=10, t=40, b=10),
         xaxis_title=x_title, yaxis_title=y_title, plot_bgcolor="white",
     )  # fmt: skip
     return fig
@@ -92,7 +97,7 @@ def bars(
         )
     )  # fmt: skip
     fig.update_layout(
-        title=dict(text=escape(title), x=0.01), height=120 + 24 * len(labels),
+        title=dict(text=_plain(title), x=0.01), height=120 + 24 * len(labels),
         margin=dict(l=10, r=10, t=40, b=10), xaxis_title=x_title, plot_bgcolor="white",
     )  # fmt: skip
     return fig
@@ -112,7 +117,7 @@ def stacked_shares(attn: np.ndarray, ffn: np.ndarray, title: str) -> go.Figure:
             )
         )  # fmt: skip
     fig.update_layout(
-        barmode="stack", title=dict(text=escape(title), x=0.01), height=360,
+        barmode="stack", title=dict(text=_plain(title), x=0.01), height=360,
         margin=dict(l=10, r=10, t=40, b=10), xaxis_title="layer",
         yaxis=dict(title="share of the update", tickformat=".0%"), plot_bgcolor="white",
     )  # fmt: skip
