@@ -41,6 +41,20 @@ ATTN_WINDOW = "attention_window"
 BERTVIZ_VIEW = "bertviz_view"
 BERTVIZ_LAYERS = "bertviz_layers"
 HIDDEN_VIEW = "hidden_view"
+# the Generate page
+STEPPER = "stepper"  # (key, Stepper) of this user's generation
+GEN_PROMPT = "generate_prompt"
+GEN_SOURCE = "generate_source"
+GEN_CHAT = "generate_chat"
+GEN_MODE = "generate_mode"
+GEN_SEED = "generate_seed"
+GEN_TEMPERATURE = "generate_temperature"
+GEN_TOP_K = "generate_top_k"
+GEN_TOP_P = "generate_top_p"
+GEN_REPETITION = "generate_repetition"
+GEN_STEPS = "generate_steps"
+GEN_UNDO_TO = "generate_undo_to"
+GEN_HEAD = "generate_head"
 LENS_POSITIONS = "lens_positions"
 
 

@@ -1,0 +1,234 @@
+"""The Generate page: step through generation one token at a time."""
+
+import streamlit as st
+
+from explorer import session
+from explorer.attention_figures import layer_position_heatmap
+from explorer.display import md
+from explorer.errors import InputError
+from explorer.step_figures import candidates_figure, sequence_html, tree_figure
+from explorer.stepping import Settings, Stepper, has_chat_template, templated
+
+DEFAULT_PROMPT = "The capital of France is"
+DEFAULT_SOURCE = "The cat sat on the mat because it was tired."
+MAX_RUN = 256
+
+
+def settings_panel() -> Settings:
+    st.subheader("How the next token is chosen")
+    mode = st.radio(
+        "Choice",
+        ["greedy", "sample"],
+        horizontal=True,
+        key=session.GEN_MODE,
+        format_func={"greedy": "greedy (most likely)", "sample": "sample with a seed"}.get,
+    )
+    c1, c2, c3, c4, c5 = st.columns(5)
+    seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key=session.GEN_SEED, disabled=mode == "greedy")
+    temperature = c2.number_input("Temperature", 0.05, 5.0, 1.0, 0.05, key=session.GEN_TEMPERATURE)
+    top_k = c3.number_input("top-k (0 = off)", 0, 1000, 0, key=session.GEN_TOP_K)
+    top_p = c4.number_input("top-p", 0.01, 1.0, 1.0, 0.01, key=session.GEN_TOP_P)
+    rep = c5.number_input("Repetition penalty", 0.5, 3.0, 1.0, 0.05, key=session.GEN_REPETITION)
+    return Settings(
+        float(temperature), int(top_k), float(top_p), float(rep), int(seed) if mode == "sample" else None
+    )
+
+
+def inputs(loaded) -> tuple[str, bool, str | None]:
+    family = loaded.card.family
+    st.session_state.setdefault(session.GEN_PROMPT, "" if family == "encoder-decoder" else DEFAULT_PROMPT)
+    source = None
+    if family == "encoder-decoder":
+        st.session_state.setdefault(session.GEN_SOURCE, DEFAULT_SOURCE)
+        source = st.text_area("Source (the encoder reads it)", key=session.GEN_SOURCE, height=80)
+        prompt = st.text_input(
+            "Decoder prefix (optional: the decoder continues from it)", key=session.GEN_PROMPT
+        )
+        return prompt, False, source
+    prompt = st.text_area("Prompt", key=session.GEN_PROMPT, height=80)
+    chat = False
+    if has_chat_template(loaded):
+        st.session_state.setdefault(session.GEN_CHAT, True)
+        chat = st.toggle("Use the chat template (the prompt is a user's message)", key=session.GEN_CHAT)
+    else:
+        st.caption(f"{md(loaded.card.name)} has no chat template: the model continues the prompt as it is.")
+    return prompt, chat, source
+
+
+def current_stepper(loaded, prompt: str, chat: bool, source: str | None) -> Stepper | None:
+    """This user's stepper for these inputs; a new one when the model or the inputs change."""
+    key = (loaded.request, prompt, chat, source)
+    kept = st.session_state.get(session.STEPPER)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    try:
+        with st.spinner("Reading the prompt …"):
+            stepper = Stepper.start(loaded, prompt, chat=chat, source=source)
+    except InputError as err:
+        st.error(md(err))
+        return None
+    st.session_state[session.STEPPER] = (key, stepper)
+    return stepper
+
+
+def do(action, *args) -> None:
+    """Runs a stepper action; a refusal (end of text, bad settings) becomes a message."""
+    try:
+        action(*args)
+    except InputError as err:
+        st.session_state["generate_message"] = str(err)
+
+
+def controls(stepper: Stepper, settings: Settings, text_box) -> None:
+    c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
+    if c1.button("Step", type="primary", disabled=bool(stepper.finished)):
+        do(stepper.step, settings)
+    n = c2.number_input("Steps to run", 1, MAX_RUN, 10, key=session.GEN_STEPS, label_visibility="collapsed")
+    if c2.button(f"Run {n} steps", disabled=bool(stepper.finished)):
+        bar = st.progress(0.0, text="Generating …")
+        for i in range(int(n)):
+            try:
+                stepper.step(settings)
+            except InputError as err:
+                st.session_state["generate_message"] = str(err)
+                break
+            text_box.html(sequence_html(stepper.prompt_tokens, stepper.steps))  # the text streams in
+            bar.progress((i + 1) / n, text=f"Generating: {i + 1} of {n} tokens")
+            if stepper.finished:
+                break
+        bar.empty()
+    if stepper.steps:
+        options = list(range(len(stepper.steps)))
+        to = c3.selectbox(
+            "Undo back to",
+            options,
+            index=len(options) - 1,
+            key=session.GEN_UNDO_TO,
+            format_func=lambda i: f"after step {i}" if i else "the prompt (step 0)",
+        )
+        if c3.button("Undo"):
+            do(stepper.undo, to)
+    if c4.button("Reset"):
+        do(stepper.undo, 0)
+        stepper.branches.clear()
+
+
+def main() -> None:
+    st.title("Generate, one token at a time")
+    loaded = session.current_model()
+    if loaded is None:
+        st.info("Load a model in the sidebar to generate with it.")
+        return
+    if loaded.card.family == "encoder":
+        st.warning(
+            f"{md(loaded.card.name)} is an encoder: it reads a text and represents it, but has no head that "
+            "writes the next token. Pick a decoder (SmolLM2, Gemma) or an encoder-decoder in the sidebar."
+        )
+        return
+    prompt, chat, source = inputs(loaded)
+    if chat:
+        try:
+            with st.expander("The prompt as the model reads it (chat template)"):
+                st.code(templated(loaded, prompt), language=None, wrap_lines=True)
+        except InputError as err:
+            st.error(md(err))
+            return
+    stepper = current_stepper(loaded, prompt, chat, source)
+    if stepper is None:
+        return
+    settings = settings_panel()
+    try:
+        settings.check()
+    except InputError as err:
+        st.error(md(err))
+        return
+    st.subheader("The text so far")
+    text_box = st.empty()
+    controls(stepper, settings, text_box)
+    text_box.html(sequence_html(stepper.prompt_tokens, stepper.steps))
+    st.caption(
+        "Prompt in grey; each generated token on the colour of the probability it had when chosen "
+        "(red: unlikely, green: likely). Hover a token for its numbers."
+    )
+    message = st.session_state.pop("generate_message", None) or stepper.finished
+    if message:
+        st.info(md(message))
+
+    left, right = st.columns([3, 2])
+    with left:
+        cands = stepper.candidates(settings)
+        st.plotly_chart(candidates_figure(cands, f"Next token after {len(stepper.ids)} tokens"), key="next")
+        st.caption("Pick a candidate to force it as the next token:")
+        cols = st.columns(5)
+        for i, c in enumerate(cands):
+            if cols[i % 5].button(f"{i + 1}. {c.token}", key=f"pick_{i}", disabled=bool(stepper.finished)):
+                do(stepper.step, settings, c.token_id)
+                st.rerun()
+    with right:
+        if stepper.steps:
+            last = stepper.steps[-1]
+            how = {
+                "greedy": "greedy: the most likely token after your settings",
+                "sampled": f"sampled (seed {last.seed})",
+                "picked": "picked by you",
+            }[last.how]
+            st.metric(f"Step {last.index + 1}: chosen token", last.token)
+            st.write(
+                f"How: {md(how)}. Rank {last.rank} under the raw logits; p = {last.prob:.4f} raw, "
+                f"{last.prob_processed:.4f} after the settings."
+            )
+            st.plotly_chart(
+                candidates_figure(list(last.top), "Its candidates", chosen=last.token_id),
+                key="last_candidates",
+            )
+    if stepper.steps:
+        attention_of_last(stepper)
+    if stepper.branches:
+        st.plotly_chart(tree_figure(stepper.steps, stepper.branches), key="tree")
+        names = [
+            f"branch {i + 1}: " + "".join(s.token for s in b.steps)[:60]
+            for i, b in enumerate(stepper.branches)
+        ]
+        chosen = st.selectbox("Go back to a branch", list(range(len(names))), format_func=lambda i: names[i])
+        if st.button("Switch to this branch"):
+            do(stepper.switch, stepper.branches[chosen])
+            st.rerun()
+
+
+def attention_of_last(stepper: Stepper) -> None:
+    last = stepper.steps[-1]
+    n_heads = last.attention.shape[1]
+    head = st.selectbox(
+        "Head",
+        ["mean"] + list(range(n_heads)),
+        key=session.GEN_HEAD,
+        format_func=lambda h: "mean over heads" if h == "mean" else f"head {h}",
+    )
+    att = last.attention.mean(axis=1) if head == "mean" else last.attention[:, head]
+    tokens = stepper.tokens[: att.shape[-1]]
+    label = "mean over heads" if head == "mean" else f"head {head}"
+    st.plotly_chart(
+        layer_position_heatmap(
+            att,
+            tokens,
+            f"What the new token “{last.token}” attends to, per layer ({label})",
+            "weight",
+            zmin=0.0,
+        ),
+        key="step_attention",
+    )
+    if last.cross_attention is not None:
+        cross = last.cross_attention.mean(axis=1) if head == "mean" else last.cross_attention[:, head]
+        st.plotly_chart(
+            layer_position_heatmap(
+                cross,
+                stepper.source_tokens,
+                f"Its cross-attention over the source ({label})",
+                "weight",
+                zmin=0.0,
+            ),
+            key="step_cross",
+        )
+
+
+main()
