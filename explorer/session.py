@@ -53,7 +53,6 @@ GEN_TOP_K = "generate_top_k"
 GEN_TOP_P = "generate_top_p"
 GEN_REPETITION = "generate_repetition"
 GEN_STEPS = "generate_steps"
-GEN_UNDO_TO = "generate_undo_to"
 GEN_HEAD = "generate_head"
 LENS_POSITIONS = "lens_positions"
 

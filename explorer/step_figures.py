@@ -54,13 +54,17 @@ def prob_colour(p: float) -> str:
 def sequence_html(prompt: Sequence[str], steps: Sequence[Step]) -> str:
     """The prompt in grey, then each generated token on the colour of the probability it had when it
     was chosen (raw logits); hover gives the numbers. Every token is escaped."""
-    chip = "display:inline; padding:1px 1px; border-radius:3px; white-space:pre-wrap; font-family:monospace;"
-    parts = [f'<span style="{chip} color:#64748b">{escape(t)}</span>' for t in prompt]
+    chip = "display:inline; padding:1px 1px; border-radius:3px; white-space:pre; font-family:monospace;"
+
+    def after(token: str) -> str:  # a line break after a newline token, else a place the line may wrap
+        return "<br>" if token.endswith("↵") else "<wbr>"
+
+    parts = [f'<span style="{chip} color:#64748b">{escape(t)}</span>{after(t)}' for t in prompt]
     for s in steps:
         tip = f"step {s.index + 1}: p={s.prob:.4f} (shaped {s.prob_processed:.4f}), rank {s.rank}, {s.how}"
         style = f"{chip} background:{prob_colour(s.prob)}"
-        parts.append(f'<span title="{escape(tip)}" style="{style}">{escape(s.token)}</span>')
-    return '<div style="line-height:1.9; font-size:14px">' + "".join(parts) + "</div>"
+        parts.append(f'<span title="{escape(tip)}" style="{style}">{escape(s.token)}</span>{after(s.token)}')
+    return '<div style="line-height:1.9; font-size:14px; overflow-wrap:anywhere">' + "".join(parts) + "</div>"
 
 
 def tree_figure(steps: Sequence[Step], branches: Sequence[Branch]) -> go.Figure:

@@ -102,8 +102,7 @@ def controls(stepper: Stepper, settings: Settings, text_box) -> None:
         to = c3.selectbox(
             "Undo back to",
             options,
-            index=len(options) - 1,
-            key=session.GEN_UNDO_TO,
+            index=len(options) - 1,  # no key: the default follows the latest step
             format_func=lambda i: f"after step {i}" if i else "the prompt (step 0)",
         )
         if c3.button("Undo"):
@@ -142,6 +141,12 @@ def main() -> None:
     except InputError as err:
         st.error(md(err))
         return
+    extra = stepper.extra_rules(settings)
+    if extra:
+        st.caption(
+            "Also applied, from the checkpoint's generation config (as generate() would): "
+            f"{md(', '.join(extra))}."
+        )
     st.subheader("The text so far")
     text_box = st.empty()
     controls(stepper, settings, text_box)

@@ -1,0 +1,81 @@
+"""The Generate page in AppTest: stepping, forcing a candidate, undo, encoder-decoders, encoders."""
+
+from __future__ import annotations
+
+from explorer import session
+from tests.app.test_model_page import app, charts, fresh_registry, load_folder, run  # noqa: F401
+
+PAGE = "views/generate.py"
+
+
+def button(at, label: str):
+    return [b for b in at.button if b.label == label][0]
+
+
+def stepper(at):
+    return at.session_state[session.STEPPER][1]
+
+
+def open_page(at):
+    at.switch_page(PAGE)
+    return run(at)
+
+
+def test_step_pick_and_undo_on_the_default_decoder():
+    at = open_page(app())
+    assert "<|im_start|>user" in at.code[0].value  # the chat template, shown
+    for _ in range(3):
+        button(at, "Step").click()
+        run(at)
+    s = stepper(at)
+    assert [x.how for x in s.steps] == ["greedy"] * 3
+    assert at.metric[0].label == "Step 3: chosen token" and at.metric[0].value == s.steps[-1].token
+    second = [b for b in at.button if b.key == "pick_1"][0]
+    second.click()
+    run(at)
+    assert s.steps[-1].how == "picked" and s.steps[-1].rank == 2
+    at.selectbox[0].set_value(1)  # undo back to after step 1
+    button(at, "Undo").click()
+    run(at)
+    assert len(s.steps) == 1 and len(s.branches) == 1
+    titles = [c["layout"]["title"]["text"] for c in charts(at)]
+    assert any("branches you undid" in t for t in titles)
+    assert any("What the new token" in t for t in titles)
+
+
+def test_settings_change_the_shaped_distribution():
+    at = open_page(app())
+    at.number_input(key=session.GEN_TOP_K).set_value(2)
+    run(at)
+    bars = charts(at)[0]["data"]
+    shaped = bars[1]["x"]
+    assert sum(1 for p in shaped if p > 0) == 2 and abs(sum(shaped) - 1) < 1e-5  # only two survive top-k
+
+
+def test_run_several_steps_and_an_encoder_decoder(tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("t5"))
+    open_page(at)
+    assert at.text_area(key=session.GEN_SOURCE).value
+    at.number_input(key=session.GEN_STEPS).set_value(4)
+    run(at)
+    button(at, "Run 4 steps").click()
+    run(at)
+    s = stepper(at)
+    assert len(s.steps) == 4 or s.finished
+    titles = [c["layout"]["title"]["text"] for c in charts(at)]
+    assert any("cross-attention over the source" in t for t in titles)
+
+
+def test_an_encoder_cannot_generate(tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("bert"))
+    open_page(at)
+    assert "is an encoder" in at.warning[0].value
+
+
+def test_an_empty_prompt_gets_a_message():
+    at = open_page(app())
+    at.text_area(key=session.GEN_PROMPT).input("  ")
+    run(at)
+    assert "empty" in at.error[0].value

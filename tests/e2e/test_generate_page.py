@@ -1,0 +1,53 @@
+"""The Generate page in a real browser on the embedded decoder: five steps, a forced second-ranked
+candidate, an undo that leaves a branch."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import screenshot, wait_for_app_run
+
+pytestmark = pytest.mark.e2e
+
+
+def sequence(page):
+    return page.get_by_test_id("stHtml").filter(has_text="capital").first
+
+
+def click(page, name: str) -> None:
+    page.get_by_role("button", name=name, exact=True).click()
+    wait_for_app_run(page)
+
+
+def test_step_force_and_undo(page, app_url):
+    page.set_viewport_size({"width": 1500, "height": 2200})
+    page.goto(f"{app_url}/generate")
+    wait_for_app_run(page)
+    expect(page.get_by_role("heading", name="Generate, one token at a time")).to_be_visible(timeout=120_000)
+    expect(page.get_by_test_id("stPlotlyChart").filter(has_text="Next token after")).to_be_visible()
+    generated = sequence(page).locator("span[title^='step']")
+    for n in range(1, 6):
+        click(page, "Step")
+        expect(generated).to_have_count(n)
+    expect(page.get_by_text("Step 5: chosen token")).to_be_visible()
+    screenshot(page, "generate-five-steps")
+
+    second = page.get_by_role("button", name="2. ", exact=False).first
+    forced = second.inner_text().split(". ", 1)[1]
+    second.click()
+    wait_for_app_run(page)
+    expect(generated).to_have_count(6)
+    expect(page.get_by_text("How: picked by you. Rank 2")).to_be_visible()
+    assert generated.nth(5).inner_text() == forced  # the second-ranked candidate is now in the text
+    screenshot(page, "generate-forced-second")
+
+    page.get_by_role("combobox", name="Undo back to").click()
+    page.get_by_role("option", name="after step 3").click()
+    wait_for_app_run(page)
+    click(page, "Undo")
+    expect(generated).to_have_count(3)
+    tree = page.get_by_test_id("stPlotlyChart").filter(has_text="branches you undid")
+    expect(tree).to_be_visible()
+    screenshot(page, "generate-undone")
+    assert page.dialogs == []
