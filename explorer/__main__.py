@@ -1,4 +1,4 @@
-"""Command line: `python -m explorer models|info|trace|prepare ...` over the same library as the app."""
+"""Command line: `python -m explorer models|info|trace|generate|prepare ...` over the app's library."""
 
 from __future__ import annotations
 
@@ -146,6 +146,49 @@ def _task(args: argparse.Namespace) -> int:
 TASK_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "pair", "target")
 
 
+def _generate(args: argparse.Namespace) -> int:
+    """Steps through generation; prints one JSON object per step."""
+    from explorer.loading import load_model
+    from explorer.stepping import Settings, Stepper
+
+    if args.steps < 1:
+        raise InputError("--steps must be 1 or more.")
+    loaded = load_model(_request(args))
+    if args.source is not None and loaded.card.family != "encoder-decoder":
+        raise InputError(f"--source is for encoder-decoders; {loaded.card.name} is a {loaded.card.family}.")
+    settings = Settings(
+        args.temperature, args.top_k, args.top_p, args.repetition_penalty, None if args.greedy else args.seed
+    )
+    settings.check()
+    stepper = Stepper.start(loaded, args.prompt or "", chat=args.chat, source=args.source)
+    for _ in range(args.steps):
+        s = stepper.step(settings)
+        row = {
+            "step": s.index,
+            "token_id": s.token_id,
+            "token": s.token,
+            "prob": s.prob,
+            "prob_processed": s.prob_processed,
+            "rank": s.rank,
+            "how": s.how,
+            "top": [
+                {"token_id": c.token_id, "token": c.token, "prob": c.prob, "prob_processed": c.prob_processed}
+                for c in s.top
+            ],
+        }
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+        else:
+            print(
+                f"{s.index:>4}  {s.token!r:<20} p={s.prob:.4f}  shaped={s.prob_processed:.4f}  rank {s.rank}",
+                flush=True,
+            )
+        if stepper.finished:
+            print(stepper.finished, file=sys.stderr)
+            break
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m explorer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +251,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
     p.set_defaults(run=_task)
+
+    p = sub.add_parser("generate", help="step through generation; one line per step")
+    p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
+    p.add_argument(
+        "--prompt", default="", help="the text to continue (encoder-decoders: the decoder's prefix)"
+    )
+    p.add_argument("--source", help="encoder-decoders: the encoder's input")
+    p.add_argument("--steps", type=int, default=20, help="tokens to generate (default 20)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", action="store_true", help="the most likely token each step (the default)")
+    mode.add_argument("--seed", type=int, help="sample, with this seed")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: off")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--chat", action="store_true", help="put the prompt in the model's chat template")
+    p.add_argument("--json", action="store_true", help="one JSON object per step")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
+    p.set_defaults(run=_generate)
 
     p = sub.add_parser("prepare", help="convert the embedded GGUF models once (make run does this)")
     p.add_argument("names", nargs="*", help="embedded model names (default: all)")
