@@ -23,7 +23,7 @@ class FfnCapture:
     stack: str
     ids: tuple[int, ...]
     tokens: tuple[str, ...]
-    inputs: tuple[torch.Tensor, ...]  # per layer: (pos, d_model) the FFN input after its norm
+    inputs: tuple[torch.Tensor | None, ...]  # per layer: (pos, d_model) the FFN input after its norm
     attn_norms: np.ndarray  # (layer, pos) |what attention adds to the residual|
     ffn_norms: np.ndarray  # (layer, pos) |what the FFN adds to the residual|
 
@@ -36,11 +36,16 @@ def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def capture(loaded: Any, text: str, limit: int | None = None) -> FfnCapture:
-    """One forward pass: every layer's FFN input and the sizes of both residual updates, per token.
-    Encoder-decoders: the decoder stack when it exists (it reads the text shifted right)."""
+def ffn_stack(model: Any) -> str:
+    """The stack this page reads: the decoder when there is one (it reads the text shifted right)."""
+    return blocks.stacks(model)[-1]
+
+
+def capture(loaded: Any, text: str, limit: int | None = None, layer: int | None = None) -> FfnCapture:
+    """One forward pass: every layer's FFN input (only `layer`'s when given; the others are None) and
+    the sizes of both residual updates of every layer, per token."""
     model = loaded.model
-    stack = blocks.stacks(model)[-1]
+    stack = ffn_stack(model)
     ids = blocks.encode(model, loaded.tokenizer, text, limit)
     n = len(blocks.layers(model, stack))
     inputs: dict[int, torch.Tensor] = {}
@@ -64,7 +69,8 @@ def capture(loaded: Any, text: str, limit: int | None = None) -> FfnCapture:
         try:
             for i in range(n):
                 p = blocks.parts(model, stack, i)
-                handles.append(p.ffn_in.register_forward_pre_hook(pre(inputs, i), with_kwargs=True))
+                if layer is None or i == layer:
+                    handles.append(p.ffn_in.register_forward_pre_hook(pre(inputs, i), with_kwargs=True))
                 handles.append(p.attn_update.register_forward_hook(post(attn, i)))
                 handles.append(p.ffn_update.register_forward_hook(post(ffn, i)))
             with torch.no_grad():
@@ -77,7 +83,7 @@ def capture(loaded: Any, text: str, limit: int | None = None) -> FfnCapture:
         stack=stack,
         ids=tuple(stack_ids),
         tokens=tuple(display_tokens(loaded.tokenizer, stack_ids)),
-        inputs=tuple(inputs[i] for i in range(n)),
+        inputs=tuple(inputs.get(i) for i in range(n)),
         attn_norms=torch.stack([attn[i] for i in range(n)]).numpy(),
         ffn_norms=torch.stack([ffn[i] for i in range(n)]).numpy(),
     )

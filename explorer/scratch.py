@@ -41,8 +41,8 @@ class StackCapture:
     stack: str  # encoder | decoder
     ids: tuple[int, ...]
     tokens: tuple[str, ...]  # readable pieces (explorer.tokens)
-    inputs: tuple[torch.Tensor, ...]  # per layer: (pos, d_model), the attention input after its norm
-    attentions: tuple[torch.Tensor, ...]  # per layer: (head, q, k), the model's own maps
+    inputs: tuple[torch.Tensor | None, ...]  # per layer: (pos, d_model), the attention input after its norm
+    attentions: tuple[torch.Tensor | None, ...]  # per layer: (head, q, k), the model's own maps
     dtype: torch.dtype  # the model's compute dtype
 
     @property
@@ -89,8 +89,12 @@ def _first(output: Any) -> Any:
     return output[0] if isinstance(output, tuple) else output
 
 
-def capture(loaded: Any, text: str, limit: int | None = None) -> dict[str, StackCapture]:
+def capture(
+    loaded: Any, text: str, limit: int | None = None, layer: int | None = None
+) -> dict[str, StackCapture]:
     """One forward pass of `text`: per stack, the attention inputs and the model's attention maps.
+    `layer` keeps that layer's only (the others are None): a page holding a capture per user keeps
+    megabytes, not the hundreds that every map of a long text takes.
     Raises blocks.TextError (empty or too long text) or blocks.UnsupportedModel."""
     model, tokenizer = loaded.model, loaded.tokenizer
     names = blocks.stacks(model)
@@ -109,6 +113,8 @@ def capture(loaded: Any, text: str, limit: int | None = None) -> dict[str, Stack
         try:
             for stack in names:
                 for i in range(len(blocks.layers(model, stack))):
+                    if layer is not None and i != layer:
+                        continue
                     attn = blocks.parts(model, stack, i).attn
                     handles.append(attn.register_forward_pre_hook(hook_for(stack, i), with_kwargs=True))
             with torch.no_grad():
@@ -127,12 +133,13 @@ def capture(loaded: Any, text: str, limit: int | None = None) -> dict[str, Stack
         else:
             maps, stack_ids = out.attentions, ids
         n = len(blocks.layers(model, stack))
+        kept = [layer is None or i == layer for i in range(n)]
         result[stack] = StackCapture(
             stack=stack,
             ids=tuple(stack_ids),
             tokens=tuple(display_tokens(tokenizer, stack_ids)),
-            inputs=tuple(seen[(stack, i)] for i in range(n)),
-            attentions=tuple(maps[i][0].detach() for i in range(n)),
+            inputs=tuple(seen[(stack, i)] if kept[i] else None for i in range(n)),
+            attentions=tuple(maps[i][0].detach() if kept[i] else None for i in range(n)),
             dtype=dtype,
         )
     return result

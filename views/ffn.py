@@ -15,7 +15,7 @@ LAYER = "ffn_layer"
 POSITION = "ffn_position"
 TOP_K = "ffn_top_k"
 THROUGH_NORM = "ffn_through_norm"
-CACHE = "ffn_capture"  # (request, text, FfnCapture) of this user's last run
+CACHE = "ffn_capture"  # ((request, text, layer), FfnCapture) of this user's last run
 DEFAULT_TEXT = "The Eiffel Tower is in the city of Paris"
 MAX_TOKENS = 512
 
@@ -37,24 +37,27 @@ except blocks.UnsupportedModel as err:
     st.stop()
 
 text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=80)
+stack = ffn.ffn_stack(loaded.model)
+n_layers = len(blocks.layers(loaded.model, stack))
+if st.session_state.get(LAYER, 0) >= n_layers:
+    st.session_state.pop(LAYER)
+cols = st.columns([1, 2, 1])
+layer = cols[0].selectbox("Layer", list(range(n_layers)), index=n_layers // 2, key=LAYER)
+key = (loaded.request, text, layer)  # one layer's FFN input per user
 cached = st.session_state.get(CACHE)
-if cached is not None and cached[0] == loaded.request and cached[1] == text:
-    cap = cached[2]
+if cached is not None and cached[0] == key:
+    cap = cached[1]
 else:
     try:
-        with st.spinner("Running the model once, recording every feed-forward input …"):
-            cap = ffn.capture(loaded, text, limit=MAX_TOKENS)
+        with st.spinner("Running the model once, recording the feed-forward input …"):
+            cap = ffn.capture(loaded, text, limit=MAX_TOKENS, layer=layer)
     except blocks.TextError as err:
         st.error(md(err))
         st.stop()
-    st.session_state[CACHE] = (loaded.request, text, cap)
+    st.session_state[CACHE] = (key, cap)
 
-if st.session_state.get(LAYER, 0) >= cap.n_layers:
-    st.session_state.pop(LAYER)
 if st.session_state.get(POSITION, 0) >= len(cap.ids):
     st.session_state.pop(POSITION)
-cols = st.columns([1, 2, 1])
-layer = cols[0].selectbox("Layer", list(range(cap.n_layers)), index=cap.n_layers // 2, key=LAYER)
 position = cols[1].selectbox(
     "Token", list(range(len(cap.ids))), index=len(cap.ids) - 1, key=POSITION,
     format_func=lambda i: f"{i}: {cap.tokens[i]}",

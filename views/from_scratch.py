@@ -12,7 +12,7 @@ TEXT = "scratch_text"
 STACK = "scratch_stack"
 LAYER = "scratch_layer"
 HEAD = "scratch_head"
-CACHE = "scratch_capture"  # (request, text, {stack: StackCapture}) of this user's last run
+CACHE = "scratch_capture"  # ((request, text, stack, layer), StackCapture) of this user's last run
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
 MAX_TOKENS = 640  # every step is a heatmap of up to pos x pos cells; past Gemma's window of 512
 
@@ -32,18 +32,6 @@ except blocks.UnsupportedModel as err:
     st.stop()
 
 text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=80)
-cached = st.session_state.get(CACHE)
-if cached is not None and cached[0] == loaded.request and cached[1] == text:
-    caps = cached[2]
-else:
-    try:
-        with st.spinner("Running the model once, recording each attention layer's input …"):
-            caps = scratch.capture(loaded, text, limit=MAX_TOKENS)
-    except blocks.TextError as err:
-        st.error(md(err))
-        st.stop()
-    st.session_state[CACHE] = (loaded.request, text, caps)
-
 cols = st.columns(3)
 if len(stacks) > 1:
     stack = cols[0].radio(
@@ -53,14 +41,28 @@ if len(stacks) > 1:
 else:
     stack = stacks[0]
     cols[0].markdown(f"**Stack:** {stack}")
-cap = caps[stack]
-n_heads = cap.attentions[0].shape[0]
-# A choice kept from a model with more layers or heads is reset.
-if st.session_state.get(LAYER, 0) >= cap.n_layers:
+n_layers = len(blocks.layers(loaded.model, stack))
+if st.session_state.get(LAYER, 0) >= n_layers:  # a choice kept from a model with more layers
     st.session_state.pop(LAYER)
+layer = cols[1].selectbox("Layer", list(range(n_layers)), key=LAYER)
+
+# One layer's input and maps are kept per user (every map of a long text would take hundreds of MB).
+key = (loaded.request, text, stack, layer)
+cached = st.session_state.get(CACHE)
+if cached is not None and cached[0] == key:
+    cap = cached[1]
+else:
+    try:
+        with st.spinner("Running the model once, recording the attention layer's input …"):
+            cap = scratch.capture(loaded, text, limit=MAX_TOKENS, layer=layer)[stack]
+    except blocks.TextError as err:
+        st.error(md(err))
+        st.stop()
+    st.session_state[CACHE] = (key, cap)
+
+n_heads = cap.attentions[layer].shape[0]
 if st.session_state.get(HEAD, 0) >= n_heads:
     st.session_state.pop(HEAD)
-layer = cols[1].selectbox("Layer", list(range(cap.n_layers)), key=LAYER)
 head = cols[2].selectbox("Head", list(range(n_heads)), key=HEAD)
 
 walk = walkthrough(loaded.model, cap, layer, head)

@@ -128,3 +128,10 @@ def test_embedded_activations(name):
     for layer in (0, cap.n_layers // 2, cap.n_layers - 1):
         ours = ffn.activations(lm.model, "decoder", layer, cap.inputs[layer])
         assert torch.allclose(ours, reference[layer], atol=1e-5, rtol=1e-5)
+
+
+def test_one_layer_capture(loaded):
+    lm = loaded("llama")
+    full, one = ffn.capture(lm, TEXT), ffn.capture(lm, TEXT, layer=1)
+    assert one.inputs[0] is None and torch.equal(one.inputs[1], full.inputs[1])
+    assert (one.attn_norms == full.attn_norms).all() and (one.ffn_norms == full.ffn_norms).all()

@@ -262,3 +262,11 @@ def test_half_precision_models_get_a_half_precision_tolerance(tiny_dir):
     result = scratch.verify(lm, TEXT)
     assert result["tolerance"] == pytest.approx(0.0625)
     assert 0 < result["max_abs_diff"] <= result["tolerance"] and result["ok"]
+
+
+def test_one_layer_capture_keeps_only_that_layer(loaded):
+    lm = loaded("llama")
+    full = scratch.capture(lm, TEXT)["decoder"]
+    one = scratch.capture(lm, TEXT, layer=1)["decoder"]
+    assert one.inputs[0] is None and one.attentions[0] is None
+    assert torch.equal(one.inputs[1], full.inputs[1]) and torch.equal(one.attentions[1], full.attentions[1])
