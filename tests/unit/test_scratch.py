@@ -26,10 +26,19 @@ def gemma_config(**extra):
 
 
 def qwen_config():
-    """Tiny Qwen2: Llama-style with biases on q, k and v."""
+    """Tiny Qwen2: Llama-style with biases on q, k and v; a window of 4 on its second layer only."""
     return tf.Qwen2Config(
         vocab_size=len(VOCAB), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        use_sliding_window=True, sliding_window=4, max_window_layers=1,
+    )  # fmt: skip
+
+
+def mistral_config():
+    """Tiny Mistral: a window of 3 on every layer."""
+    return tf.MistralConfig(
+        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, sliding_window=3,
     )  # fmt: skip
 
 
@@ -53,6 +62,10 @@ def loaded(tiny_dir, tmp_path_factory):
                     if "norm" in name:
                         p.data.normal_(0, 0.5)
                 folder = _save(model, tmp_path_factory.mktemp("tiny-gemma3"))
+            elif kind == "mistral":
+                torch.manual_seed(0)
+                model = tf.MistralForCausalLM(mistral_config())
+                folder = _save(model, tmp_path_factory.mktemp("tiny-mistral"))
             elif kind == "qwen2":
                 torch.manual_seed(0)
                 model = tf.Qwen2ForCausalLM(qwen_config())
@@ -68,7 +81,7 @@ def loaded(tiny_dir, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("kind", KINDS + ["gemma3", "qwen2"])
+@pytest.mark.parametrize("kind", KINDS + ["gemma3", "qwen2", "mistral"])
 def test_every_head_matches_the_model(kind, loaded):
     lm = loaded(kind)
     result = scratch.verify(lm, TEXT)
@@ -118,6 +131,12 @@ def test_rotation_matches_transformers(loaded):
     q_ref, k_ref = apply_rotary_pos_emb(m.q[None], m.k[None], cos, sin)
     assert torch.allclose(m.cos, cos[0], atol=1e-6)
     assert torch.allclose(m.q_rot, q_ref[0], atol=1e-6) and torch.allclose(m.k_rot, k_ref[0], atol=1e-6)
+
+
+def test_windows_of_qwen2_and_mistral(loaded):
+    qwen, mistral = loaded("qwen2").model, loaded("mistral").model
+    assert [scratch.sliding_window(qwen, i, "decoder") for i in range(2)] == [None, 4]
+    assert [scratch.sliding_window(mistral, i, "decoder") for i in range(2)] == [3, 3]
 
 
 def test_gemma_window_norms_and_scale(loaded):
