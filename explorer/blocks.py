@@ -68,6 +68,20 @@ def stacks(model: Any) -> tuple[str, ...]:
     return ("encoder",) if kind == "bert" else ("decoder",)
 
 
+def attention_kinds(model: Any) -> tuple[str, ...]:
+    """The stacks' self-attentions, and 'cross' (decoder queries on encoder keys) for encoder-decoders."""
+    found = stacks(model)
+    return found + ("cross",) if len(found) == 2 else found
+
+
+def attention_module(model: Any, kind: str, layer: int) -> Any:
+    """The attention module of `layer` for a kind of attention_kinds(model)."""
+    if kind != "cross":
+        return parts(model, kind, layer).attn
+    block = layers(model, "decoder")[layer]
+    return block.layer[1].EncDecAttention if style(model) == "t5" else block.encoder_attn
+
+
 def causal(model: Any, stack: str) -> bool:
     if style(model) == "gemma3" and getattr(model.config, "use_bidirectional_attention", False):
         return False

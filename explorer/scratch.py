@@ -36,14 +36,16 @@ HALF_ULPS = 8
 
 @dataclass(frozen=True)
 class StackCapture:
-    """What one forward pass gave for one stack's self-attention."""
+    """What one forward pass gave for one kind of attention: a stack's self-attention, or cross."""
 
-    stack: str  # encoder | decoder
+    stack: str  # encoder | decoder (self-attention) | cross (decoder queries, encoder keys)
     ids: tuple[int, ...]
     tokens: tuple[str, ...]  # readable pieces (explorer.tokens)
     inputs: tuple[torch.Tensor | None, ...]  # per layer: (pos, d_model), the attention input after its norm
     attentions: tuple[torch.Tensor | None, ...]  # per layer: (head, q, k), the model's own maps
     dtype: torch.dtype  # the model's compute dtype
+    kv_inputs: tuple[torch.Tensor | None, ...] | None = None  # cross: per layer (src, d_model) encoder output
+    key_tokens: tuple[str, ...] | None = None  # cross: the encoder's tokens (keys); else the same as tokens
 
     @property
     def n_layers(self) -> int:
@@ -97,7 +99,7 @@ def capture(
     megabytes, not the hundreds that every map of a long text takes.
     Raises blocks.TextError (empty or too long text) or blocks.UnsupportedModel."""
     model, tokenizer = loaded.model, loaded.tokenizer
-    names = blocks.stacks(model)
+    names = blocks.attention_kinds(model)
     ids = blocks.encode(model, tokenizer, text, limit)
     seen: dict[tuple[str, int], torch.Tensor] = {}
     handles = []
@@ -105,17 +107,18 @@ def capture(
     def hook_for(stack: str, layer: int):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            seen[(stack, layer)] = hidden.detach()[0]
+            kv = kwargs.get("key_value_states")
+            seen[(stack, layer)] = (hidden.detach()[0], None if kv is None else kv.detach()[0])
 
         return hook
 
     with loaded.lock:
         try:
             for stack in names:
-                for i in range(len(blocks.layers(model, stack))):
+                for i in range(_n_layers(model, stack)):
                     if layer is not None and i != layer:
                         continue
-                    attn = blocks.parts(model, stack, i).attn
+                    attn = blocks.attention_module(model, stack, i)
                     handles.append(attn.register_forward_pre_hook(hook_for(stack, i), with_kwargs=True))
             with torch.no_grad():
                 out = model(
@@ -127,22 +130,33 @@ def capture(
     dtype = next(model.parameters()).dtype
     result = {}
     for stack in names:
-        if len(names) == 2:
-            maps = out.encoder_attentions if stack == "encoder" else out.decoder_attentions
+        if len(names) > 1:
+            maps = {
+                "encoder": out.encoder_attentions, "decoder": out.decoder_attentions,
+                "cross": out.cross_attentions,
+            }[stack]  # fmt: skip
             stack_ids = ids if stack == "encoder" else blocks.decoder_input(model, ids)
         else:
             maps, stack_ids = out.attentions, ids
-        n = len(blocks.layers(model, stack))
+        n = _n_layers(model, stack)
         kept = [layer is None or i == layer for i in range(n)]
         result[stack] = StackCapture(
             stack=stack,
             ids=tuple(stack_ids),
             tokens=tuple(display_tokens(tokenizer, stack_ids)),
-            inputs=tuple(seen[(stack, i)] if kept[i] else None for i in range(n)),
+            inputs=tuple(seen[(stack, i)][0] if kept[i] else None for i in range(n)),
             attentions=tuple(maps[i][0].detach() if kept[i] else None for i in range(n)),
             dtype=dtype,
+            kv_inputs=tuple(seen[(stack, i)][1] if kept[i] else None for i in range(n))
+            if stack == "cross"
+            else None,
+            key_tokens=tuple(display_tokens(tokenizer, ids)) if stack == "cross" else None,
         )
     return result
+
+
+def _n_layers(model: Any, kind: str) -> int:
+    return len(blocks.layers(model, "decoder" if kind == "cross" else kind))
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -156,8 +170,11 @@ def _heads(y: torch.Tensor, d_head: int) -> torch.Tensor:
     return y.view(y.shape[0], -1, d_head).transpose(0, 1)
 
 
-def _projections(kind: str, m: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Q (head, pos, d_head), K and V (kv_head, pos, d_head), whether there are biases, d_head."""
+def _projections(
+    kind: str, m: Any, x: torch.Tensor, kv: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Q (head, pos, d_head), K and V (kv_head, pos, d_head), whether there are biases, d_head.
+    Cross-attention: keys and values from `kv` (src, d_model), the encoder's output."""
     if kind == "gpt2":  # Conv1D: weight (d_model, 3 d_model), y = x W + b
         d_head = m.head_dim
         qkv = x @ m.c_attn.weight.float() + m.c_attn.bias.float()
@@ -170,7 +187,8 @@ def _projections(kind: str, m: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]
     else:  # llama, gemma3, bart
         names, d_head = ("q_proj", "k_proj", "v_proj"), m.head_dim
     lins = [getattr(m, n) for n in names]
-    q, k, v = (_heads(_linear(x, lin.weight, lin.bias), d_head) for lin in lins)
+    src = x if kv is None else kv
+    q, k, v = (_heads(_linear(inp, lin.weight, lin.bias), d_head) for inp, lin in zip((x, src, src), lins))
     return q, k, v, lins[0].bias is not None, d_head
 
 
@@ -283,15 +301,22 @@ def _scale(kind: str, model: Any, m: Any, layer: int, d_head: int) -> tuple[floa
 
 
 def heads_from_scratch(
-    model: Any, stack: str, layer: int, x: torch.Tensor, keep: torch.Tensor | None = None
+    model: Any,
+    stack: str,
+    layer: int,
+    x: torch.Tensor,
+    keep: torch.Tensor | None = None,
+    kv: torch.Tensor | None = None,
 ) -> HeadsMath:
     """Recomputes every head of `layer` from its input `x` (pos, d_model) and the module's weights.
-    `keep` (pos,) marks real tokens (False: padding)."""
+    `keep` (pos,) marks real tokens (False: padding). Cross-attention (`stack` 'cross'): `kv` (src,
+    d_model) is the encoder's output, which keys and values read."""
     kind = blocks.style(model)
-    m = blocks.parts(model, stack, layer).attn
+    m = blocks.attention_module(model, stack, layer)
     x = x.detach().float()
+    kv = None if kv is None else kv.detach().float()
     with torch.no_grad():
-        q, k, v, has_bias, d_head = _projections(kind, m, x)
+        q, k, v, has_bias, d_head = _projections(kind, m, x, kv)
         q_normed = k_normed = cos = sin = q_rot = k_rot = None
         qq, kk = q, k
         if hasattr(m, "q_norm") and hasattr(m, "k_norm"):
@@ -313,14 +338,17 @@ def heads_from_scratch(
         scale, scale_text = _scale(kind, model, m, layer, d_head)
         logits = scores * scale
         bias = None
-        if kind == "t5":
+        if kind == "t5" and stack != "cross":  # T5's cross-attention has no position bias
             bias = t5_bias(model, stack, x.shape[0], x.shape[0]).to(x.device)
             logits = logits + bias
         softcap = getattr(model.config, "attn_logit_softcapping", None) if kind == "gemma3" else None
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         window = sliding_window(model, layer, stack)
-        allowed = allowed_positions(x.shape[0], blocks.causal(model, stack), window, keep).to(x.device)
+        if stack == "cross":  # every query sees every source token
+            allowed = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=x.device)
+        else:
+            allowed = allowed_positions(x.shape[0], blocks.causal(model, stack), window, keep).to(x.device)
         # The model adds the dtype's lowest value where a query may not look; so does this.
         masked = logits + torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
         probs = torch.softmax(masked, dim=-1)
@@ -339,7 +367,8 @@ def max_differences(model: Any, cap: StackCapture) -> list[list[float]]:
     """[layer][head]: the largest |from scratch - model| over the attention map of each head."""
     rows = []
     for layer in range(cap.n_layers):
-        math_ = heads_from_scratch(model, cap.stack, layer, cap.inputs[layer])
+        kv = cap.kv_inputs[layer] if cap.kv_inputs is not None else None
+        math_ = heads_from_scratch(model, cap.stack, layer, cap.inputs[layer], kv=kv)
         diff = (math_.probs - cap.attentions[layer].float().cpu()).abs().amax(dim=(-1, -2))
         rows.append([float(d) for d in diff])
     return rows

@@ -10,7 +10,8 @@ import torch
 from explorer import blocks
 from explorer.scratch import HeadsMath, StackCapture, heads_from_scratch, tolerance
 
-TOKENS = "tokens"
+TOKENS = "tokens"  # the query side's tokens (the text; the decoder's input for decoder and cross)
+KEYS = "keys"  # cross-attention: the encoder's tokens
 DIMS = "dims"
 NORMS = {
     "bert": ("X = h^{(\\ell)}", "BERT normalizes after each sub-layer, so the layer input goes in as it is."),
@@ -30,7 +31,7 @@ class Step:
     title: str
     latex: str
     values: np.ndarray  # 2-D
-    rows: str  # TOKENS or DIMS
+    rows: str  # TOKENS, KEYS or DIMS
     cols: str
     note: str = ""
 
@@ -62,7 +63,11 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def walkthrough(model, cap: StackCapture, layer: int, head: int) -> Walkthrough:
     """The steps of head `head` in `layer` of the captured stack, and the check against the model."""
     kind = blocks.style(model)
-    m: HeadsMath = heads_from_scratch(model, cap.stack, layer, cap.inputs[layer])
+    cross = cap.stack == "cross"
+    kv = cap.kv_inputs[layer] if cross else None
+    m: HeadsMath = heads_from_scratch(model, cap.stack, layer, cap.inputs[layer], kv=kv)
+    kt = KEYS if cross else TOKENS  # the axis of keys
+    src = "E" if cross else "X"
     g = head // m.n_rep
     n, d_model = m.x.shape
     d_head = m.q.shape[-1]
@@ -70,6 +75,11 @@ def walkthrough(model, cap: StackCapture, layer: int, head: int) -> Walkthrough:
     steps = []
     input_tex, input_note = NORMS[kind]
     steps.append(Step("Layer input X (after its norm)", input_tex, _np(m.x), TOKENS, DIMS, input_note))
+    if cross:
+        note = "Cross-attention: queries come from the decoder, keys and values from the encoder's output."
+        steps.append(
+            Step("Encoder output E", "E = \\mathrm{Encoder}(\\text{source})", _np(kv), KEYS, DIMS, note)
+        )
     shared = (
         f"Key/value head {g} serves query heads {g * m.n_rep}–{(g + 1) * m.n_rep - 1}."
         if m.n_rep > 1
@@ -81,8 +91,8 @@ def walkthrough(model, cap: StackCapture, layer: int, head: int) -> Walkthrough:
             f"Queries Q, head {head}", f"Q = X W_Q^{{({head})}}{b}, \\quad {w}", _np(m.q[head]), TOKENS, DIMS
         )
     )
-    steps.append(Step(f"Keys K, kv head {g}", f"K = X W_K^{{({g})}}{b}", _np(m.k[g]), TOKENS, DIMS, shared))
-    steps.append(Step(f"Values V, kv head {g}", f"V = X W_V^{{({g})}}{b}", _np(m.v[g]), TOKENS, DIMS))
+    steps.append(Step(f"Keys K, kv head {g}", f"K = {src} W_K^{{({g})}}{b}", _np(m.k[g]), kt, DIMS, shared))
+    steps.append(Step(f"Values V, kv head {g}", f"V = {src} W_V^{{({g})}}{b}", _np(m.v[g]), kt, DIMS))
     if m.q_normed is not None:
         gemma = "Gemma" in type(blocks.parts(model, cap.stack, layer).attn.q_norm).__name__
 
@@ -117,7 +127,7 @@ def walkthrough(model, cap: StackCapture, layer: int, head: int) -> Walkthrough:
             "S = Q K^\\top",
             _np(m.scores[head]),
             TOKENS,
-            TOKENS,
+            kt,
             "Rows: queries; columns: keys.",
         )
     )
@@ -136,7 +146,7 @@ def walkthrough(model, cap: StackCapture, layer: int, head: int) -> Walkthrough:
             f"S' = S \\cdot {m.scale_text}",
             _np(m.scores[head] * m.scale),
             TOKENS,
-            TOKENS,
+            kt,
             scale_note,
         )
     )
@@ -160,7 +170,7 @@ def walkthrough(model, cap: StackCapture, layer: int, head: int) -> Walkthrough:
                 f"S' = {m.softcap} \\tanh(S' / {m.softcap})",
                 _np(m.logits[head]),
                 TOKENS,
-                TOKENS,
+                kt,
             )
         )
     masked = _np(m.logits[head]).copy()
@@ -178,6 +188,8 @@ def walkthrough(model, cap: StackCapture, layer: int, head: int) -> Walkthrough:
     note = (
         ("Blank cells get −∞ where " + "; ".join(rules) + ".")
         if rules
+        else "Every target token sees every source token."
+        if cross
         else "An encoder: every token sees every token."
     )
     if m.window is not None and n <= m.window:
@@ -186,11 +198,11 @@ def walkthrough(model, cap: StackCapture, layer: int, head: int) -> Walkthrough:
         m.window is None and getattr(model.config, "sliding_window", None) and blocks.style(model) == "gemma3"
     ):
         note += " This is one of the model's full-attention layers: no sliding window."
-    steps.append(Step("Masked", mask_tex, masked, TOKENS, TOKENS, note))
+    steps.append(Step("Masked", mask_tex, masked, TOKENS, kt, note))
     steps.append(
         Step(
             "Attention weights A = softmax", "A_{ij} = \\frac{e^{S'_{ij}}}{\\sum_k e^{S'_{ik}}}",
-            _np(m.probs[head]), TOKENS, TOKENS, "Each row sums to 1.",
+            _np(m.probs[head]), TOKENS, kt, "Each row sums to 1.",
         )
     )  # fmt: skip
     steps.append(Step(f"Head output A V, head {head}", "O = A V", _np(m.out[head]), TOKENS, DIMS))

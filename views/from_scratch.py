@@ -6,13 +6,14 @@ import streamlit as st
 from explorer import blocks, scratch, session
 from explorer.display import md
 from explorer.learn_figures import heatmap
-from explorer.scratch_steps import TOKENS, walkthrough
+from explorer.scratch_steps import KEYS, TOKENS, walkthrough
 
 TEXT = "scratch_text"
 STACK = "scratch_stack"
 LAYER = "scratch_layer"
 HEAD = "scratch_head"
 CACHE = "scratch_capture"  # ((request, text, stack, layer), StackCapture) of this user's last run
+KIND_LABELS = {"encoder": "encoder self", "decoder": "decoder self", "cross": "cross"}
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
 MAX_TOKENS = 640  # every step is a heatmap of up to pos x pos cells; past Gemma's window of 512
 
@@ -26,7 +27,7 @@ if loaded is None:
     st.info("No model is loaded. Pick one in the sidebar and press Load.")
     st.stop()
 try:
-    stacks = blocks.stacks(loaded.model)
+    stacks = blocks.attention_kinds(loaded.model)
 except blocks.UnsupportedModel as err:
     st.warning(md(err))
     st.stop()
@@ -35,13 +36,14 @@ text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=80)
 cols = st.columns(3)
 if len(stacks) > 1:
     stack = cols[0].radio(
-        "Stack", stacks, key=STACK, horizontal=True,
-        help="The decoder reads the text shifted right behind its start token (teacher forcing).",
+        "Attention", stacks, key=STACK, horizontal=True, format_func=KIND_LABELS.get,
+        help="The encoder reads the text; the decoder reads it shifted right behind its start token "
+        "(teacher forcing); cross-attention: the decoder's queries on the encoder's output.",
     )  # fmt: skip
 else:
     stack = stacks[0]
     cols[0].markdown(f"**Stack:** {stack}")
-n_layers = len(blocks.layers(loaded.model, stack))
+n_layers = len(blocks.layers(loaded.model, "decoder" if stack == "cross" else stack))
 if st.session_state.get(LAYER, 0) >= n_layers:  # a choice kept from a model with more layers
     st.session_state.pop(LAYER)
 layer = cols[1].selectbox("Layer", list(range(n_layers)), key=LAYER)
@@ -67,6 +69,8 @@ head = cols[2].selectbox("Head", list(range(n_heads)), key=HEAD)
 
 walk = walkthrough(loaded.model, cap, layer, head)
 tokens = list(cap.tokens)
+keys = list(cap.key_tokens or cap.tokens)
+labels = {TOKENS: tokens, KEYS: keys}
 verdict = "matches" if walk.ok else "does NOT match"
 summary = f"Layer {layer}, head {head}: the computation below {verdict} the model's own map "
 summary += f"(largest difference {walk.max_abs_diff:.2e}, tolerance {walk.tolerance:.0e})."
@@ -80,13 +84,13 @@ for i, step in enumerate(walk.steps, 1):
         st.latex(step.latex)
         st.caption(f"shape {step.shape}" + (f" · {md(step.note)}" if step.note else ""))
     with right:
-        rows = tokens if step.rows == TOKENS else None
-        cols_ = tokens if step.cols == TOKENS else None
+        rows = labels.get(step.rows)
+        cols_ = labels.get(step.cols)
         probs = step.title.startswith("Attention weights")
         fig = heatmap(
             step.values, f"{i}. {step.title} ({step.shape})", rows=rows, cols=cols_,
-            row_title="query" if step.cols == TOKENS else "token",
-            col_title="key" if step.cols == TOKENS else "dimension",
+            row_title="query" if cols_ is not None else "token",
+            col_title="key" if cols_ is not None else "dimension",
             colorscale="Blues" if probs else "RdBu", symmetric=not probs,
         )  # fmt: skip
         st.plotly_chart(fig, key=f"scratch-step-{i}")
@@ -100,14 +104,14 @@ left, right = st.columns(2)
 with left:
     st.plotly_chart(
         heatmap(
-            walk.model_map, "The model's own attention map", tokens, tokens, "query", "key", "Blues", False
+            walk.model_map, "The model's own attention map", tokens, keys, "query", "key", "Blues", False
         ),
         key="scratch-model-map",
     )
 with right:
     st.plotly_chart(
         heatmap(
-            abs(walk.computed - walk.model_map), "|from scratch − model|", tokens, tokens, "query", "key",
+            abs(walk.computed - walk.model_map), "|from scratch − model|", tokens, keys, "query", "key",
             "Reds", False,
         ),
         key="scratch-diff",

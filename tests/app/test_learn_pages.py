@@ -85,6 +85,13 @@ def test_from_scratch_encoder_decoder_stacks(tiny_dir):
     assert any("B_{ij}" in t for t in latex(at))  # T5's relative position bias step
     assert any("j > i" in t for t in latex(at))
     assert "S' = S \\cdot 1" in latex(at)  # T5 does not scale
+    at.radio(key="scratch_stack").set_value("cross")
+    run(at)
+    assert "matches" in at.success[0].value
+    assert "K = E W_K^{(0)}" in latex(at)  # keys from the encoder's output
+    probs = [c for c in charts(at) if "Attention weights" in c["layout"]["title"]["text"]][0]["data"][0]
+    # keys: the source as the encoder read it; queries: the decoder's input, from its start token
+    assert probs["x"][1] == "cat ·1" and probs["y"][0] == "[PAD] ·0" and probs["y"][2] == "cat ·2"
 
 
 def test_from_scratch_bad_text(tiny_dir):

@@ -99,7 +99,8 @@ def test_steps_are_consistent(kind, loaded):
     lm = loaded(kind)
     caps = scratch.capture(lm, TEXT)
     for stack, cap in caps.items():
-        m = scratch.heads_from_scratch(lm.model, stack, cap.n_layers - 1, cap.inputs[-1])
+        kv = cap.kv_inputs[-1] if stack == "cross" else None
+        m = scratch.heads_from_scratch(lm.model, stack, cap.n_layers - 1, cap.inputs[-1], kv=kv)
         n = len(cap.ids)
         assert m.x.shape == (n, lm.model.config.d_model if kind == "t5" else lm.model.config.hidden_size)
         assert torch.allclose(m.probs.sum(-1), torch.ones(m.probs.shape[:2]), atol=1e-5)
@@ -109,6 +110,24 @@ def test_steps_are_consistent(kind, loaded):
             assert not m.allowed.triu(1).any()
         else:
             assert m.allowed.all()
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_cross_attention(kind, loaded):
+    """Decoder queries on encoder keys: (tgt, src) maps equal to the model's cross_attentions."""
+    lm = loaded(kind)
+    caps = scratch.capture(lm, TEXT)
+    cross, enc = caps["cross"], caps["encoder"]
+    assert cross.key_tokens == enc.tokens and cross.tokens == caps["decoder"].tokens
+    for layer in range(cross.n_layers):
+        m = scratch.heads_from_scratch(
+            lm.model, "cross", layer, cross.inputs[layer], kv=cross.kv_inputs[layer]
+        )
+        assert m.probs.shape[1:] == (len(cross.ids), len(enc.ids)) and m.k.shape[1] == len(enc.ids)
+        assert m.bias is None and m.allowed.all()
+        assert torch.allclose(m.probs, cross.attentions[layer].float(), atol=1e-5)
+    # the encoder's output is what every cross-attention layer reads
+    assert torch.equal(cross.kv_inputs[0], cross.kv_inputs[-1])
 
 
 def test_grouped_query_heads_share_keys(loaded):
@@ -258,7 +277,9 @@ def test_verify_command(tiny_dir, capsys):
     assert cli.main(["verify", str(tiny_dir("t5")), "--text", TEXT]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["ok"] and result["tolerance"] == 1e-5 and result["max_abs_diff"] <= 1e-5
-    assert [len(rows) for rows in result["per_stack"].values()] == [2, 3]  # encoder, decoder layers
+    assert {stack: len(rows) for stack, rows in result["per_stack"].items()} == {
+        "encoder": 2, "decoder": 3, "cross": 3,
+    }  # fmt: skip
     assert cli.main(["verify", str(tiny_dir("gpt2")), "--text", ""]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: The text is empty") and err.count("\n") == 1
