@@ -400,6 +400,7 @@ with st.expander(f"Every task and whether {md(card.name)} can do it"):
     st.table(rows, hide_index=True)
 
 names = list(tasks.TASKS)
+st.session_state.setdefault(TASK, next((n for n in names if available[n].ok), names[0]))  # first visit
 task = st.selectbox(
     "Task",
     names,

@@ -71,6 +71,7 @@ def test_the_default_model_offers_its_tasks_and_refuses_others():
     box = at.selectbox(key="tasks_task")
     shown = {o for o in box.options}
     assert "✓ Chat" in shown and "✓ Text generation" in shown and "✗ Fill the mask" in shown
+    assert box.value == "zero-shot-classification"  # the first task it can do (not text classification)
     choose(at, "fill-mask")
     text = errors(at)
     assert "cannot do fill the mask" in text and "bert-base-uncased" in text
