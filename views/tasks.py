@@ -53,6 +53,7 @@ CONTEXT_EXAMPLES = {
         "Parliament debated the budget until midnight."
     ),
 }
+DEFAULT_LABELS = "sport, politics, cooking"
 GENERATES = ("text-generation", "chat", "summarization", "translation")
 
 
@@ -62,6 +63,23 @@ def _text_key(task: str) -> str:
 
 def _context_key(task: str) -> str:
     return f"tasks_context_{task}"
+
+
+def _kept_key(key: str) -> str:
+    return f"{key}_kept"
+
+
+def _kept(widget, label: str, key: str, default: str, **kwargs) -> str:
+    """A widget whose value lives under a key of its own, outside the widget: Streamlit drops a
+    widget's state on a page without that widget, and a user's text must survive a visit to another page."""
+    kept = _kept_key(key)
+    st.session_state.setdefault(kept, default)
+    st.session_state[key] = st.session_state[kept]
+
+    def keep() -> None:
+        st.session_state[kept] = st.session_state[key]
+
+    return widget(label, key=key, on_change=keep, **kwargs)
 
 
 def _open_attention(text: str, target: str | None, key: str) -> None:
@@ -115,8 +133,7 @@ def _inputs(loaded, task: str) -> tuple[tasks.TaskInput | None, str | None]:
                 st.markdown(md(turn))
     key = _text_key(task)
     if st.session_state.pop(CHAT_SENT, False):
-        st.session_state[key] = ""  # the message went into the chat above
-    st.session_state.setdefault(key, EXAMPLES[task])
+        st.session_state[_kept_key(key)] = ""  # the message went into the chat above
     label = {
         "question-answering": "Question",
         "semantic-search": "Query",
@@ -124,18 +141,19 @@ def _inputs(loaded, task: str) -> tuple[tasks.TaskInput | None, str | None]:
         "chat": "Your message",
         "fill-mask": f"Text with {loaded.tokenizer.mask_token or '[MASK]'} where a word is missing",
     }.get(task, "Text")
-    text = st.text_area(label + (" (one per line)" if batch else ""), key=key, height=150 if batch else None)
+    text = _kept(st.text_area, label + (" (one per line)" if batch else ""), key, EXAMPLES[task],
+                 height=150 if batch else None)  # fmt: skip
     if task == "zero-shot-classification":
-        st.session_state.setdefault("tasks_labels", "sport, politics, cooking")
-        labels_text = st.text_input("Candidate labels, comma-separated", key="tasks_labels")
+        labels_text = _kept(
+            st.text_input, "Candidate labels, comma-separated", "tasks_labels", DEFAULT_LABELS
+        )
     if task in CONTEXT_EXAMPLES:
-        st.session_state.setdefault(_context_key(task), CONTEXT_EXAMPLES[task])
         what = (
             "Context (the passage that holds the answer)"
             if task == "question-answering"
             else "Documents, one per line"
         )
-        context = st.text_area(what, key=_context_key(task), height=150)
+        context = _kept(st.text_area, what, _context_key(task), CONTEXT_EXAMPLES[task], height=150)
     if task == "fill-mask":
         options["top_k"] = st.slider("Candidates", 1, 30, 10, key="tasks_fill_k")
     if task == "translation":
@@ -400,12 +418,14 @@ with st.expander(f"Every task and whether {md(card.name)} can do it"):
     st.table(rows, hide_index=True)
 
 names = list(tasks.TASKS)
-st.session_state.setdefault(TASK, next((n for n in names if available[n].ok), names[0]))  # first visit
-task = st.selectbox(
+first = next((n for n in names if available[n].ok), names[0])  # a first visit opens on a task it can do
+task = _kept(
+    st.selectbox,
     "Task",
-    names,
+    TASK,
+    first,
+    options=names,
     format_func=lambda n: f"{'✓' if available[n].ok else '✗'} {tasks.TASKS[n].title}",
-    key=TASK,
 )
 spec, found = tasks.TASKS[task], available[task]
 st.caption(f"Suits {md(spec.suits)}.")

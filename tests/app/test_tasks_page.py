@@ -188,3 +188,16 @@ def test_chat_keeps_the_turns_and_hands_the_text_to_attention(folders):
     run(at)
     sent = at.session_state[session.TEXT]
     assert sent.startswith("<s> user how big is the cat </s><s> assistant")
+
+
+def test_the_text_survives_a_visit_to_another_page(tiny_dir):
+    at = tasks_page(tiny_dir("bert"))
+    choose(at, "fill-mask")
+    at.text_area(key="tasks_text_fill-mask").set_value("a dog [MASK] to the park")
+    run(at)
+    at.switch_page("views/model.py")
+    run(at)
+    at.switch_page(PAGE)
+    run(at)
+    assert at.selectbox(key="tasks_task").value == "fill-mask"
+    assert at.text_area(key="tasks_text_fill-mask").value == "a dog [MASK] to the park"

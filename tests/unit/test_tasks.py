@@ -516,3 +516,18 @@ def test_old_layernorm_names_count_as_present(tmp_path):
     assert tasks.untrained_head(loaded.model, tasks.checkpoint_names(loaded)) == [
         "cls.predictions.transform.dense.weight"
     ]
+
+
+@pytest.mark.slow
+def test_gemma_base_generates_but_does_not_chat():
+    loaded = load_model(LoadRequest("embedded", "gemma-3-270m"))
+    refusal = tasks.support(loaded, "chat")
+    assert not refusal.ok and "no chat template" in refusal.how
+    with pytest.raises(TaskError, match="no chat template"):
+        run(loaded, "chat", ["hello"])
+    item = run(loaded, "text-generation", ["The capital of France is"], options={"max_new_tokens": 4}).items[
+        0
+    ]
+    ids = torch.tensor([item["prompt_ids"]])
+    ref = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
+    assert item["new_ids"] == ref[0, ids.shape[1] :].tolist()
