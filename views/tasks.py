@@ -168,6 +168,7 @@ def _inputs(loaded, task: str) -> tuple[tasks.TaskInput | None, str | None]:
     go = cols[0].button("Send" if task == "chat" else "Run", type="primary", key="tasks_run")
     if task == "chat" and st.session_state.get(CHAT) and cols[1].button("Clear chat", key="tasks_clear"):
         st.session_state[CHAT] = []
+        st.session_state.pop(RESULT, None)
         st.rerun()
     if not go:
         return None, None

@@ -188,6 +188,13 @@ def test_chat_keeps_the_turns_and_hands_the_text_to_attention(folders):
     run(at)
     sent = at.session_state[session.TEXT]
     assert sent.startswith("<s> user how big is the cat </s><s> assistant")
+    at.switch_page(PAGE)
+    run(at)
+    assert len(at.get("chat_message")) == 2  # the chat is still there after the visit
+    at.button(key="tasks_clear").click()
+    run(at)
+    assert len(at.get("chat_message")) == 0
+    assert not any("ms per token" in c.value for c in at.caption)  # nor the last reply's timing
 
 
 def test_the_text_survives_a_visit_to_another_page(tiny_dir):
