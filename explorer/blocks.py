@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
+from explorer.errors import InputError
+
 # model_type -> the modeling code it follows
 STYLES = {
     "bert": "bert",
@@ -33,8 +35,7 @@ class UnsupportedModel(Exception):
     """This model's family is not decomposed here; `str(err)` says so and lists the families that are."""
 
 
-class TextError(ValueError):
-    """The text cannot be run (empty, longer than the context); `str(err)` says what to change."""
+TextError = InputError  # the project's one error for input that cannot be run
 
 
 @dataclass(frozen=True)
