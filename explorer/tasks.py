@@ -478,10 +478,6 @@ def embedding_limit(loaded: LoadedModel) -> int | None:
     return limit
 
 
-def count_tokens(loaded: LoadedModel, text: str) -> int:
-    return len(loaded.tokenizer(text, add_special_tokens=True)["input_ids"])
-
-
 # --- running -----------------------------------------------------------------------------------------------
 
 
