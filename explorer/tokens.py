@@ -50,6 +50,7 @@ def _component_types(node: Any) -> list[str]:
     return types
 
 
+@lru_cache(maxsize=16)  # reading the style serializes the whole tokenizer: once per tokenizer
 def piece_style(tokenizer: Any) -> str:
     """How `tokenizer` writes its pieces: BYTE_LEVEL, SENTENCEPIECE, WORDPIECE or PLAIN."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
