@@ -141,6 +141,11 @@ def _colormap() -> np.ndarray:
     return (np.array(colors) * 255).round().astype(np.uint8)
 
 
+def grid_block(n_layers: int, n_tokens: int) -> int:
+    """How many tokens one thumbnail pixel covers (1: every token pair has its own pixels)."""
+    return max(1, int(np.ceil(n_tokens / grid_cell(n_layers, n_tokens))))
+
+
 def grid_cell(n_layers: int, n_tokens: int) -> int:
     """Pixels per thumbnail: the grid aims at GRID_HEIGHT_PX in all, within the min and max."""
     return int(np.clip(GRID_HEIGHT_PX // n_layers - GRID_GAP, GRID_CELL_MIN, GRID_CELL_MAX))

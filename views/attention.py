@@ -13,7 +13,13 @@ from explorer.attention import (
     rollout,
     top_attended,
 )
-from explorer.attention_figures import heads_grid, layer_head_heatmap, token_heatmap, top_attended_figure
+from explorer.attention_figures import (
+    grid_block,
+    heads_grid,
+    layer_head_heatmap,
+    token_heatmap,
+    top_attended_figure,
+)
 from explorer.bertviz_view import bertviz_html, view_height
 from explorer.capture import AttentionSet, Capture
 from explorer.devices import human_bytes
@@ -33,7 +39,10 @@ def layer_label(s: AttentionSet, layer: int) -> str:
 
 
 def _clamp(key: str, n: int) -> None:
-    if st.session_state.get(key, 0) >= n:
+    """Keeps a layer or head choice valid for the model in use. When a selectbox's labels change (another
+    model: "3" becomes "3 (sliding window 512)"), Streamlit can hand back the old label as a string."""
+    value = st.session_state.get(key, 0)
+    if not isinstance(value, int) or not 0 <= value < n:
         st.session_state[key] = 0
 
 
@@ -93,8 +102,15 @@ def all_heads(s: AttentionSet) -> None:
         fig, width="content", key=session.ATTN_GRID, on_select=open_from_grid, selection_mode="points",
         config={"displayModeBar": True},
     )  # fmt: skip
+    block = grid_block(s.n_layers, max(len(s.queries), len(s.keys)))
+    pooled = (
+        f" Each pixel is the largest weight of {block}×{block} token pairs; open a head for all."
+        if block > 1
+        else ""
+    )
     st.caption(
         "Click a thumbnail to open that head large. Rows are layers (·w: sliding window), columns heads."
+        + pooled
     )
 
 

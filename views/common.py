@@ -8,6 +8,7 @@ from explorer import session
 from explorer.capture import Capture, Sequence
 
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
+LONG = 120  # tokens: more go in an expander
 
 
 def _kept_box(label: str, key: str, default: str, height: int, container=st) -> str:
@@ -65,4 +66,9 @@ def token_line(cap: Capture) -> None:
         f'<div style="font-size:13px; color:#475569; margin:2px 0">{escape(label)}: {chips(seq)}</div>'
         for label, seq in parts
     )
-    st.html(html)
+    total = sum(len(seq) for _, seq in parts)
+    if total > LONG:  # a long text's chips would push the figures off the screen
+        with st.expander(f"The {total} tokens the model read"):
+            st.html(html)
+    else:
+        st.html(html)
