@@ -30,6 +30,7 @@ class ZooEntry:
     locate: Callable[["ZooEntry", Path], tuple[str, Path]]
     converts: bool  # a GGUF, converted once to safetensors in the cache
     folder: str | None = None  # weights committed to this repository, relative to its root
+    example: str | None = None  # a text that shows what the model is for (the pages' default input)
 
     @property
     def version(self) -> str:
@@ -141,6 +142,7 @@ ZOO: dict[str, ZooEntry] = {
             locate=_repository_folder,
             converts=False,
             folder="explorer/weights/date-normalizer",
+            example="Tuesday, 23rd November 2026",
         ),
     ]
 }

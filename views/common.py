@@ -4,7 +4,7 @@ from html import escape
 
 import streamlit as st
 
-from explorer import session
+from explorer import session, zoo
 from explorer.capture import Capture, Sequence
 
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
@@ -24,11 +24,27 @@ def _kept_box(label: str, key: str, default: str, height: int, container=st) -> 
     return container.text_area(label, key=box, height=height, on_change=keep)
 
 
-def text_inputs(family: str) -> tuple[str, str | None]:
+def default_text(loaded) -> str:
+    """The model's own example text (the date normalizer reads dates), else the classic sentence."""
+    request = loaded.request
+    entry = zoo.ZOO.get(request.ref) if request.source == "embedded" else None
+    return entry.example if entry is not None and entry.example else DEFAULT_TEXT
+
+
+def _follow_model(loaded) -> None:
+    """A text the user has not written (another model's example) becomes this model's example."""
+    examples = {DEFAULT_TEXT} | {e.example for e in zoo.ZOO.values() if e.example}
+    if st.session_state.get(session.TEXT) in examples:
+        st.session_state[session.TEXT] = default_text(loaded)
+
+
+def text_inputs(loaded) -> tuple[str, str | None]:
     """The text box(es) shared by the Attention and Hidden states pages."""
+    _follow_model(loaded)
+    family = loaded.card.family
     if family == "encoder-decoder":
         left, right = st.columns(2)
-        text = _kept_box("Source (the encoder's input)", session.TEXT, DEFAULT_TEXT, 90, left)
+        text = _kept_box("Source (the encoder's input)", session.TEXT, default_text(loaded), 90, left)
         target = _kept_box(
             "Target prefix (the decoder's input; empty: the model's own greedy output)",
             session.TARGET,
@@ -37,7 +53,7 @@ def text_inputs(family: str) -> tuple[str, str | None]:
             right,
         )
         return text, target
-    return _kept_box("Text", session.TEXT, DEFAULT_TEXT, 90), None
+    return _kept_box("Text", session.TEXT, default_text(loaded), 90), None
 
 
 CHIP = (

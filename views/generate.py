@@ -2,15 +2,15 @@
 
 import streamlit as st
 
-from explorer import session
+from explorer import session, zoo
 from explorer.attention_figures import layer_position_heatmap
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.step_figures import candidates_figure, sequence_html, tree_figure
 from explorer.stepping import Settings, Stepper, has_chat_template, templated
+from views.common import DEFAULT_TEXT, default_text
 
 DEFAULT_PROMPT = "The capital of France is"
-DEFAULT_SOURCE = "The cat sat on the mat because it was tired."
 MAX_RUN = 256
 
 
@@ -36,15 +36,19 @@ def settings_panel() -> Settings:
 
 def inputs(loaded) -> tuple[str, bool, str | None]:
     family = loaded.card.family
-    st.session_state.setdefault(session.GEN_PROMPT, "" if family == "encoder-decoder" else DEFAULT_PROMPT)
     source = None
     if family == "encoder-decoder":
-        st.session_state.setdefault(session.GEN_SOURCE, DEFAULT_SOURCE)
+        if st.session_state.get(session.GEN_PROMPT) == DEFAULT_PROMPT:  # a decoder's example, not a prefix
+            st.session_state[session.GEN_PROMPT] = ""
+        examples = {DEFAULT_TEXT} | {e.example for e in zoo.ZOO.values() if e.example}
+        if st.session_state.get(session.GEN_SOURCE) in examples | {None}:
+            st.session_state[session.GEN_SOURCE] = default_text(loaded)
         source = st.text_area("Source (the encoder reads it)", key=session.GEN_SOURCE, height=80)
         prompt = st.text_input(
             "Decoder prefix (optional: the decoder continues from it)", key=session.GEN_PROMPT
         )
         return prompt, False, source
+    st.session_state.setdefault(session.GEN_PROMPT, DEFAULT_PROMPT)
     prompt = st.text_area("Prompt", key=session.GEN_PROMPT, height=80)
     chat = False
     if has_chat_template(loaded):

@@ -28,7 +28,7 @@ def main() -> None:
     if loaded is None:
         st.info("Load a model in the sidebar to look at its hidden states.")
         return
-    text, target = text_inputs(loaded.card.family)
+    text, target = text_inputs(loaded)
     cap = session.capture_for(loaded, text, target)
     if cap is None:
         return

@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
+from bench.attention import PROSE
 from tests.e2e.conftest import screenshot, wait_for_app_run
 from tests.e2e.test_model_page import choose
 
 pytestmark = pytest.mark.e2e
 
+LONG_TEXT = PROSE * 24  # about 1,500 tokens
 HOSTILE = "</script><b>x</b> <img src=x onerror=alert(1)> it"
 
 
@@ -108,3 +110,53 @@ def test_encoder_attention(page, app_url):
     expect(chart(page, "6 layers × 12 heads")).to_be_visible()
     screenshot(page, "attention-encoder-grid")
     assert page.dialogs == []
+
+
+def test_date_normalizer_cross_attention(page, app_url):
+    """The embedded encoder-decoder: its output's year digits look at the input's year."""
+    open_attention(page, app_url)
+    sidebar = page.get_by_test_id("stSidebar")
+    choose(
+        page, sidebar, "Embedded model", "Date normalizer (T5, trained here) · encoder-decoder",
+        shows="rewrites dates as YYYY-MM-DD",
+    )  # fmt: skip
+    sidebar.get_by_role("button", name="Load", exact=True).click()
+    wait_for_app_run(page)
+    expect(page.get_by_label("Source (the encoder's input)")).to_have_value("Tuesday, 23rd November 2026")
+    expect(page.get_by_text("Decoder input (the model's own greedy output)")).to_be_visible(timeout=60_000)
+    # the decoder read its own output: 2026-11-23, one character a token
+    decoder_chips = (
+        page.locator('[data-testid="stHtml"] div').filter(has_text="Decoder input").locator("span")
+    )
+    assert "".join(decoder_chips.all_inner_texts()) == "<pad>2026-11-23</s>"
+    pick_view(page, "Mean and rollout")
+    mean = chart(page, "Cross-attention (decoder → encoder): layer 0, mean over heads")
+    expect(mean).to_be_visible()
+    screenshot(page, "attention-date-cross-mean")
+    pick_view(page, "All heads")
+    expect(chart(page, "1 layers × 4 heads")).to_be_visible()
+    page.get_by_test_id("stButtonGroup").get_by_text("Encoder self-attention", exact=True).click()
+    wait_for_app_run(page)
+    expect(chart(page, "3 layers × 4 heads")).to_be_visible()
+    assert page.dialogs == []
+
+
+def test_switching_to_gemma_keeps_the_page_working(page, app_url):
+    """Gemma's layer labels name its sliding windows; the layer chosen under SmolLM2 must not break the
+    page when a long text is then run (Streamlit handed the old label back as a string)."""
+    open_attention(page, app_url)
+    expect(chart(page, "layer 0, head 0")).to_be_visible()
+    sidebar = page.get_by_test_id("stSidebar")
+    choose(
+        page, sidebar, "Embedded model", "Gemma 3 270M (base) · decoder", shows="Gemma 3 decoder, 18 layers"
+    )
+    sidebar.get_by_role("button", name="Load", exact=True).click()
+    wait_for_app_run(page)
+    expect(chart(page, "(sliding window 512)")).to_be_visible(timeout=300_000)
+    box = page.get_by_label("Text")
+    box.fill(LONG_TEXT)
+    box.press("Control+Enter")
+    wait_for_app_run(page)
+    expect(page.get_by_text("tokens the model read")).to_be_visible(timeout=300_000)
+    assert page.get_by_test_id("stException").count() == 0
+    screenshot(page, "attention-gemma")
