@@ -58,8 +58,12 @@ browser:
 		SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
-bench: setup models
+# Each prints one JSON object on its last line.
+bench: setup models browser
 	$(PY) bench/loading.py
+	$(PY) bench/attention.py
+	$(PY) bench/stepper.py
+	$(PY) bench/tasks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

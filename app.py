@@ -106,6 +106,7 @@ page = st.navigation(
         st.Page("views/model.py", title="Model", icon="🧱", default=True),
         st.Page("views/attention.py", title="Attention", icon="🔦"),
         st.Page("views/hidden_states.py", title="Hidden states", icon="📈"),
+        st.Page("views/generate.py", title="Generate", icon="✍️"),
         st.Page("views/from_scratch.py", title="Attention from scratch", icon="🧮"),
         st.Page("views/positions.py", title="Positions", icon="📍"),
         st.Page("views/tokens.py", title="Tokens", icon="🔤"),
