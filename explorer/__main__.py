@@ -189,6 +189,13 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loading_options(p: argparse.ArgumentParser) -> None:
+    """How MODEL is loaded: the same choices as the sidebar's."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m explorer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,18 +206,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="load MODEL and print its architecture card as JSON")
     p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
+    _loading_options(p)
     p.add_argument("--pretty", action="store_true", help="indent the JSON")
     p.set_defaults(run=_info)
 
     p = sub.add_parser("verify", help="attention from scratch vs the model's own, every layer and head")
     p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
     p.add_argument("--text", required=True, help="the text to run")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
+    _loading_options(p)
     p.set_defaults(run=_verify)
 
     p = sub.add_parser("trace", help="run MODEL on a text; write its attention and hidden states (.npz)")
@@ -218,9 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True, help="the text (for encoder-decoders: the source)")
     p.add_argument("--target", help="encoder-decoders: the decoder's prefix (default: its own greedy output)")
     p.add_argument("--out", required=True, help="the .npz file to write")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
+    _loading_options(p)
     p.set_defaults(run=_trace)
 
     p = sub.add_parser("task", help="run an NLP task (text-classification, fill-mask, ...) and print JSON")
@@ -247,9 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", help="translation with T5: a language pair such as en_to_de")
     p.add_argument("--target-language", dest="target", help="translation by a prompted decoder: the language")
     p.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
+    _loading_options(p)
     p.set_defaults(run=_task)
 
     p = sub.add_parser("generate", help="step through generation; one line per step")
@@ -268,9 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--chat", action="store_true", help="put the prompt in the model's chat template")
     p.add_argument("--json", action="store_true", help="one JSON object per step")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
+    _loading_options(p)
     p.set_defaults(run=_generate)
 
     p = sub.add_parser("prepare", help="convert the embedded GGUF models once (make run does this)")

@@ -26,7 +26,7 @@ from explorer.devices import human_bytes
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.export import npz_bytes
-from views.common import text_inputs, token_line
+from views.common import capture_page
 
 VIEWS = ["One head", "All heads", "Mean and rollout", "Token focus", "Head statistics", "bertviz"]
 FULL_MAP_LIMIT = 768  # longer texts show one window of the map at full detail
@@ -251,15 +251,10 @@ def bertviz_views(cap: Capture, layer: int) -> None:
 
 def main() -> None:
     st.title("Attention")
-    loaded = session.current_model()
-    if loaded is None:
-        st.info("Load a model in the sidebar to look at its attention.")
+    found = capture_page("attention")
+    if found is None:
         return
-    text, target = text_inputs(loaded)
-    cap = session.capture_for(loaded, text, target)
-    if cap is None:
-        return
-    token_line(cap)
+    _, cap = found
     sets = cap.attention_sets()
     if len(sets) > 1:
         st.session_state.setdefault(session.ATTN_KIND, "cross")

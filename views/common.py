@@ -88,3 +88,18 @@ def token_line(cap: Capture) -> None:
             st.html(html)
     else:
         st.html(html)
+
+
+def capture_page(what: str):
+    """The start both capture pages share: the user's model, the text boxes, the run (kept per text),
+    the token line. Returns (loaded, capture), or None when there is nothing to show yet."""
+    loaded = session.current_model()
+    if loaded is None:
+        st.info(f"Load a model in the sidebar to look at its {what}.")
+        return None
+    text, target = text_inputs(loaded)
+    cap = session.capture_for(loaded, text, target)
+    if cap is None:
+        return None
+    token_line(cap)
+    return loaded, cap

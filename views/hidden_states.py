@@ -8,7 +8,7 @@ from explorer.attention_figures import layer_position_heatmap, logit_lens_figure
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.hidden import LENS_MAX_POSITIONS, consecutive_cosine, logit_lens, norms
-from views.common import text_inputs, token_line
+from views.common import capture_page
 
 VIEWS = ["Norms", "Change per layer", "Logit lens"]
 
@@ -24,15 +24,10 @@ def stacks(cap) -> list[tuple[str, object]]:
 
 def main() -> None:
     st.title("Hidden states")
-    loaded = session.current_model()
-    if loaded is None:
-        st.info("Load a model in the sidebar to look at its hidden states.")
+    found = capture_page("hidden states")
+    if found is None:
         return
-    text, target = text_inputs(loaded)
-    cap = session.capture_for(loaded, text, target)
-    if cap is None:
-        return
-    token_line(cap)
+    loaded, cap = found
     views = VIEWS if cap.family == "decoder" else VIEWS[:2]
     st.session_state.setdefault(session.HIDDEN_VIEW, VIEWS[0])
     view = st.segmented_control("View", views, key=session.HIDDEN_VIEW, required=True) or VIEWS[0]
