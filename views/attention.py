@@ -26,7 +26,7 @@ from explorer.devices import human_bytes
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.export import npz_bytes
-from views.common import capture_page
+from views.common import capture_page, kept
 
 VIEWS = ["One head", "All heads", "Mean and rollout", "Token focus", "Head statistics", "bertviz"]
 FULL_MAP_LIMIT = 768  # longer texts show one window of the map at full detail
@@ -73,9 +73,14 @@ def one_head(s: AttentionSet, layer: int, head: int) -> None:
     window = s.windows[layer] if s.same_sequence else None
     title = f"{s.title}: layer {layer}, head {head}" + (f" (sliding window {window})" if window else "")
     fig = token_heatmap(
-        z, s.queries.tokens[q0 : q0 + z.shape[0]], s.keys.tokens[k0 : k0 + z.shape[1]], title,
-        window=window if window and window < max(n_q, n_k) else None, q_offset=q0, k_offset=k0,
-    )  # fmt: skip
+        z,
+        s.queries.tokens[q0 : q0 + z.shape[0]],
+        s.keys.tokens[k0 : k0 + z.shape[1]],
+        title,
+        window=window if window and window < max(n_q, n_k) else None,
+        q_offset=q0,
+        k_offset=k0,
+    )
     st.plotly_chart(fig, width="content", key="one_head")
     notes = ["Each row is one query's attention: its weights sum to 1."]
     if s.causal:
@@ -86,22 +91,28 @@ def one_head(s: AttentionSet, layer: int, head: int) -> None:
 
 
 def all_heads(s: AttentionSet) -> None:
-    scale = st.radio(
+    scale = kept(
+        "radio",
         "Colour",
-        ["map", "sqrt", "linear"],
+        session.ATTN_SCALE,
+        "map",
+        options=["map", "sqrt", "linear"],
         format_func={
             "map": "each map from 0 to its own largest weight",
             "sqrt": "square root of the weight (faint weights show)",
             "linear": "weight from 0 to 1",
         }.get,
         horizontal=True,
-        key=session.ATTN_SCALE,
     )
     fig = heads_grid(s.maps, f"{s.title}: {s.n_layers} layers × {s.n_heads} heads", scale, s.windows)
     st.plotly_chart(
-        fig, width="content", key=session.ATTN_GRID, on_select=open_from_grid, selection_mode="points",
+        fig,
+        width="content",
+        key=session.ATTN_GRID,
+        on_select=open_from_grid,
+        selection_mode="points",
         config={"displayModeBar": True},
-    )  # fmt: skip
+    )
     block = grid_block(s.n_layers, max(len(s.queries), len(s.keys)))
     pooled = (
         f" Each pixel is the largest weight of {block}×{block} token pairs; open a head for all."
@@ -130,12 +141,15 @@ def mean_and_rollout(s: AttentionSet, layer: int) -> None:
     rolled = rollout(s.maps)[layer]
     right.plotly_chart(
         token_heatmap(
-            rolled, s.queries.tokens, s.keys.tokens,
-            f"Attention rollout through layers 0–{layer}", value_name="rollout",
+            rolled,
+            s.queries.tokens,
+            s.keys.tokens,
+            f"Attention rollout through layers 0–{layer}",
+            value_name="rollout",
         ),
         width="content",
         key="rollout_map",
-    )  # fmt: skip
+    )
     st.caption(
         "Rollout (Abnar and Zuidema, 2020): each layer's head-averaged map is mixed half and half with the "
         "identity (the residual connection), rows renormalized, and the layers multiplied in order: how much "
@@ -154,11 +168,14 @@ def token_focus(s: AttentionSet) -> None:
     if st.session_state.get(session.ATTN_QUERY) not in q_opts:
         st.session_state[session.ATTN_QUERY] = default_query(s)
     c1, c2 = st.columns(2)
-    query = c1.selectbox(
+    query = kept(
+        "selectbox",
         "Query token (attending)",
-        q_opts,
+        session.ATTN_QUERY,
+        0,
+        c1,
+        options=q_opts,
         format_func=lambda i: f"{i}: {s.queries.tokens[i]}",
-        key=session.ATTN_QUERY,
     )
     if st.session_state.get(session.ATTN_KEY) not in k_opts:
         mean = s.maps[:, :, query, :].mean(axis=(0, 1)).copy()
@@ -167,21 +184,29 @@ def token_focus(s: AttentionSet) -> None:
         if len(mean) > 1:
             mean[0] = -1.0  # the first token soaks up attention in most models; suggest something else
         st.session_state[session.ATTN_KEY] = int(np.argmax(mean))
-    key = c2.selectbox(
+    key = kept(
+        "selectbox",
         "Key token (attended to)",
-        k_opts,
+        session.ATTN_KEY,
+        0,
+        c2,
+        options=k_opts,
         format_func=lambda i: f"{i}: {s.keys.tokens[i]}",
-        key=session.ATTN_KEY,
     )
     values = focus(s.maps, query, key)
     qt, kt = s.queries.tokens[query], s.keys.tokens[key]
     notes = [f"sliding {w}" if w else "" for w in s.windows]
     st.plotly_chart(
-        layer_head_heatmap(values, f"How much “{qt}” ({query}) attends to “{kt}” ({key}), per head", "weight",
-                           layer_notes=notes, zmax=1.0),
+        layer_head_heatmap(
+            values,
+            f"How much “{qt}” ({query}) attends to “{kt}” ({key}), per head",
+            "weight",
+            layer_notes=notes,
+            zmax=1.0,
+        ),
         width="content",
         key="focus_map",
-    )  # fmt: skip
+    )
     st.plotly_chart(
         top_attended_figure(top_attended(s.maps, query, 3), s.keys.tokens, f"“{qt}” ({query})"),
         width="content",
@@ -191,9 +216,9 @@ def token_focus(s: AttentionSet) -> None:
 
 def head_stats(s: AttentionSet) -> None:
     names = [n for n in STATISTICS if s.same_sequence or n not in SAME_SEQUENCE_ONLY]
-    name = st.radio("Statistic", names, format_func=STATISTICS.get, key=session.ATTN_STAT)
-    if name not in names:
-        name = names[0]
+    if st.session_state.get(session.ATTN_STAT) not in names:  # cross-attention offers fewer
+        st.session_state[session.ATTN_STAT] = names[0]
+    name = kept("radio", "Statistic", session.ATTN_STAT, names[0], options=names, format_func=STATISTICS.get)
     values = head_statistics(s.maps, name)
     fmt = ".2f" if name in ("entropy", "distance") else ".3f"
     zmax = 1.0 if name not in ("entropy", "distance") else None
@@ -211,15 +236,17 @@ def head_stats(s: AttentionSet) -> None:
 
 def bertviz_views(cap: Capture, layer: int) -> None:
     sets = cap.attention_sets()
-    view = st.radio(
+    view = kept(
+        "radio",
         "bertviz view",
-        ["head", "model"],
+        session.BERTVIZ_VIEW,
+        "head",
+        options=["head", "model"],
         format_func={
             "head": "Head view (one layer, heads as colours)",
             "model": "Model view (every head)",
         }.get,
         horizontal=True,
-        key=session.BERTVIZ_VIEW,
     )
     n_layers = min(s.n_layers for s in sets)
     if view == "head":
@@ -257,26 +284,40 @@ def main() -> None:
     _, cap = found
     sets = cap.attention_sets()
     if len(sets) > 1:
-        st.session_state.setdefault(session.ATTN_KIND, "cross")
-        kind = st.segmented_control(
-            "Attention", [s.name for s in sets], format_func=lambda n: cap.attention_set(n).title,
-            key=session.ATTN_KIND, required=True,
-        )  # fmt: skip
+        if st.session_state.get(session.ATTN_KIND) not in [x.name for x in sets]:
+            st.session_state[session.ATTN_KIND] = "cross"
+        kind = kept(
+            "segmented_control",
+            "Attention",
+            session.ATTN_KIND,
+            "cross",
+            options=[x.name for x in sets],
+            format_func=lambda n: cap.attention_set(n).title,
+            required=True,
+        )
         s = cap.attention_set(kind or "cross")
     else:
         s = sets[0]
-    st.session_state.setdefault(session.ATTN_VIEW, VIEWS[0])
-    view = st.segmented_control("View", VIEWS, key=session.ATTN_VIEW, required=True) or VIEWS[0]
+    view = (
+        kept("segmented_control", "View", session.ATTN_VIEW, VIEWS[0], options=VIEWS, required=True)
+        or VIEWS[0]
+    )
     _clamp(session.ATTN_LAYER, s.n_layers)
     _clamp(session.ATTN_HEAD, s.n_heads)
     layer = head = 0
     if view in ("One head", "Mean and rollout"):
         c1, c2, _ = st.columns([2, 1, 3])
-        layer = c1.selectbox(
-            "Layer", list(range(s.n_layers)), format_func=lambda i: layer_label(s, i), key=session.ATTN_LAYER
+        layer = kept(
+            "selectbox",
+            "Layer",
+            session.ATTN_LAYER,
+            0,
+            c1,
+            options=list(range(s.n_layers)),
+            format_func=lambda i: layer_label(s, i),
         )
         if view == "One head":
-            head = c2.selectbox("Head", list(range(s.n_heads)), key=session.ATTN_HEAD)
+            head = kept("selectbox", "Head", session.ATTN_HEAD, 0, c2, options=list(range(s.n_heads)))
     if view == "One head":
         one_head(s, layer, head)
     elif view == "All heads":

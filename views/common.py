@@ -11,9 +11,11 @@ DEFAULT_TEXT = "The cat sat on the mat because it was tired."
 LONG = 120  # tokens: more go in an expander
 
 
-def _kept_box(label: str, key: str, default: str, height: int, container=st) -> str:
-    """A text box whose value lives under `key`, outside the widget: Streamlit drops a widget's state
-    on a page without that widget, and the text must survive a visit to another page."""
+def kept(widget: str, label: str, key: str, default, container=st, **kwargs):
+    """A widget (`st.<widget>`) whose value lives under `key`, outside the widget, so that it survives a
+    visit to another page (Streamlit drops the state of widgets a page run did not draw). The widget
+    itself is keyed `<key>_box`; code that sets `st.session_state[key]` moves the widget too. Pass no
+    `value` or `index`: the value comes from `key` (`default` the first time)."""
     st.session_state.setdefault(key, default)
     box = f"{key}_box"
     st.session_state[box] = st.session_state[key]
@@ -21,7 +23,11 @@ def _kept_box(label: str, key: str, default: str, height: int, container=st) -> 
     def keep() -> None:
         st.session_state[key] = st.session_state[box]
 
-    return container.text_area(label, key=box, height=height, on_change=keep)
+    return getattr(container, widget)(label, key=box, on_change=keep, **kwargs)
+
+
+def _kept_box(label: str, key: str, default: str, height: int, container=st) -> str:
+    return kept("text_area", label, key, default, container, height=height)
 
 
 def default_text(loaded) -> str:

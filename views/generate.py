@@ -8,27 +8,59 @@ from explorer.display import md
 from explorer.errors import InputError
 from explorer.step_figures import candidates_figure, sequence_html, tree_figure
 from explorer.stepping import Settings, Stepper, has_chat_template, templated
-from views.common import DEFAULT_TEXT, default_text
+from views.common import DEFAULT_TEXT, default_text, kept
 
-DEFAULT_PROMPT = "The capital of France is"
+DEFAULT_PROMPT = "The capital of France is"  # a base model continues it
+DEFAULT_QUESTION = "What is the capital of France?"  # an instruct model answers it
 MAX_RUN = 256
 
 
 def settings_panel() -> Settings:
     st.subheader("How the next token is chosen")
-    mode = st.radio(
+    mode = kept(
+        "radio",
         "Choice",
-        ["greedy", "sample"],
+        session.GEN_MODE,
+        "greedy",
+        options=["greedy", "sample"],
         horizontal=True,
-        key=session.GEN_MODE,
         format_func={"greedy": "greedy (most likely)", "sample": "sample with a seed"}.get,
     )
     c1, c2, c3, c4, c5 = st.columns(5)
-    seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key=session.GEN_SEED, disabled=mode == "greedy")
-    temperature = c2.number_input("Temperature", 0.05, 5.0, 1.0, 0.05, key=session.GEN_TEMPERATURE)
-    top_k = c3.number_input("top-k (0 = off)", 0, 1000, 0, key=session.GEN_TOP_K)
-    top_p = c4.number_input("top-p", 0.01, 1.0, 1.0, 0.01, key=session.GEN_TOP_P)
-    rep = c5.number_input("Repetition penalty", 0.5, 3.0, 1.0, 0.05, key=session.GEN_REPETITION)
+    seed = kept(
+        "number_input",
+        "Seed",
+        session.GEN_SEED,
+        0,
+        c1,
+        min_value=0,
+        max_value=2**31 - 1,
+        disabled=mode == "greedy",
+    )
+    temperature = kept(
+        "number_input",
+        "Temperature",
+        session.GEN_TEMPERATURE,
+        1.0,
+        c2,
+        min_value=0.05,
+        max_value=5.0,
+        step=0.05,
+    )
+    top_k = kept("number_input", "top-k (0 = off)", session.GEN_TOP_K, 0, c3, min_value=0, max_value=1000)
+    top_p = kept(
+        "number_input", "top-p", session.GEN_TOP_P, 1.0, c4, min_value=0.01, max_value=1.0, step=0.01
+    )
+    rep = kept(
+        "number_input",
+        "Repetition penalty",
+        session.GEN_REPETITION,
+        1.0,
+        c5,
+        min_value=0.5,
+        max_value=3.0,
+        step=0.05,
+    )
     return Settings(
         float(temperature), int(top_k), float(top_p), float(rep), int(seed) if mode == "sample" else None
     )
@@ -38,22 +70,23 @@ def inputs(loaded) -> tuple[str, bool, str | None]:
     family = loaded.card.family
     source = None
     if family == "encoder-decoder":
-        if st.session_state.get(session.GEN_PROMPT) == DEFAULT_PROMPT:  # a decoder's example, not a prefix
+        if st.session_state.get(session.GEN_PROMPT) in (DEFAULT_PROMPT, DEFAULT_QUESTION):  # not a prefix
             st.session_state[session.GEN_PROMPT] = ""
         examples = {DEFAULT_TEXT} | {e.example for e in zoo.ZOO.values() if e.example}
         if st.session_state.get(session.GEN_SOURCE) in examples | {None}:
             st.session_state[session.GEN_SOURCE] = default_text(loaded)
-        source = st.text_area("Source (the encoder reads it)", key=session.GEN_SOURCE, height=80)
-        prompt = st.text_input(
-            "Decoder prefix (optional: the decoder continues from it)", key=session.GEN_PROMPT
+        source = kept("text_area", "Source (the encoder reads it)", session.GEN_SOURCE, "", height=80)
+        prompt = kept(
+            "text_input", "Decoder prefix (optional: the decoder continues from it)", session.GEN_PROMPT, ""
         )
         return prompt, False, source
-    st.session_state.setdefault(session.GEN_PROMPT, DEFAULT_PROMPT)
-    prompt = st.text_area("Prompt", key=session.GEN_PROMPT, height=80)
+    default = DEFAULT_QUESTION if has_chat_template(loaded) else DEFAULT_PROMPT
+    prompt = kept("text_area", "Prompt", session.GEN_PROMPT, default, height=80)
     chat = False
     if has_chat_template(loaded):
-        st.session_state.setdefault(session.GEN_CHAT, True)
-        chat = st.toggle("Use the chat template (the prompt is a user's message)", key=session.GEN_CHAT)
+        chat = kept(
+            "toggle", "Use the chat template (the prompt is a user's message)", session.GEN_CHAT, True
+        )
     else:
         st.caption(f"{md(loaded.card.name)} has no chat template: the model continues the prompt as it is.")
     return prompt, chat, source
@@ -87,7 +120,16 @@ def controls(stepper: Stepper, settings: Settings, text_box) -> None:
     c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
     if c1.button("Step", type="primary", disabled=bool(stepper.finished)):
         do(stepper.step, settings)
-    n = c2.number_input("Steps to run", 1, MAX_RUN, 10, key=session.GEN_STEPS, label_visibility="collapsed")
+    n = kept(
+        "number_input",
+        "Steps to run",
+        session.GEN_STEPS,
+        10,
+        c2,
+        min_value=1,
+        max_value=MAX_RUN,
+        label_visibility="collapsed",
+    )
     if c2.button(f"Run {n} steps", disabled=bool(stepper.finished)):
         bar = st.progress(0.0, text="Generating …")
         for i in range(int(n)):
@@ -207,10 +249,15 @@ def main() -> None:
 def attention_of_last(stepper: Stepper) -> None:
     last = stepper.steps[-1]
     n_heads = last.attention.shape[1]
-    head = st.selectbox(
+    options = ["mean"] + list(range(n_heads))
+    if st.session_state.get(session.GEN_HEAD) not in options:  # another model, fewer heads
+        st.session_state[session.GEN_HEAD] = "mean"
+    head = kept(
+        "selectbox",
         "Head",
-        ["mean"] + list(range(n_heads)),
-        key=session.GEN_HEAD,
+        session.GEN_HEAD,
+        "mean",
+        options=options,
         format_func=lambda h: "mean over heads" if h == "mean" else f"head {h}",
     )
     att = last.attention.mean(axis=1) if head == "mean" else last.attention[:, head]

@@ -8,7 +8,7 @@ from explorer.attention_figures import layer_position_heatmap, logit_lens_figure
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.hidden import LENS_MAX_POSITIONS, consecutive_cosine, logit_lens, norms
-from views.common import capture_page
+from views.common import capture_page, kept
 
 VIEWS = ["Norms", "Change per layer", "Logit lens"]
 
@@ -29,20 +29,27 @@ def main() -> None:
         return
     loaded, cap = found
     views = VIEWS if cap.family == "decoder" else VIEWS[:2]
-    st.session_state.setdefault(session.HIDDEN_VIEW, VIEWS[0])
-    view = st.segmented_control("View", views, key=session.HIDDEN_VIEW, required=True) or VIEWS[0]
+    if st.session_state.get(session.HIDDEN_VIEW) not in views:
+        st.session_state[session.HIDDEN_VIEW] = VIEWS[0]
+    view = (
+        kept("segmented_control", "View", session.HIDDEN_VIEW, VIEWS[0], options=views, required=True)
+        or VIEWS[0]
+    )
     if view not in views:
         view = views[0]
     if view == "Norms":
         for name, (hidden, seq) in stacks(cap):
             st.plotly_chart(
                 layer_position_heatmap(
-                    norms(hidden), seq.tokens, f"{name} L2 norm of each position's hidden state".strip(),
-                    "norm", fmt=".2f",
+                    norms(hidden),
+                    seq.tokens,
+                    f"{name} L2 norm of each position's hidden state".strip(),
+                    "norm",
+                    fmt=".2f",
                 ),
                 width="content",
                 key=f"norms_{name}",
-            )  # fmt: skip
+            )
         st.caption(
             "Row L0 is the embedding output; row L(i+1) the output of block i. The last row is taken after "
             "the model's final norm where it has one (as transformers returns it), which rescales it."
@@ -51,13 +58,17 @@ def main() -> None:
         for name, (hidden, seq) in stacks(cap):
             st.plotly_chart(
                 layer_position_heatmap(
-                    consecutive_cosine(hidden), seq.tokens,
-                    f"{name} cosine similarity between a block's input and its output".strip(), "cosine",
-                    zmin=-1.0, zmax=1.0, colorscale="RdBu",
+                    consecutive_cosine(hidden),
+                    seq.tokens,
+                    f"{name} cosine similarity between a block's input and its output".strip(),
+                    "cosine",
+                    zmin=-1.0,
+                    zmax=1.0,
+                    colorscale="RdBu",
                 ),
                 width="content",
                 key=f"cosine_{name}",
-            )  # fmt: skip
+            )
         st.caption(
             "Near 1: the block barely turned that position's vector; lower: it rewrote it. Row Li is block i."
         )
@@ -67,11 +78,13 @@ def main() -> None:
         st.session_state.setdefault(session.LENS_POSITIONS, default)
         chosen = [p for p in st.session_state[session.LENS_POSITIONS] if p < n]
         st.session_state[session.LENS_POSITIONS] = chosen or default
-        positions = st.multiselect(
+        positions = kept(
+            "multiselect",
             f"Positions (at most {LENS_MAX_POSITIONS})",
-            list(range(n)),
+            session.LENS_POSITIONS,
+            default,
+            options=list(range(n)),
             format_func=lambda i: f"{i}: {cap.sequence.tokens[i]}",
-            key=session.LENS_POSITIONS,
             max_selections=LENS_MAX_POSITIONS,
         )
         try:

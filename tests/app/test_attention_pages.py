@@ -48,8 +48,8 @@ def test_every_attention_view_on_a_single_stack(kind, tiny_dir):
     one = charts(at)[0]
     assert heatmap_shape(one) == (n, n)
     assert "layer 0, head 0" in one["layout"]["title"]["text"]
-    at.selectbox(key=session.ATTN_LAYER).set_value(1)
-    at.selectbox(key=session.ATTN_HEAD).set_value(3)
+    at.selectbox(key=f"{session.ATTN_LAYER}_box").set_value(1)
+    at.selectbox(key=f"{session.ATTN_HEAD}_box").set_value(3)
     one = charts(run(at))[0]
     assert "layer 1, head 3" in one["layout"]["title"]["text"]
 
@@ -62,11 +62,11 @@ def test_every_attention_view_on_a_single_stack(kind, tiny_dir):
 
     focus, top = charts(view(at, "Token focus"))
     assert heatmap_shape(focus) == (layers, heads)
-    assert at.selectbox(key=session.ATTN_QUERY).value == TEXT.split().index("it")
+    assert at.selectbox(key=f"{session.ATTN_QUERY}_box").value == TEXT.split().index("it")
 
     stats = charts(view(at, "Head statistics"))[0]
     assert heatmap_shape(stats) == (layers, heads)
-    at.radio(key=session.ATTN_STAT).set_value("entropy")
+    at.radio(key=f"{session.ATTN_STAT}_box").set_value("entropy")
     values = np.array(_numbers(charts(run(at))[0]["data"][0]["z"]))
     assert (values >= 0).all() and (values <= np.log2(n) + 1e-5).all()
 
@@ -93,7 +93,7 @@ def test_encoder_decoder_offers_encoder_decoder_and_cross_attention(tiny_dir):
     grid = charts(view(at, "All heads"))[0]
     assert len(grid["data"][1]["customdata"]) == 3 * 4
     assert len(charts(view(at, "Mean and rollout"))) == 1  # no rollout across two sequences
-    stats = view(at, "Head statistics").radio(key=session.ATTN_STAT)
+    stats = view(at, "Head statistics").radio(key=f"{session.ATTN_STAT}_box")
     assert list(stats.options) == [
         "Entropy (bits): how spread out each query's attention is, averaged over queries",
         "Share on the first token (attention sink), averaged over queries",
@@ -132,7 +132,7 @@ def test_hidden_states_page(kind, tiny_dir):
     assert heatmap_shape(norms[-1]) == cap.hidden_states.shape[:2]
     cos = charts(view(at, "Change per layer", session.HIDDEN_VIEW))
     assert heatmap_shape(cos[-1]) == (cap.hidden_states.shape[0] - 1, cap.hidden_states.shape[1])
-    options = [b for b in at.get("button_group") if b.key == session.HIDDEN_VIEW][0].options
+    options = [b for b in at.get("button_group") if b.key == f"{session.HIDDEN_VIEW}_box"][0].options
     assert ("Logit lens" in options) == (kind == "llama")
 
 
@@ -144,8 +144,17 @@ def test_logit_lens_on_a_decoder(tiny_dir):
     assert len(lens["data"][0]["text"][0]) == n
 
 
-def test_the_text_survives_a_visit_to_another_page(tiny_dir):
+def test_the_text_and_the_view_survive_a_visit_to_another_page(tiny_dir):
     at = open_page("gpt2", tiny_dir, text="the dog ran to park")
+    view(at, "One head")
+    at.selectbox(key=f"{session.ATTN_LAYER}_box").set_value(1)
+    run(at)
+    at.switch_page("views/model.py")
+    run(at)
+    at.switch_page(ATTENTION)
+    run(at)
+    assert at.selectbox(key=f"{session.ATTN_LAYER}_box").value == 1
+    assert "layer 1, head 0" in charts(at)[0]["layout"]["title"]["text"]
     at.switch_page("views/model.py")
     run(at)
     at.switch_page(HIDDEN)

@@ -45,7 +45,7 @@ def test_step_pick_and_undo_on_the_default_decoder():
 
 def test_settings_change_the_shaped_distribution():
     at = open_page(app())
-    at.number_input(key=session.GEN_TOP_K).set_value(2)
+    at.number_input(key=f"{session.GEN_TOP_K}_box").set_value(2)
     run(at)
     bars = charts(at)[0]["data"]
     shaped = bars[1]["x"]
@@ -56,8 +56,8 @@ def test_run_several_steps_and_an_encoder_decoder(tiny_dir):
     at = app()
     load_folder(at, tiny_dir("t5"))
     open_page(at)
-    assert at.text_area(key=session.GEN_SOURCE).value
-    at.number_input(key=session.GEN_STEPS).set_value(4)
+    assert at.text_area(key=f"{session.GEN_SOURCE}_box").value
+    at.number_input(key=f"{session.GEN_STEPS}_box").set_value(4)
     run(at)
     button(at, "Run 4 steps").click()
     run(at)
@@ -76,6 +76,23 @@ def test_an_encoder_cannot_generate(tiny_dir):
 
 def test_an_empty_prompt_gets_a_message():
     at = open_page(app())
-    at.text_area(key=session.GEN_PROMPT).input("  ")
+    at.text_area(key=f"{session.GEN_PROMPT}_box").input("  ")
     run(at)
     assert "empty" in at.error[0].value
+
+
+def test_the_generation_and_settings_survive_a_visit_to_another_page():
+    at = open_page(app())
+    at.text_area(key=f"{session.GEN_PROMPT}_box").input("Name a colour.")
+    at.number_input(key=f"{session.GEN_TEMPERATURE}_box").set_value(0.7)
+    run(at)
+    for _ in range(2):
+        button(at, "Step").click()
+        run(at)
+    before = [s.token_id for s in stepper(at).steps]
+    at.switch_page("views/model.py")
+    run(at)
+    open_page(at)
+    assert [s.token_id for s in stepper(at).steps] == before
+    assert at.text_area(key=f"{session.GEN_PROMPT}_box").value == "Name a colour."
+    assert at.number_input(key=f"{session.GEN_TEMPERATURE}_box").value == 0.7
