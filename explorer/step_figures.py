@@ -62,7 +62,8 @@ def sequence_html(prompt: Sequence[str], steps: Sequence[Step]) -> str:
     parts = [f'<span style="{chip} color:#64748b">{escape(t)}</span>{after(t)}' for t in prompt]
     for s in steps:
         tip = f"step {s.index + 1}: p={s.prob:.4f} (shaped {s.prob_processed:.4f}), rank {s.rank}, {s.how}"
-        style = f"{chip} background:{prob_colour(s.prob)}"
+        ink = "#ffffff" if s.prob < 0.2 or s.prob > 0.8 else "#111827"  # the scale's ends are dark
+        style = f"{chip} background:{prob_colour(s.prob)}; color:{ink}"
         parts.append(f'<span title="{escape(tip)}" style="{style}">{escape(s.token)}</span>{after(s.token)}')
     return '<div style="line-height:1.9; font-size:14px; overflow-wrap:anywhere">' + "".join(parts) + "</div>"
 
