@@ -65,7 +65,7 @@ class Candidate:
     prob_processed: float  # after the settings' processors
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # it holds arrays: compare steps by identity or by token ids
 class Step:
     index: int  # 0 for the first generated token
     token_id: int
@@ -246,7 +246,8 @@ class Stepper:
         if to == len(self.steps):
             return
         removed = tuple(self.steps[to:])
-        if not any(b.at == to and b.steps == removed for b in self.branches):
+        ids = [s.token_id for s in removed]
+        if not any(b.at == to and [s.token_id for s in b.steps] == ids for b in self.branches):
             self.branches.append(Branch(to, removed))
         self.steps = self.steps[:to]
         self.finished = None

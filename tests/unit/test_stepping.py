@@ -165,6 +165,15 @@ def test_undo_restores_the_exact_earlier_state(models, kind):
     assert stepper.steps == [] and torch.equal(stepper._state.logits, stepper._first_logits)
 
 
+def test_undoing_the_same_continuation_twice_keeps_one_branch(models):
+    stepper = start(models["llama"])
+    for _ in range(2):
+        for pick in (10, 11, 12):
+            stepper.step(Settings(), pick=pick)
+        stepper.undo(0)
+    assert len(stepper.branches) == 1 and [s.token_id for s in stepper.branches[0].steps] == [10, 11, 12]
+
+
 def test_switching_back_to_a_branch(models):
     stepper = start(models["llama"])
     for pick in (10, 11, 12):
