@@ -54,6 +54,7 @@ GEN_TOP_P = "generate_top_p"
 GEN_REPETITION = "generate_repetition"
 GEN_STEPS = "generate_steps"
 GEN_HEAD = "generate_head"
+GEN_MESSAGE = "generate_message"  # why the last action was refused, shown once
 LENS_POSITIONS = "lens_positions"
 
 

@@ -95,9 +95,9 @@ def inputs(loaded) -> tuple[str, bool, str | None]:
 def current_stepper(loaded, prompt: str, chat: bool, source: str | None) -> Stepper | None:
     """This user's stepper for these inputs; a new one when the model or the inputs change."""
     key = (loaded.request, prompt, chat, source)
-    kept = st.session_state.get(session.STEPPER)
-    if kept is not None and kept[0] == key:
-        return kept[1]
+    found = st.session_state.get(session.STEPPER)
+    if found is not None and found[0] == key:
+        return found[1]
     try:
         with st.spinner("Reading the prompt …"):
             stepper = Stepper.start(loaded, prompt, chat=chat, source=source)
@@ -113,7 +113,7 @@ def do(action, *args) -> None:
     try:
         action(*args)
     except InputError as err:
-        st.session_state["generate_message"] = str(err)
+        st.session_state[session.GEN_MESSAGE] = str(err)
 
 
 def controls(stepper: Stepper, settings: Settings, text_box) -> None:
@@ -136,7 +136,7 @@ def controls(stepper: Stepper, settings: Settings, text_box) -> None:
             try:
                 stepper.step(settings)
             except InputError as err:
-                st.session_state["generate_message"] = str(err)
+                st.session_state[session.GEN_MESSAGE] = str(err)
                 break
             text_box.html(sequence_html(stepper.prompt_tokens, stepper.steps))  # the text streams in
             bar.progress((i + 1) / n, text=f"Generating: {i + 1} of {n} tokens")
@@ -201,7 +201,7 @@ def main() -> None:
         "Prompt in grey; each generated token on the colour of the probability it had when chosen "
         "(red: unlikely, green: likely). Hover a token for its numbers."
     )
-    message = st.session_state.pop("generate_message", None) or stepper.finished
+    message = st.session_state.pop(session.GEN_MESSAGE, None) or stepper.finished
     if message:
         st.info(md(message))
 
