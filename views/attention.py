@@ -253,11 +253,15 @@ def bertviz_views(cap: Capture, layer: int) -> None:
         default = [min(layer, n_layers - 1)]
     else:
         default = list(range(min(4, n_layers)))
-    chosen = st.multiselect(
+    key = f"{session.BERTVIZ_LAYERS}_{view}"
+    if key in st.session_state:  # another model may have fewer layers
+        st.session_state[key] = [x for x in st.session_state[key] if isinstance(x, int) and x < n_layers]
+    chosen = kept(
+        "multiselect",
         "Layers to include (fewer layers, smaller page)",
-        list(range(n_layers)),
-        default=default,
-        key=f"{session.BERTVIZ_LAYERS}_{view}",
+        key,
+        default,
+        options=list(range(n_layers)),
     )
     if not chosen:
         st.info("Choose at least one layer.")
