@@ -11,13 +11,13 @@ DEFAULT_TEXT = "The cat sat on the mat because it was tired."
 LONG = 120  # tokens: more go in an expander
 
 
-def kept(widget: str, label: str, key: str, default, container=st, **kwargs):
+def kept(widget: str, label: str, key: str, default, container=st, box: str | None = None, **kwargs):
     """A widget (`st.<widget>`) whose value lives under `key`, outside the widget, so that it survives a
     visit to another page (Streamlit drops the state of widgets a page run did not draw). The widget
-    itself is keyed `<key>_box`; code that sets `st.session_state[key]` moves the widget too. Pass no
-    `value` or `index`: the value comes from `key` (`default` the first time)."""
+    itself is keyed `box` (default `<key>_box`); code that sets `st.session_state[key]` moves the widget
+    too. Pass no `value` or `index`: the value comes from `key` (`default` the first time)."""
     st.session_state.setdefault(key, default)
-    box = f"{key}_box"
+    box = box or f"{key}_box"
     st.session_state[box] = st.session_state[key]
 
     def keep() -> None:

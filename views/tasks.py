@@ -9,6 +9,7 @@ import streamlit as st
 
 from explorer import session, task_figures, task_models, tasks
 from explorer.display import md
+from views.common import kept
 
 TASK = "tasks_task"
 BATCH = "tasks_batch"
@@ -70,16 +71,8 @@ def _kept_key(key: str) -> str:
 
 
 def _kept(widget, label: str, key: str, default: str, **kwargs) -> str:
-    """A widget whose value lives under a key of its own, outside the widget: Streamlit drops a
-    widget's state on a page without that widget, and a user's text must survive a visit to another page."""
-    kept = _kept_key(key)
-    st.session_state.setdefault(kept, default)
-    st.session_state[key] = st.session_state[kept]
-
-    def keep() -> None:
-        st.session_state[kept] = st.session_state[key]
-
-    return widget(label, key=key, on_change=keep, **kwargs)
+    """`st.<widget>` keyed `key`, its value kept under `<key>_kept` (see views.common.kept)."""
+    return kept(widget.__name__, label, _kept_key(key), default, box=key, **kwargs)
 
 
 def _open_attention(text: str, target: str | None, key: str) -> None:
