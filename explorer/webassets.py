@@ -48,7 +48,7 @@ def read(name: str) -> str:
     return asset_path(name).read_text(encoding="utf-8")
 
 
-def fetch(name: str, timeout: float = 60.0) -> Path:
+def fetch(name: str, timeout: float = 20.0) -> Path:
     """Downloads one library's npm tarball, checks its sha512, and writes its minified file."""
     version, member, integrity = LIBRARIES[name]
     url = f"{REGISTRY}/{name}/-/{name}-{version}.tgz"
@@ -70,7 +70,11 @@ def fetch(name: str, timeout: float = 60.0) -> Path:
 def main() -> int:
     for name in missing():
         print(f"Fetching {name} {LIBRARIES[name][0]} from the npm registry for the bertviz views")
-        fetch(name)
+        try:
+            fetch(name)
+        except (OSError, RuntimeError) as err:
+            print(f"error: {name}: {err}", file=sys.stderr)
+            return 1
     return 0
 
 
