@@ -1,4 +1,4 @@
-"""Pieces shared by the pages that read the user's text: the text boxes and the token line."""
+"""What the pages share: values kept across page visits, the text boxes, the token line, the capture."""
 
 from html import escape
 
