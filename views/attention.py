@@ -26,7 +26,7 @@ from explorer.devices import human_bytes
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.export import npz_bytes
-from views.common import capture_page, kept
+from views.common import capture_page, choice, kept
 
 VIEWS = ["One head", "All heads", "Mean and rollout", "Token focus", "Head statistics", "bertviz"]
 FULL_MAP_LIMIT = 768  # longer texts show one window of the map at full detail
@@ -36,14 +36,6 @@ WINDOW = 512
 def layer_label(s: AttentionSet, layer: int) -> str:
     window = s.windows[layer] if layer < len(s.windows) else None
     return f"{layer} (sliding window {window})" if window else str(layer)
-
-
-def _clamp(key: str, n: int) -> None:
-    """Keeps a layer or head choice valid for the model in use. When a selectbox's labels change (another
-    model: "3" becomes "3 (sliding window 512)"), Streamlit can hand back the old label as a string."""
-    value = st.session_state.get(key, 0)
-    if not isinstance(value, int) or not 0 <= value < n:
-        st.session_state[key] = 0
 
 
 def open_from_grid() -> None:
@@ -162,33 +154,35 @@ def default_query(s: AttentionSet) -> int:
     return words.index("it") if "it" in words else len(words) - 1
 
 
+def suggested_key(s: AttentionSet, query: int) -> int:
+    """The position `query` attends to most (mean over layers and heads), itself and the first token
+    aside (the first token soaks up attention in most models)."""
+    mean = s.maps[:, :, query, :].mean(axis=(0, 1)).copy()
+    if s.same_sequence:
+        mean[query] = -1.0
+    if len(mean) > 1:
+        mean[0] = -1.0
+    return int(np.argmax(mean))
+
+
 def token_focus(s: AttentionSet) -> None:
     q_opts = list(range(len(s.queries)))
     k_opts = list(range(len(s.keys)))
-    if st.session_state.get(session.ATTN_QUERY) not in q_opts:
-        st.session_state[session.ATTN_QUERY] = default_query(s)
     c1, c2 = st.columns(2)
     query = kept(
         "selectbox",
         "Query token (attending)",
         session.ATTN_QUERY,
-        0,
+        default_query(s),
         c1,
         options=q_opts,
         format_func=lambda i: f"{i}: {s.queries.tokens[i]}",
     )
-    if st.session_state.get(session.ATTN_KEY) not in k_opts:
-        mean = s.maps[:, :, query, :].mean(axis=(0, 1)).copy()
-        if s.same_sequence:
-            mean[query] = -1.0
-        if len(mean) > 1:
-            mean[0] = -1.0  # the first token soaks up attention in most models; suggest something else
-        st.session_state[session.ATTN_KEY] = int(np.argmax(mean))
     key = kept(
         "selectbox",
         "Key token (attended to)",
         session.ATTN_KEY,
-        0,
+        suggested_key(s, query),
         c2,
         options=k_opts,
         format_func=lambda i: f"{i}: {s.keys.tokens[i]}",
@@ -216,8 +210,6 @@ def token_focus(s: AttentionSet) -> None:
 
 def head_stats(s: AttentionSet) -> None:
     names = [n for n in STATISTICS if s.same_sequence or n not in SAME_SEQUENCE_ONLY]
-    if st.session_state.get(session.ATTN_STAT) not in names:  # cross-attention offers fewer
-        st.session_state[session.ATTN_STAT] = names[0]
     name = kept("radio", "Statistic", session.ATTN_STAT, names[0], options=names, format_func=STATISTICS.get)
     values = head_statistics(s.maps, name)
     fmt = ".2f" if name in ("entropy", "distance") else ".3f"
@@ -253,13 +245,10 @@ def bertviz_views(cap: Capture, layer: int) -> None:
         default = [min(layer, n_layers - 1)]
     else:
         default = list(range(min(4, n_layers)))
-    key = f"{session.BERTVIZ_LAYERS}_{view}"
-    if key in st.session_state:  # another model may have fewer layers
-        st.session_state[key] = [x for x in st.session_state[key] if isinstance(x, int) and x < n_layers]
     chosen = kept(
         "multiselect",
         "Layers to include (fewer layers, smaller page)",
-        key,
+        f"{session.BERTVIZ_LAYERS}_{view}",
         default,
         options=list(range(n_layers)),
     )
@@ -288,8 +277,6 @@ def main() -> None:
     _, cap = found
     sets = cap.attention_sets()
     if len(sets) > 1:
-        if st.session_state.get(session.ATTN_KIND) not in [x.name for x in sets]:
-            st.session_state[session.ATTN_KIND] = "cross"
         kind = kept(
             "segmented_control",
             "Attention",
@@ -306,8 +293,6 @@ def main() -> None:
         kept("segmented_control", "View", session.ATTN_VIEW, VIEWS[0], options=VIEWS, required=True)
         or VIEWS[0]
     )
-    _clamp(session.ATTN_LAYER, s.n_layers)
-    _clamp(session.ATTN_HEAD, s.n_heads)
     layer = head = 0
     if view in ("One head", "Mean and rollout"):
         c1, c2, _ = st.columns([2, 1, 3])
@@ -333,7 +318,7 @@ def main() -> None:
     elif view == "Head statistics":
         head_stats(s)
     else:
-        bertviz_views(cap, st.session_state.get(session.ATTN_LAYER, 0))
+        bertviz_views(cap, choice(session.ATTN_LAYER, range(s.n_layers), 0))
     st.download_button(
         "Download the capture (.npz: tokens, attentions, hidden states)",
         data=lambda: npz_bytes(cap),

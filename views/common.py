@@ -17,6 +17,8 @@ def kept(widget: str, label: str, key: str, default, container=st, box: str | No
     itself is keyed `box` (default `<key>_box`); code that sets `st.session_state[key]` moves the widget
     too. Pass no `value` or `index`: the value comes from `key` (`default` the first time)."""
     st.session_state.setdefault(key, default)
+    if "options" in kwargs:  # what was chosen under another model or text may not be on offer now
+        choice(key, kwargs["options"], default, many=widget == "multiselect")
     box = box or f"{key}_box"
     st.session_state[box] = st.session_state[key]
 
@@ -24,6 +26,19 @@ def kept(widget: str, label: str, key: str, default, container=st, box: str | No
         st.session_state[key] = st.session_state[box]
 
     return getattr(container, widget)(label, key=box, on_change=keep, **kwargs)
+
+
+def choice(key: str, options, default, many: bool = False):
+    """The value under `key`, made one of `options` (for `many`, the chosen ones still offered); else
+    `default`. After a model switch Streamlit can even hand back an old label as a string."""
+    options = list(options)
+    value = st.session_state.get(key, default)
+    if many:
+        value = [v for v in value if v in options] if isinstance(value, list) else list(default)
+    elif value not in options:
+        value = default
+    st.session_state[key] = value
+    return value
 
 
 def _kept_box(label: str, key: str, default: str, height: int, container=st) -> str:

@@ -250,8 +250,6 @@ def attention_of_last(stepper: Stepper) -> None:
     last = stepper.steps[-1]
     n_heads = last.attention.shape[1]
     options = ["mean"] + list(range(n_heads))
-    if st.session_state.get(session.GEN_HEAD) not in options:  # another model, fewer heads
-        st.session_state[session.GEN_HEAD] = "mean"
     head = kept(
         "selectbox",
         "Head",

@@ -29,14 +29,10 @@ def main() -> None:
         return
     loaded, cap = found
     views = VIEWS if cap.family == "decoder" else VIEWS[:2]
-    if st.session_state.get(session.HIDDEN_VIEW) not in views:
-        st.session_state[session.HIDDEN_VIEW] = VIEWS[0]
     view = (
         kept("segmented_control", "View", session.HIDDEN_VIEW, VIEWS[0], options=views, required=True)
         or VIEWS[0]
     )
-    if view not in views:
-        view = views[0]
     if view == "Norms":
         for name, (hidden, seq) in stacks(cap):
             st.plotly_chart(
