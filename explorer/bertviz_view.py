@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -48,6 +49,7 @@ def script_json(value: object) -> str:
     return text
 
 
+@lru_cache(maxsize=None)
 def _bertviz_js(view: str) -> str:
     import bertviz
 

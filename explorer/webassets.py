@@ -13,6 +13,7 @@ import io
 import sys
 import tarfile
 import urllib.request
+from functools import lru_cache
 from pathlib import Path
 
 REGISTRY = "https://registry.npmjs.org"
@@ -44,6 +45,7 @@ def missing() -> list[str]:
     return [name for name in LIBRARIES if not asset_path(name).is_file()]
 
 
+@lru_cache(maxsize=None)  # the files do not change once fetched; the page reads them on every draw
 def read(name: str) -> str:
     return asset_path(name).read_text(encoding="utf-8")
 

@@ -130,7 +130,7 @@ def mean_and_rollout(s: AttentionSet, layer: int) -> None:
             "Rollout follows attention through the layers of one stack; cross-attention has no rollout."
         )
         return
-    rolled = rollout(s.maps)[layer]
+    rolled = rollout(s.maps[: layer + 1])[-1]  # the layers above do not change it: not computed
     right.plotly_chart(
         token_heatmap(
             rolled,
