@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from explorer import blocks
+from explorer.hidden import final_norm
 from explorer.tokens import display_tokens
 
 
@@ -136,14 +137,14 @@ def out_vectors(model: Any, stack: str, layer: int, neurons: list[int]) -> torch
 
 def final_norm_scale(model: Any) -> tuple[torch.Tensor | None, str]:
     """The decoder's final norm scale gamma (d_model,) and its name; Gemma stores gamma - 1."""
-    kind, base = blocks.style(model), blocks._base(model)
-    if kind == "gpt2":
-        return base.ln_f.weight.detach().float().cpu(), "ln_f (LayerNorm) scale"
-    if kind == "llama":
-        return base.norm.weight.detach().float().cpu(), "final RMSNorm scale"
+    kind = blocks.style(model)
+    norm = final_norm(model) if kind in ("gpt2", "llama", "gemma3") else None
+    if norm is None:
+        return None, ""
+    gamma = norm.weight.detach().float().cpu()
     if kind == "gemma3":
-        return 1.0 + base.norm.weight.detach().float().cpu(), "final RMSNorm scale (1 + weight)"
-    return None, ""
+        return 1.0 + gamma, "final RMSNorm scale (1 + weight)"
+    return gamma, "ln_f (LayerNorm) scale" if kind == "gpt2" else "final RMSNorm scale"
 
 
 def can_unembed(model: Any) -> bool:
