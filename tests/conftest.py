@@ -96,3 +96,19 @@ def tiny_dir(tmp_path_factory):
         return made[kind]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_dir):
+    """Returns a function kind -> the tiny checkpoint loaded through explorer.loading (once per test
+    session: like the app's shared models, tests only read them)."""
+    from explorer.loading import LoadRequest, load_model
+
+    made: dict = {}
+
+    def get(kind: str):
+        if kind not in made:
+            made[kind] = load_model(LoadRequest("folder", str(tiny_dir(kind))))
+        return made[kind]
+
+    return get

@@ -16,15 +16,14 @@ import torch
 from explorer.capture import capture
 from explorer.errors import InputError
 from explorer.export import write_npz
-from explorer.loading import LoadRequest, load_model
 
 TEXT = "the cat sat on the mat because it was tired"
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def models(tiny_dir):
-    return {kind: load_model(LoadRequest("folder", str(tiny_dir(kind)))) for kind in FAMILY_KINDS}
+def models(tiny_loaded):
+    return {kind: tiny_loaded(kind) for kind in FAMILY_KINDS}
 
 
 FAMILY_KINDS = ["bert", "gpt2", "llama", "t5", "bart"]

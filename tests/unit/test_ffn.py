@@ -16,7 +16,7 @@ KINDS = ["bert", "gpt2", "llama", "t5", "bart"]
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_dir, tmp_path_factory):
+def loaded(tiny_loaded, tmp_path_factory):
     cache = {}
 
     def get(kind):
@@ -33,7 +33,7 @@ def loaded(tiny_dir, tmp_path_factory):
                 model.save_pretrained(folder)
                 tiny_tokenizer().save_pretrained(folder)
             else:
-                folder = tiny_dir(kind)
+                return tiny_loaded(kind)
             cache[kind] = load_model(LoadRequest("folder", str(folder)))
         return cache[kind]
 

@@ -7,22 +7,15 @@ import torch
 import transformers as tf
 
 from explorer.card import build_card, detect_family, parameter_groups
-from explorer.loading import LoadRequest, estimate_bytes, load_model
+from explorer.loading import LoadRequest, estimate_bytes
 from tests.conftest import FAMILIES, MODEL_CLASSES, VOCAB, tiny_config, tiny_tokenizer
 
 KINDS = list(MODEL_CLASSES)
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_dir):
-    cache = {}
-
-    def get(kind):
-        if kind not in cache:
-            cache[kind] = load_model(LoadRequest("folder", str(tiny_dir(kind))))
-        return cache[kind]
-
-    return get
+def loaded(tiny_loaded):
+    return tiny_loaded
 
 
 @pytest.mark.parametrize("kind", KINDS)

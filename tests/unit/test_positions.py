@@ -8,20 +8,12 @@ import numpy as np
 import pytest
 
 from explorer import positions, token_table
-from explorer.loading import LoadRequest, load_model
 from tests.unit.test_scratch import gemma_config
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_dir):
-    cache = {}
-
-    def get(kind):
-        if kind not in cache:
-            cache[kind] = load_model(LoadRequest("folder", str(tiny_dir(kind))))
-        return cache[kind]
-
-    return get
+def loaded(tiny_loaded):
+    return tiny_loaded
 
 
 def test_sinusoidal_follows_the_paper():

@@ -49,7 +49,7 @@ def _save(model, folder):
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_dir, tmp_path_factory):
+def loaded(tiny_loaded, tmp_path_factory):
     cache = {}
 
     def get(kind):
@@ -74,7 +74,7 @@ def loaded(tiny_dir, tmp_path_factory):
                         p.data.normal_(0, 0.5)
                 folder = _save(model, tmp_path_factory.mktemp("tiny-qwen2"))
             else:
-                folder = tiny_dir(kind)
+                return tiny_loaded(kind)
             cache[kind] = load_model(LoadRequest("folder", str(folder)))
         return cache[kind]
 

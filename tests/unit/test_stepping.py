@@ -46,8 +46,8 @@ def tiny_gemma3(folder):
 
 
 @pytest.fixture(scope="module")
-def models(tiny_dir, tmp_path_factory):
-    found = {k: load_model(LoadRequest("folder", str(tiny_dir(k)))) for k in KINDS[:4]}
+def models(tiny_loaded, tmp_path_factory):
+    found = {k: tiny_loaded(k) for k in KINDS[:4]}
     found["gemma3"] = load_model(LoadRequest("folder", str(tiny_gemma3(tmp_path_factory.mktemp("gemma3")))))
     return found
 
