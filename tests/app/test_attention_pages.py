@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from explorer import session
-from tests.app.test_model_page import _numbers, app, charts, fresh_registry, load_folder, run  # noqa: F401
+from tests.app.helpers import app, charts, load_folder, numbers, run
 
 ATTENTION = "views/attention.py"
 HIDDEN = "views/hidden_states.py"
@@ -67,7 +67,7 @@ def test_every_attention_view_on_a_single_stack(kind, tiny_dir):
     stats = charts(view(at, "Head statistics"))[0]
     assert heatmap_shape(stats) == (layers, heads)
     at.radio(key=f"{session.ATTN_STAT}_box").set_value("entropy")
-    values = np.array(_numbers(charts(run(at))[0]["data"][0]["z"]))
+    values = np.array(numbers(charts(run(at))[0]["data"][0]["z"]))
     assert (values >= 0).all() and (values <= np.log2(n) + 1e-5).all()
 
     view(at, "bertviz")

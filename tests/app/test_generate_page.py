@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from explorer import session
-from tests.app.test_model_page import app, charts, fresh_registry, load_folder, run  # noqa: F401
+from tests.app.helpers import app, charts, load_folder, run
 
 PAGE = "views/generate.py"
 

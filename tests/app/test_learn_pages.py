@@ -2,47 +2,23 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import transformers as tf
 from streamlit.testing.v1 import AppTest
 
 from explorer import session
+from tests.app.helpers import app, charts, load_folder, run
 from tests.conftest import tiny_tokenizer
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
 HOSTILE = "the cat </script><b>x</b> <img src=x onerror=alert(1)> **bold** $x$"
 
 
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    session.registry.clear()
-    yield
-    session.registry.clear()
-
-
-def run(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
 def open_page(page: str, folder=None) -> AppTest:
-    at = run(AppTest.from_file(APP, default_timeout=180))
+    at = app(timeout=180)
     if folder is not None:
-        at.radio(key=session.SOURCE).set_value("folder")
-        run(at)
-        at.text_input(key=session.FOLDER).set_value(str(folder))
-        at.sidebar.button[0].click()
-        run(at)
+        load_folder(at, folder)
     at.switch_page(page)
     return run(at)
-
-
-def charts(at: AppTest) -> list[dict]:
-    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
 
 
 def titles(at: AppTest) -> list[str]:
@@ -206,7 +182,7 @@ def test_ffn_page_encoder(tiny_dir):
 @pytest.mark.slow
 def test_from_scratch_on_gemma_past_its_window():
     """Gemma 3 on a text longer than its sliding window (512): sliding and full layers both match."""
-    at = run(AppTest.from_file(APP, default_timeout=300))
+    at = app(timeout=300)
     at.selectbox(key=session.EMBEDDED).set_value("gemma-3-270m")
     run(at)
     at.sidebar.button[0].click()

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer import session
-
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
-
-
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    session.registry.clear()  # st.cache_resource is per process: each test starts with no model
-    yield
-    session.registry.clear()
-
-
-def run(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def app() -> AppTest:
-    return run(AppTest.from_file(APP, default_timeout=120))
+from tests.app.helpers import app, charts, load_folder, numbers, run
 
 
 def card_table(at: AppTest) -> dict[str, str]:
@@ -36,33 +16,10 @@ def card_table(at: AppTest) -> dict[str, str]:
     return dict(zip(rows["Property"], rows["Value"]))
 
 
-def charts(at: AppTest) -> list[dict]:
-    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
-
-
 def diagram(at: AppTest) -> dict:
     found = [c for c in charts(at) if "layers" in c["layout"]["title"]["text"]]
     assert len(found) == 1
     return found[0]
-
-
-def _numbers(x) -> list[int]:
-    """Plotly sends numeric arrays as base64 typed arrays ({"dtype", "bdata"}) or as lists."""
-    if isinstance(x, dict):
-        import base64
-
-        import numpy as np
-
-        return np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"]).tolist()
-    return list(x)
-
-
-def load_folder(at: AppTest, folder) -> None:
-    at.radio(key=session.SOURCE).set_value("folder")
-    run(at)
-    at.text_input(key=session.FOLDER).set_value(str(folder))
-    at.sidebar.button[0].click()
-    run(at)
 
 
 def test_first_visit_shows_the_default_model():
@@ -77,7 +34,7 @@ def test_first_visit_shows_the_default_model():
     assert any("Loaded: smollm2-135m-instruct" in s.value for s in at.sidebar.success)
     bars = [c for c in charts(at) if c["layout"]["title"]["text"].startswith("Where the")][0]["data"][0]
     assert bars["type"] == "bar"
-    groups = dict(zip(bars["y"], _numbers(bars["x"])))
+    groups = dict(zip(bars["y"], numbers(bars["x"])))
     assert sum(groups.values()) == 134_515_008 and groups["embeddings"] == 49152 * 576  # tied LM head
 
 

@@ -8,20 +8,11 @@ import re
 
 import pytest
 
-from explorer import session, tasks
-from tests.app.test_model_page import app, charts, load_folder, run
+from explorer import session
+from tests.app.helpers import app, charts, load_folder, run
 from tests.unit.test_tasks import CHAT_TEMPLATE, HOSTILE, _save
 
 PAGE = "views/tasks.py"
-
-
-@pytest.fixture(autouse=True)
-def fresh_registry():
-    session.registry.clear()
-    tasks.forget_heads()
-    yield
-    session.registry.clear()
-    tasks.forget_heads()
 
 
 @pytest.fixture(scope="module")
