@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 
 from bench.attention import PROSE
 from tests.e2e.conftest import screenshot, wait_for_app_run
-from tests.e2e.test_model_page import choose
+from tests.e2e.test_model_page import load_embedded
 
 pytestmark = pytest.mark.e2e
 
@@ -100,9 +100,7 @@ def test_hostile_text_is_shown_as_text_everywhere(page, app_url):
 
 def test_encoder_attention(page, app_url):
     open_attention(page, app_url)
-    sidebar = page.get_by_test_id("stSidebar")
-    choose(page, sidebar, "Embedded model", "all-MiniLM-L6-v2 · encoder", shows="BERT encoder, 6 layers")
-    sidebar.get_by_role("button", name="Load", exact=True).click()
+    load_embedded(page, "all-MiniLM-L6-v2 · encoder", shows="BERT encoder, 6 layers")
     wait_for_app_run(page)
     expect(chart(page, "Self-attention: layer 0, head 0")).to_be_visible(timeout=120_000)
     expect(chart(page, "[CLS]")).to_have_count(1)
@@ -115,12 +113,9 @@ def test_encoder_attention(page, app_url):
 def test_date_normalizer_cross_attention(page, app_url):
     """The embedded encoder-decoder: its output's year digits look at the input's year."""
     open_attention(page, app_url)
-    sidebar = page.get_by_test_id("stSidebar")
-    choose(
-        page, sidebar, "Embedded model", "Date normalizer (T5, trained here) · encoder-decoder",
-        shows="rewrites dates as YYYY-MM-DD",
-    )  # fmt: skip
-    sidebar.get_by_role("button", name="Load", exact=True).click()
+    load_embedded(
+        page, "Date normalizer (T5, trained here) · encoder-decoder", shows="rewrites dates as YYYY-MM-DD"
+    )
     wait_for_app_run(page)
     expect(page.get_by_label("Source (the encoder's input)")).to_have_value("Tuesday, 23rd November 2026")
     expect(page.get_by_text("Decoder input (the model's own greedy output)")).to_be_visible(timeout=60_000)
@@ -146,11 +141,7 @@ def test_switching_to_gemma_keeps_the_page_working(page, app_url):
     page when a long text is then run (Streamlit handed the old label back as a string)."""
     open_attention(page, app_url)
     expect(chart(page, "layer 0, head 0")).to_be_visible()
-    sidebar = page.get_by_test_id("stSidebar")
-    choose(
-        page, sidebar, "Embedded model", "Gemma 3 270M (base) · decoder", shows="Gemma 3 decoder, 18 layers"
-    )
-    sidebar.get_by_role("button", name="Load", exact=True).click()
+    load_embedded(page, "Gemma 3 270M (base) · decoder", shows="Gemma 3 decoder, 18 layers")
     wait_for_app_run(page)
     expect(chart(page, "(sliding window 512)")).to_be_visible(timeout=300_000)
     box = page.get_by_label("Text")

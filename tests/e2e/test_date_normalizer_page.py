@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import screenshot, wait_for_app_run
-from tests.e2e.test_model_page import card_value, choose
+from tests.e2e.test_model_page import card_value, load_embedded
 
 pytestmark = pytest.mark.e2e
 
@@ -17,12 +17,10 @@ def test_load_the_date_normalizer(page, app_url):
     wait_for_app_run(page)
     expect(page.get_by_role("heading", name="smollm2-135m-instruct")).to_be_visible(timeout=120_000)
 
+    load_embedded(
+        page, "Date normalizer (T5, trained here) · encoder-decoder", shows="rewrites dates as YYYY-MM-DD"
+    )
     sidebar = page.get_by_test_id("stSidebar")
-    choose(
-        page, sidebar, "Embedded model", "Date normalizer (T5, trained here) · encoder-decoder",
-        shows="rewrites dates as YYYY-MM-DD",
-    )  # fmt: skip
-    sidebar.get_by_role("button", name="Load", exact=True).click()
     expect(page.get_by_role("heading", name="date-normalizer")).to_be_visible(timeout=120_000)
     wait_for_app_run(page)
     expect(sidebar.get_by_text("Loaded: date-normalizer (embedded)")).to_be_visible()

@@ -32,6 +32,13 @@ def choose(page, sidebar, label: str, option: str, shows: str) -> None:
     wait_for_app_run(page)
 
 
+def load_embedded(page, option: str, shows: str) -> None:
+    """Picks an embedded model in the sidebar (see `choose`) and presses Load."""
+    sidebar = page.get_by_test_id("stSidebar")
+    choose(page, sidebar, "Embedded model", option, shows=shows)
+    sidebar.get_by_role("button", name="Load", exact=True).click()
+
+
 def test_start_on_smollm2_then_load_gemma(page, app_url):
     page.goto(app_url)
     wait_for_app_run(page)
@@ -40,10 +47,7 @@ def test_start_on_smollm2_then_load_gemma(page, app_url):
     assert card_value(page, "Key/value heads") == "3"
 
     sidebar = page.get_by_test_id("stSidebar")
-    choose(
-        page, sidebar, "Embedded model", "Gemma 3 270M (base) · decoder", shows="Gemma 3 decoder, 18 layers"
-    )
-    sidebar.get_by_role("button", name="Load", exact=True).click()
+    load_embedded(page, "Gemma 3 270M (base) · decoder", shows="Gemma 3 decoder, 18 layers")
     expect(page.get_by_role("heading", name="gemma-3-270m")).to_be_visible(timeout=300_000)
     wait_for_app_run(page)
 

@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import screenshot, wait_for_app_run
-from tests.e2e.test_model_page import choose
+from tests.e2e.test_model_page import load_embedded
 
 pytestmark = pytest.mark.e2e
 
@@ -34,8 +34,7 @@ def test_similarity_on_minilm(page, app_url):
     wait_for_app_run(page)
     sidebar = page.get_by_test_id("stSidebar")
     expect(sidebar.get_by_text("Loaded: smollm2-135m-instruct")).to_be_visible(timeout=120_000)
-    choose(page, sidebar, "Embedded model", "all-MiniLM-L6-v2 · encoder", shows="BERT encoder, 6 layers")
-    sidebar.get_by_role("button", name="Load", exact=True).click()
+    load_embedded(page, "all-MiniLM-L6-v2 · encoder", shows="BERT encoder, 6 layers")
     expect(sidebar.get_by_text("Loaded: all-minilm-l6-v2 (embedded)")).to_be_visible(timeout=120_000)
     open_tasks(page)
     pick_task(page, "✓ Sentence similarity")
