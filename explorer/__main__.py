@@ -189,8 +189,9 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loading_options(p: argparse.ArgumentParser) -> None:
-    """How MODEL is loaded: the same choices as the sidebar's."""
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """MODEL and how it is loaded: the same choices as the sidebar's."""
+    p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps or multi-gpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--trust-remote-code", action="store_true", help="run Python shipped with the checkpoint")
@@ -205,27 +206,24 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_models)
 
     p = sub.add_parser("info", help="load MODEL and print its architecture card as JSON")
-    p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
-    _loading_options(p)
+    _model_arguments(p)
     p.add_argument("--pretty", action="store_true", help="indent the JSON")
     p.set_defaults(run=_info)
 
     p = sub.add_parser("verify", help="attention from scratch vs the model's own, every layer and head")
-    p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
+    _model_arguments(p)
     p.add_argument("--text", required=True, help="the text to run")
-    _loading_options(p)
     p.set_defaults(run=_verify)
 
     p = sub.add_parser("trace", help="run MODEL on a text; write its attention and hidden states (.npz)")
-    p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
+    _model_arguments(p)
     p.add_argument("--text", required=True, help="the text (for encoder-decoders: the source)")
     p.add_argument("--target", help="encoder-decoders: the decoder's prefix (default: its own greedy output)")
     p.add_argument("--out", required=True, help="the .npz file to write")
-    _loading_options(p)
     p.set_defaults(run=_trace)
 
     p = sub.add_parser("task", help="run an NLP task (text-classification, fill-mask, ...) and print JSON")
-    p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
+    _model_arguments(p)
     p.add_argument(
         "task",
         help="text-classification (sentiment-analysis), zero-shot-classification, token-classification "
@@ -248,11 +246,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", help="translation with T5: a language pair such as en_to_de")
     p.add_argument("--target-language", dest="target", help="translation by a prompted decoder: the language")
     p.add_argument("--json", action="store_true", help="one line of JSON (default: indented)")
-    _loading_options(p)
     p.set_defaults(run=_task)
 
     p = sub.add_parser("generate", help="step through generation; one line per step")
-    p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
+    _model_arguments(p)
     p.add_argument(
         "--prompt", default="", help="the text to continue (encoder-decoders: the decoder's prefix)"
     )
@@ -267,7 +264,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--chat", action="store_true", help="put the prompt in the model's chat template")
     p.add_argument("--json", action="store_true", help="one JSON object per step")
-    _loading_options(p)
     p.set_defaults(run=_generate)
 
     p = sub.add_parser("prepare", help="convert the embedded GGUF models once (make run does this)")

@@ -246,59 +246,19 @@ def test_end_of_sequence_and_refusals(models, tiny_dir):
 
 def test_generate_command_prints_one_json_object_per_step(tiny_dir):
     import json
-    import subprocess
-    import sys
 
-    from tests.unit.test_capture import ROOT
+    from tests.unit.test_capture import _cli
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "explorer",
-            "generate",
-            str(tiny_dir("llama")),
-            "--prompt",
-            PROMPT,
-            "--steps",
-            "3",
-            "--seed",
-            "5",
-            "--temperature",
-            "0.9",
-            "--top-k",
-            "5",
-            "--json",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    model = str(tiny_dir("llama"))
+    done = _cli("generate", model, "--prompt", PROMPT, "--steps", "3", "--seed", "5", "--temperature", "0.9",
+                "--top-k", "5", "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["step"] for r in rows] == list(range(len(rows))) and 1 <= len(rows) <= 3
     for r in rows:
         assert set(r) >= {"step", "token_id", "token", "prob", "prob_processed", "rank", "top"}
         assert set(r["top"][0]) == {"token_id", "token", "prob", "prob_processed"}
-        assert sum(c["prob_processed"] for c in r["top"]) == pytest.approx(
-            1.0, abs=1e-5
-        )  # top-k 5 of 10 shown
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "explorer",
-            "generate",
-            str(tiny_dir("llama")),
-            "--prompt",
-            PROMPT,
-            "--steps",
-            "0",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+        # top-k 5: the ten shown hold all of the shaped probability
+        assert sum(c["prob_processed"] for c in r["top"]) == pytest.approx(1.0, abs=1e-5)
+    bad = _cli("generate", model, "--prompt", PROMPT, "--steps", "0")
     assert bad.returncode == 1 and "--steps" in bad.stderr
