@@ -368,14 +368,14 @@ def eos_ids(loaded) -> set[int]:
     return found
 
 
-def has_chat_template(loaded) -> bool:
-    return bool(getattr(loaded.tokenizer, "chat_template", None))
+def chat_prompt(loaded, turns: list[str]) -> str:
+    """The chat template applied to alternating user/assistant turns, ready for the assistant's reply."""
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+    return loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def templated(loaded, prompt: str) -> str:
     """The prompt as one user turn in the model's chat template, ready for the assistant's answer."""
-    if not has_chat_template(loaded):
+    if not loaded.card.chat_template:
         raise InputError(f"{loaded.card.name} has no chat template (a base model): turn chat off.")
-    return loaded.tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-    )
+    return chat_prompt(loaded, [prompt])

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from explorer.tasks import TaskError, check_text, embedding_limit, has_chat_template, head_model, token_limit
+from explorer.stepping import chat_prompt
+from explorer.tasks import TaskError, check_text, embedding_limit, head_model, token_limit
 from explorer.tokens import display_tokens
 
 if TYPE_CHECKING:
@@ -343,12 +344,6 @@ def generate_text(
     return items
 
 
-def chat_prompt(loaded: LoadedModel, turns: list[str]) -> str:
-    """The chat template applied to alternating user/assistant turns, ready for the assistant's reply."""
-    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
-    return loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def chat(loaded: LoadedModel, texts: list[str], given: TaskInput, notes: list[str], progress: Progress):
     """`texts` are the turns so far (user, assistant, ..., user); one item: the assistant's reply."""
     opts = settings(given.options)
@@ -366,7 +361,7 @@ def _sub(progress: Progress, i: int, n: int) -> Progress:
 def _prompted(loaded: LoadedModel, instruction: str, plain: str) -> tuple[list[int], str]:
     """Prompt ids for a decoder: `instruction` under the chat template when it has one, else `plain`."""
     tok = loaded.tokenizer
-    if has_chat_template(loaded):
+    if loaded.card.chat_template:
         text = chat_prompt(loaded, [instruction])
         return tok(text, add_special_tokens=False)["input_ids"], text
     return tok(plain, add_special_tokens=True)["input_ids"], plain
@@ -403,7 +398,7 @@ def summarize(loaded: LoadedModel, texts: list[str], given: TaskInput, notes: li
             run = generate_ids(loaded, ids, opts, notes, sub, f"summary {i + 1}")
             method = "prompted decoder"
         out = _decode(loaded, run["new_ids"]).strip()
-        if method == "prompted decoder" and not has_chat_template(loaded):
+        if method == "prompted decoder" and not loaded.card.chat_template:
             out = out.split("\n\n")[0].strip()
         items.append(
             {"text": text, "output": out, "method": method, "prompt": prompt, "settings": opts, **run}
@@ -447,7 +442,7 @@ def translate(loaded: LoadedModel, texts: list[str], given: TaskInput, notes: li
             run = generate_ids(loaded, ids, opts, notes, sub, f"translation {i + 1}")
             method, direction = "prompted decoder", f"to {target}"
         out = _decode(loaded, run["new_ids"]).strip()
-        if method == "prompted decoder" and not has_chat_template(loaded):
+        if method == "prompted decoder" and not loaded.card.chat_template:
             out = out.split("\n")[0].strip()
         items.append(
             {"text": text, "output": out, "method": method, "direction": direction, "prompt": prompt,
@@ -465,7 +460,7 @@ def label_logprobs(loaded: LoadedModel, text: str, labels: list[str], notes: lis
     `scores` is the softmax of those sums over the labels: the probability of each label given that the
     answer is one of them."""
     tok = loaded.tokenizer
-    chat_model = has_chat_template(loaded)
+    chat_model = loaded.card.chat_template
 
     def prompt_for(text: str) -> tuple[list[int], str]:
         # The answer's first words are given (as if the model had written them), so that the next tokens

@@ -187,10 +187,6 @@ def is_sentence_embedder(loaded: LoadedModel) -> bool:
     return (Path(loaded.weights_from) / "modules.json").exists()
 
 
-def has_chat_template(loaded: LoadedModel) -> bool:
-    return bool(getattr(loaded.tokenizer, "chat_template", None))
-
-
 def is_nli(loaded: LoadedModel) -> bool:
     """A sequence classifier whose labels include entailment: zero-shot by natural-language inference."""
     labels = {str(v).lower() for v in (getattr(loaded.model.config, "id2label", None) or {}).values()}
@@ -238,7 +234,7 @@ def support(loaded: LoadedModel, task: str) -> Support:
             return Support(True, "by embedding similarity: cosine between the mean-pooled, normalized "
                            "embeddings of the text and of each label (not probabilities)")  # fmt: skip
         if family == "decoder":
-            prompt = "under its chat template" if has_chat_template(loaded) else "after a plain prompt"
+            prompt = "under its chat template" if loaded.card.chat_template else "after a plain prompt"
             return Support(
                 True,
                 f"by prompting: the log-probability of each label as the model's answer {prompt} (begun "
@@ -252,7 +248,7 @@ def support(loaded: LoadedModel, task: str) -> Support:
     if task == "chat":
         if family != "decoder":
             return cannot(task, f"{loaded.card.name} is an {family}, not a chat model.")
-        if not has_chat_template(loaded):
+        if not loaded.card.chat_template:
             return cannot(
                 task,
                 f"{loaded.card.name} has no chat template (a base model, not trained on conversations); "
@@ -268,7 +264,7 @@ def support(loaded: LoadedModel, task: str) -> Support:
                 "(model.generate)",
             )
         if family == "decoder":
-            if has_chat_template(loaded):
+            if loaded.card.chat_template:
                 return Support(True, "by prompting this instruct decoder under its chat template (it was not "
                                f"trained for {task} as such)")  # fmt: skip
             return Support(True, "by prompting this base decoder with a plain text pattern (weak: it was "

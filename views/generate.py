@@ -7,7 +7,7 @@ from explorer.attention_figures import layer_position_heatmap
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.step_figures import candidates_figure, sequence_html, tree_figure
-from explorer.stepping import Settings, Stepper, has_chat_template, templated
+from explorer.stepping import Settings, Stepper, templated
 from views.common import DEFAULT_TEXT, default_text, kept
 
 DEFAULT_PROMPT = "The capital of France is"  # a base model continues it
@@ -80,10 +80,10 @@ def inputs(loaded) -> tuple[str, bool, str | None]:
             "text_input", "Decoder prefix (optional: the decoder continues from it)", session.GEN_PROMPT, ""
         )
         return prompt, False, source
-    default = DEFAULT_QUESTION if has_chat_template(loaded) else DEFAULT_PROMPT
+    default = DEFAULT_QUESTION if loaded.card.chat_template else DEFAULT_PROMPT
     prompt = kept("text_area", "Prompt", session.GEN_PROMPT, default, height=80)
     chat = False
-    if has_chat_template(loaded):
+    if loaded.card.chat_template:
         chat = kept(
             "toggle", "Use the chat template (the prompt is a user's message)", session.GEN_CHAT, True
         )
