@@ -3,6 +3,9 @@ per-user session keys. Pages read and write state only through these names."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import streamlit as st
 
 from explorer import zoo
@@ -117,6 +120,26 @@ def current_model() -> LoadedModel | None:
         return None
     found = registry().get(request)
     return found if found is not None else load(request)
+
+
+@contextmanager
+def model_turn(loaded: LoadedModel, what: str = "") -> Iterator[None]:
+    """Holds the shared model's lock for this session's work on it. Sessions take turns on one model
+    (every session's script runs in its own thread); one that has to wait is told so while it waits.
+    The lock is reentrant, so explorer code that takes it again inside runs as usual."""
+    if not loaded.lock.acquire(blocking=False):
+        note = st.empty()
+        note.info(
+            f"Waiting for {md(loaded.card.name)}: another session on this server is running it"
+            + (f" ({md(what)})" if what else "")
+            + ". Yours starts as soon as it is done."
+        )
+        loaded.lock.acquire()
+        note.empty()
+    try:
+        yield
+    finally:
+        loaded.lock.release()
 
 
 def capture_for(loaded: LoadedModel, text: str, target: str | None) -> Capture | None:
