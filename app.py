@@ -97,7 +97,10 @@ def model_picker() -> None:
                     st.rerun()
 
 
+session.read_link()  # a session opened from a shared link starts with its model, text and choices
 model_picker()
+for problem in session.link_problems():
+    st.warning(f"This link could not be followed exactly: {md(problem)}.")
 # The pages live in views/, not pages/: with a pages/ folder beside app.py, Streamlit 1.67 runs a
 # session's first script run as a pages-folder app and resets every sidebar widget on the user's first
 # interaction after it (their first choice of model was lost; seen in Chromium).

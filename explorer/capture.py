@@ -135,12 +135,14 @@ def capture(
     target: str | None = None,
     max_tokens: int | None = None,
     free_bytes: int | None = None,
+    max_bytes: int | None = None,
 ) -> Capture:
     """Runs `loaded` (an explorer.loading.LoadedModel) on `text` and keeps what it computed.
 
     For encoder-decoders `text` is the source and `target` the decoder's prefix; with no target the
     decoder input is the model's greedy output for the source. Raises InputError for empty text, text
-    over the model's context (or `max_tokens`) and a capture that would not fit in memory.
+    over the model's context (or `max_tokens`) and a capture that would not fit in memory: more than half
+    the free memory (`free_bytes`, default: measured) or more than `max_bytes` (a server's bound).
     """
     if not text or not text.strip():
         raise InputError("The text is empty: type a sentence to look inside the model.")
@@ -153,10 +155,10 @@ def capture(
     device = _input_device(model)
     with loaded.lock, torch.inference_mode():
         if card.family == "encoder-decoder":
-            return _capture_seq2seq(loaded, text, target, limit, device, free_bytes)
+            return _capture_seq2seq(loaded, text, target, limit, device, free_bytes, max_bytes)
         ids = tokenizer(text, return_tensors="pt")["input_ids"]
         _check_length(ids.shape[1], limit, "text")
-        _check_memory(card, ids.shape[1], ids.shape[1], free_bytes)
+        _check_memory(card, ids.shape[1], ids.shape[1], free_bytes, max_bytes)
         kwargs = dict(output_attentions=True, output_hidden_states=True)
         if card.family == "decoder":
             kwargs["use_cache"] = False
@@ -177,7 +179,7 @@ def capture(
         )
 
 
-def _capture_seq2seq(loaded, source, target, limit, device, free_bytes) -> Capture:
+def _capture_seq2seq(loaded, source, target, limit, device, free_bytes, max_bytes) -> Capture:
     model, tokenizer, card = loaded.model, loaded.tokenizer, loaded.card
     src = tokenizer(source, return_tensors="pt")["input_ids"]
     _check_length(src.shape[1], limit, "source text")
@@ -202,7 +204,7 @@ def _capture_seq2seq(loaded, source, target, limit, device, free_bytes) -> Captu
             label_ids = label_ids[:-1]  # a prefix to continue, not a finished output
         tgt = torch.tensor([[start, *label_ids]])
     _check_length(tgt.shape[1], limit, "target prefix")
-    _check_memory(card, src.shape[1], tgt.shape[1], free_bytes)
+    _check_memory(card, src.shape[1], tgt.shape[1], free_bytes, max_bytes)
     out = model(
         input_ids=src.to(device),
         decoder_input_ids=tgt.to(device),
@@ -262,8 +264,14 @@ def capture_bytes(card, n_q: int, n_k: int) -> int:
     return 2 * maps + 2 * hidden
 
 
-def _check_memory(card, n_q: int, n_k: int, free_bytes: int | None) -> None:
+def _check_memory(card, n_q: int, n_k: int, free_bytes: int | None, max_bytes: int | None = None) -> None:
     need = capture_bytes(card, n_q, n_k)
+    if max_bytes is not None and need > max_bytes:
+        raise InputError(
+            f"Keeping every attention map for {max(n_q, n_k)} tokens takes about "
+            f"{devices.human_bytes(need)}; this server lets one run keep at most "
+            f"{devices.human_bytes(max_bytes)} (its memory is shared by every user). Shorten the text."
+        )
     free = free_bytes if free_bytes is not None else devices.available_bytes("cpu")
     if need > MEMORY_SHARE * free:
         raise InputError(

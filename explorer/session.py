@@ -8,12 +8,14 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from explorer import zoo
+from explorer import links, zoo
 from explorer.capture import Capture, capture
 from explorer.display import md
 from explorer.errors import InputError, LoadError
+from explorer.links import Param
 from explorer.loading import LoadedModel, LoadRequest
 from explorer.registry import ModelRegistry
+from explorer.store import CaptureStore
 
 # st.session_state keys (per browser session)
 REQUEST = "model_request"  # the LoadRequest this user has loaded
@@ -30,7 +32,7 @@ REMOTE_CODE = "picker_remote_code"
 # the text a user looks at, shared by the Attention and Hidden states pages (and the Tasks page's links)
 TEXT = "attention_text"
 TARGET = "attention_target"  # encoder-decoders: the decoder's prefix
-CAPTURE = "capture"  # (key, Capture) of this user's last run
+CAPTURE = "capture"  # the key in the server's CaptureStore of this user's last run
 ATTN_KIND = "attention_kind"
 ATTN_VIEW = "attention_view"
 ATTN_LAYER = "attention_layer"
@@ -59,12 +61,45 @@ GEN_STEPS = "generate_steps"
 GEN_HEAD = "generate_head"
 GEN_MESSAGE = "generate_message"  # why the last action was refused, shown once
 LENS_POSITIONS = "lens_positions"
+GEN_PICKS = "generate_picks"  # tokens a link asks the Generate page to replay: ((token id, forced), ...)
+# shareable links
+LINK_READ = "link_read"  # this session has read the link it was opened with
+LINK_KEYS = "link_keys"  # keys set from the link whose values the page has not yet checked
+LINK_PROBLEMS = "link_problems"  # messages about link values that could not be used
+LINK_MODEL = "link_model"  # the LoadRequest a link named, until it has loaded
+
+# What a link carries (explorer.links): query parameter -> session key. The page is the URL's path.
+LINK = (
+    Param("text", TEXT, label="text"),
+    Param("target", TARGET, label="target prefix"),
+    Param("kind", ATTN_KIND, label="attention kind"),
+    Param("view", ATTN_VIEW, label="view"),
+    Param("layer", ATTN_LAYER, "int", 0, None, label="layer"),
+    Param("head", ATTN_HEAD, "int", 0, None, label="head"),
+    Param("hidden", HIDDEN_VIEW, label="hidden-state view"),
+    Param("prompt", GEN_PROMPT, label="prompt"),
+    Param("source", GEN_SOURCE, label="source"),
+    Param("chat", GEN_CHAT, "bool", label="chat-template switch"),
+    Param("mode", GEN_MODE, label="choice of token"),
+    Param("seed", GEN_SEED, "int", 0, 2**31 - 1, label="seed"),
+    Param("temperature", GEN_TEMPERATURE, "float", 0.05, 5.0, label="temperature"),
+    Param("top_k", GEN_TOP_K, "int", 0, 1000, label="top-k"),
+    Param("top_p", GEN_TOP_P, "float", 0.01, 1.0, label="top-p"),
+    Param("penalty", GEN_REPETITION, "float", 0.5, 3.0, label="repetition penalty"),
+    Param("picks", GEN_PICKS, "picks", label="generated tokens"),
+)
 
 
 @st.cache_resource
 def registry() -> ModelRegistry:
     """One registry per server process: every session shares the loaded models."""
     return ModelRegistry()
+
+
+@st.cache_resource
+def store() -> CaptureStore:
+    """One store of captures per server process, within its memory budget (explorer.store)."""
+    return CaptureStore()
 
 
 def default_request() -> LoadRequest:
@@ -113,6 +148,13 @@ def current_model() -> LoadedModel | None:
         resumed = load(pending)
         if resumed is not None:
             return resumed
+        if st.session_state.pop(LINK_MODEL, None) == pending:  # a link's model that cannot be loaded
+            reason = st.session_state.get(LOAD_ERROR, "").rstrip(".")
+            st.session_state.setdefault(LINK_PROBLEMS, []).append(
+                f"the link's model {pending.ref!r} could not be loaded ({reason}), so the default model "
+                "is shown"
+            )
+            return load(default_request()) or None
     if REQUEST not in st.session_state:  # first visit
         return None if LOAD_ERROR in st.session_state else load(default_request())
     request = st.session_state[REQUEST]
@@ -143,20 +185,86 @@ def model_turn(loaded: LoadedModel, what: str = "") -> Iterator[None]:
 
 
 def capture_for(loaded: LoadedModel, text: str, target: str | None) -> Capture | None:
-    """This user's capture of `text` (and `target`) on `loaded`, run once per change and kept in the
-    session; on bad input shows the message and returns None."""
+    """The capture of `text` (and `target`) on `loaded`: run once and kept in the server's store (one
+    copy for every session that looks at the same text), so that choosing another layer or head runs
+    nothing. On bad input shows the message and returns None; when the store had dropped this user's
+    capture to free memory, says so and runs it again."""
     key = (loaded.request, text, target or None)
-    kept = st.session_state.get(CAPTURE)
-    if kept is not None and kept[0] == key:
-        return kept[1]
+    found = store().get(key)
+    if found is not None:
+        st.session_state[CAPTURE] = key
+        return found
+    again = st.session_state.get(CAPTURE) == key and store().was_dropped(key)
     try:
-        with st.spinner(f"Running {md(loaded.card.name)} and keeping every attention map …"):
-            cap = capture(loaded, text, target=target or None)
+        with model_turn(loaded, "a capture"):
+            found = store().get(key)  # run by another session while this one waited
+            if found is None:
+                with st.spinner(f"Running {md(loaded.card.name)} and keeping every attention map …"):
+                    found = capture(loaded, text, target=target or None, max_bytes=store().budget)
+                store().put(key, found, found.nbytes)
     except InputError as err:
         st.error(md(err))
         return None
-    st.session_state[CAPTURE] = (key, cap)
-    return cap
+    if again:
+        st.info(
+            "Your earlier run of this text had been dropped to free memory for the other users of this "
+            "server; it was run again."
+        )
+    st.session_state[CAPTURE] = key
+    return found
+
+
+def figure(cap: Capture, key, build):
+    """The figure `key` drawn from `cap`, built once by `build()` and kept with the capture."""
+    return store().figure(cap, key, build)
+
+
+def read_link() -> None:
+    """On a session's first run: the values its URL's query parameters carry go into the session (the
+    model into the sidebar's choices); what cannot be used is listed for `link_problems`."""
+    if st.session_state.get(LINK_READ):
+        return
+    st.session_state[LINK_READ] = True
+    params = st.query_params.to_dict()
+    request, problems = links.model_request(params)
+    values, more = links.read(LINK, params)
+    problems += more
+    if request is not None:
+        st.session_state[SOURCE] = request.source
+        widget = {"embedded": EMBEDDED, "hub": HUB_ID, "folder": FOLDER, "gguf": GGUF}[request.source]
+        st.session_state[widget] = request.ref
+        st.session_state[DEVICE], st.session_state[DTYPE] = request.device, request.dtype
+        st.session_state[PENDING] = st.session_state[LINK_MODEL] = request
+    st.session_state.update(values)
+    st.session_state[LINK_KEYS] = set(values)
+    st.session_state[LINK_PROBLEMS] = problems
+
+
+def link_problems() -> list[str]:
+    """The messages about the link this session was opened with (each shown once)."""
+    return st.session_state.pop(LINK_PROBLEMS, None) or []
+
+
+def from_link(key: str) -> bool:
+    """Whether the value under `key` came from the link and has not been checked by a page yet."""
+    return key in st.session_state.get(LINK_KEYS, ())
+
+
+def checked(key: str) -> None:
+    st.session_state.get(LINK_KEYS, set()).discard(key)
+
+
+def write_link(keys: tuple[str, ...], **values) -> list[str]:
+    """Puts this user's model and the values under `keys` (or given in `values`, by session key) in the
+    URL, so that a copied link opens the same picture. Returns the names of texts too long to carry."""
+    request = current_request()
+    params = links.model_params(request) if request is not None else {}
+    chosen = {k: values[k] if k in values else st.session_state.get(k) for k in keys}
+    carried, left_out = links.write(tuple(p for p in LINK if p.key in keys), chosen)
+    params.update(carried)
+    if st.query_params.to_dict() != params:
+        st.query_params.from_dict(params)
+    return left_out
 
 
 def unload(request: LoadRequest) -> bool:

@@ -26,7 +26,7 @@ from explorer.devices import human_bytes
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.export import npz_bytes
-from views.common import capture_page, choice, kept
+from views.common import capture_page, choice, kept, share
 
 VIEWS = ["One head", "All heads", "Mean and rollout", "Token focus", "Head statistics", "bertviz"]
 FULL_MAP_LIMIT = 768  # longer texts show one window of the map at full detail
@@ -49,7 +49,7 @@ def open_from_grid() -> None:
         st.session_state[session.ATTN_VIEW] = "One head"
 
 
-def one_head(s: AttentionSet, layer: int, head: int) -> None:
+def one_head(cap: Capture, s: AttentionSet, layer: int, head: int) -> None:
     z = s.maps[layer, head]
     n_q, n_k = z.shape
     q0 = k0 = 0
@@ -64,14 +64,18 @@ def one_head(s: AttentionSet, layer: int, head: int) -> None:
         z = z[q0 : q0 + WINDOW, k0 : k0 + WINDOW]
     window = s.windows[layer] if s.same_sequence else None
     title = f"{s.title}: layer {layer}, head {head}" + (f" (sliding window {window})" if window else "")
-    fig = token_heatmap(
-        z,
-        s.queries.tokens[q0 : q0 + z.shape[0]],
-        s.keys.tokens[k0 : k0 + z.shape[1]],
-        title,
-        window=window if window and window < max(n_q, n_k) else None,
-        q_offset=q0,
-        k_offset=k0,
+    fig = session.figure(
+        cap,
+        ("one head", s.name, layer, head, q0, k0),
+        lambda: token_heatmap(
+            z,
+            s.queries.tokens[q0 : q0 + z.shape[0]],
+            s.keys.tokens[k0 : k0 + z.shape[1]],
+            title,
+            window=window if window and window < max(n_q, n_k) else None,
+            q_offset=q0,
+            k_offset=k0,
+        ),
     )
     st.plotly_chart(fig, width="content", key="one_head")
     notes = ["Each row is one query's attention: its weights sum to 1."]
@@ -82,7 +86,7 @@ def one_head(s: AttentionSet, layer: int, head: int) -> None:
     st.caption(" ".join(notes))
 
 
-def all_heads(s: AttentionSet) -> None:
+def all_heads(cap: Capture, s: AttentionSet) -> None:
     scale = kept(
         "radio",
         "Colour",
@@ -96,7 +100,11 @@ def all_heads(s: AttentionSet) -> None:
         }.get,
         horizontal=True,
     )
-    fig = heads_grid(s.maps, f"{s.title}: {s.n_layers} layers × {s.n_heads} heads", scale, s.windows)
+    fig = session.figure(
+        cap,
+        ("all heads", s.name, scale),
+        lambda: heads_grid(s.maps, f"{s.title}: {s.n_layers} layers × {s.n_heads} heads", scale, s.windows),
+    )
     st.plotly_chart(
         fig,
         width="content",
@@ -308,9 +316,9 @@ def main() -> None:
         if view == "One head":
             head = kept("selectbox", "Head", session.ATTN_HEAD, 0, c2, options=list(range(s.n_heads)))
     if view == "One head":
-        one_head(s, layer, head)
+        one_head(cap, s, layer, head)
     elif view == "All heads":
-        all_heads(s)
+        all_heads(cap, s)
     elif view == "Mean and rollout":
         mean_and_rollout(s, layer)
     elif view == "Token focus":
@@ -319,6 +327,8 @@ def main() -> None:
         head_stats(s)
     else:
         bertviz_views(cap, choice(session.ATTN_LAYER, range(s.n_layers), 0))
+    share(session.TEXT, session.TARGET, session.ATTN_KIND, session.ATTN_VIEW, session.ATTN_LAYER,
+          session.ATTN_HEAD)  # fmt: skip
     st.download_button(
         "Download the capture (.npz: tokens, attentions, hidden states)",
         data=lambda: npz_bytes(cap),

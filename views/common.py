@@ -4,8 +4,9 @@ from html import escape
 
 import streamlit as st
 
-from explorer import session, zoo
+from explorer import links, session, zoo
 from explorer.capture import Capture, Sequence
+from explorer.display import md
 
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
 LONG = 120  # tokens: more go in an expander
@@ -36,7 +37,14 @@ def choice(key: str, options, default, many: bool = False):
     if many:
         value = [v for v in value if v in options] if isinstance(value, list) else list(default)
     elif value not in options:
+        if session.from_link(key):
+            label = next((p.label for p in session.LINK if p.key == key), key)
+            st.warning(
+                f"The link's {label} {md(str(value))} is not one this model offers here; showing "
+                f"{md(str(default))} instead."
+            )
         value = default
+    session.checked(key)
     st.session_state[key] = value
     return value
 
@@ -124,3 +132,14 @@ def capture_page(what: str):
         return None
     token_line(cap)
     return loaded, cap
+
+
+def share(*keys: str, **values) -> None:
+    """Keeps this page's picture in its URL (the model and the values under `keys`), so that a copied
+    link opens it for someone else; says when the text is too long to travel in a link."""
+    left_out = session.write_link(keys, **values)
+    if left_out:
+        st.caption(
+            f"The link in the address bar carries this page's model and choices but not the "
+            f"{' or '.join(left_out)} (longer than {links.TEXT_LIMIT:,} characters)."
+        )

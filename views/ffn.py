@@ -9,6 +9,7 @@ from explorer import blocks, ffn, session
 from explorer.display import md
 from explorer.learn_figures import bars, stacked_shares
 from explorer.tokens import display_tokens
+from views.common import share
 
 TEXT = "ffn_text"
 LAYER = "ffn_layer"
@@ -30,6 +31,7 @@ loaded = session.current_model()
 if loaded is None:
     st.info("No model is loaded. Pick one in the sidebar and press Load.")
     st.stop()
+share()  # the model in the URL: a copied link opens this page on it
 try:
     blocks.style(loaded.model)
 except blocks.UnsupportedModel as err:

@@ -7,6 +7,7 @@ from explorer import blocks, scratch, session
 from explorer.display import md
 from explorer.learn_figures import heatmap
 from explorer.scratch_steps import KEYS, TOKENS, walkthrough
+from views.common import share
 
 TEXT = "scratch_text"
 STACK = "scratch_stack"
@@ -26,6 +27,7 @@ loaded = session.current_model()
 if loaded is None:
     st.info("No model is loaded. Pick one in the sidebar and press Load.")
     st.stop()
+share()  # the model in the URL: a copied link opens this page on it
 try:
     stacks = blocks.attention_kinds(loaded.model)
 except blocks.UnsupportedModel as err:

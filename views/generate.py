@@ -8,7 +8,7 @@ from explorer.display import md
 from explorer.errors import InputError
 from explorer.step_figures import candidates_figure, sequence_html, tree_figure
 from explorer.stepping import Settings, Stepper, templated
-from views.common import DEFAULT_TEXT, default_text, kept
+from views.common import DEFAULT_TEXT, default_text, kept, share
 
 DEFAULT_PROMPT = "The capital of France is"  # a base model continues it
 DEFAULT_QUESTION = "What is the capital of France?"  # an instruct model answers it
@@ -99,7 +99,7 @@ def current_stepper(loaded, prompt: str, chat: bool, source: str | None) -> Step
     if found is not None and found[0] == key:
         return found[1]
     try:
-        with st.spinner("Reading the prompt …"):
+        with session.model_turn(loaded, "reading a prompt"), st.spinner("Reading the prompt …"):
             stepper = Stepper.start(loaded, prompt, chat=chat, source=source)
     except InputError as err:
         st.error(md(err))
@@ -111,9 +111,49 @@ def current_stepper(loaded, prompt: str, chat: bool, source: str | None) -> Step
 def do(action, *args) -> None:
     """Runs a stepper action; a refusal (end of text, bad settings) becomes a message."""
     try:
-        action(*args)
+        with session.model_turn(action.__self__.loaded, "a step"):  # a Stepper method
+            action(*args)
     except InputError as err:
         st.session_state[session.GEN_MESSAGE] = str(err)
+
+
+SHARED = (session.GEN_PROMPT, session.GEN_SOURCE, session.GEN_CHAT, session.GEN_MODE, session.GEN_SEED,
+          session.GEN_TEMPERATURE, session.GEN_TOP_K, session.GEN_TOP_P, session.GEN_REPETITION,
+          session.GEN_PICKS)  # fmt: skip
+
+
+def replay(stepper: Stepper, settings: Settings) -> None:
+    """Generates the tokens a shared link carries, each as it was chosen: by the settings (checked to
+    give the same token) or picked by hand."""
+    picks = st.session_state.pop(session.GEN_PICKS, None)
+    if not picks or stepper.steps:
+        return
+    bar = st.progress(0.0, text="Replaying the link's generation …")
+    differ = 0
+    try:
+        for i, (token_id, forced) in enumerate(picks):
+            with session.model_turn(stepper.loaded, "replaying a link"):
+                if forced:
+                    stepper.step(settings, token_id)
+                elif stepper.step(settings).token_id != token_id:
+                    branches = len(stepper.branches)
+                    stepper.undo(len(stepper.steps) - 1)
+                    del stepper.branches[branches:]  # the settings' token was never the link's
+                    stepper.step(settings, token_id)
+                    differ += 1
+            bar.progress(
+                (i + 1) / len(picks), text=f"Replaying the link's generation: {i + 1} of {len(picks)}"
+            )
+            if stepper.finished:
+                break
+    except InputError as err:
+        st.session_state[session.GEN_MESSAGE] = f"The link's generation stopped early: {err}"
+    bar.empty()
+    if differ:
+        st.warning(
+            f"{differ} of the link's tokens are not what these settings choose; they were placed as the link "
+            "has them (shown as picked by hand)."
+        )
 
 
 def controls(stepper: Stepper, settings: Settings, text_box) -> None:
@@ -134,7 +174,8 @@ def controls(stepper: Stepper, settings: Settings, text_box) -> None:
         bar = st.progress(0.0, text="Generating …")
         for i in range(int(n)):
             try:
-                stepper.step(settings)
+                with session.model_turn(stepper.loaded, "a step"):  # per step: other sessions go between
+                    stepper.step(settings)
             except InputError as err:
                 st.session_state[session.GEN_MESSAGE] = str(err)
                 break
@@ -193,9 +234,11 @@ def main() -> None:
             "Also applied, from the checkpoint's generation config (as generate() would): "
             f"{md(', '.join(extra))}."
         )
+    replay(stepper, settings)
     st.subheader("The text so far")
     text_box = st.empty()
     controls(stepper, settings, text_box)
+    share(*SHARED, **{session.GEN_PICKS: tuple((s.token_id, s.how == "picked") for s in stepper.steps)})
     text_box.html(sequence_html(stepper.prompt_tokens, stepper.steps))
     st.caption(
         "Prompt in grey; each generated token on the colour of the probability it had when chosen "

@@ -8,7 +8,7 @@ from explorer.attention_figures import layer_position_heatmap, logit_lens_figure
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.hidden import LENS_MAX_POSITIONS, consecutive_cosine, logit_lens, norms
-from views.common import capture_page, kept
+from views.common import capture_page, kept, share
 
 VIEWS = ["Norms", "Change per layer", "Logit lens"]
 
@@ -33,6 +33,7 @@ def main() -> None:
         kept("segmented_control", "View", session.HIDDEN_VIEW, VIEWS[0], options=views, required=True)
         or VIEWS[0]
     )
+    share(session.TEXT, session.TARGET, session.HIDDEN_VIEW)
     if view == "Norms":
         for name, (hidden, seq) in stacks(cap):
             st.plotly_chart(

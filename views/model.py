@@ -6,12 +6,14 @@ from explorer import devices, session
 from explorer.card import parameter_groups
 from explorer.display import md
 from explorer.figures import architecture_diagram, parameter_chart
+from views.common import share
 
 loaded = session.current_model()
 if loaded is None:
     st.title("Model")
     st.info("No model is loaded. Pick one in the sidebar and press Load.")
     st.stop()
+share()  # the model in the URL: a copied link opens this page on it
 
 card = loaded.card
 st.title(md(card.name))

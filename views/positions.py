@@ -6,6 +6,7 @@ import streamlit as st
 from explorer import blocks, positions, session
 from explorer.display import md
 from explorer.learn_figures import heatmap, lines
+from views.common import share
 
 SINE_POSITIONS = "positions_sine_n"
 LEARNED_POSITIONS = "positions_learned_n"
@@ -20,6 +21,7 @@ st.caption(
 
 loaded = session.current_model()
 d_model = loaded.card.d_model if loaded is not None else 128
+share()  # the model in the URL: a copied link opens this page on it
 
 st.subheader("Sinusoidal encoding (Vaswani et al., 2017)")
 st.latex(

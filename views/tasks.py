@@ -9,7 +9,7 @@ import streamlit as st
 
 from explorer import session, task_figures, task_models, tasks
 from explorer.display import md
-from views.common import kept
+from views.common import kept, share
 
 TASK = "tasks_task"
 BATCH = "tasks_batch"
@@ -395,6 +395,7 @@ loaded = session.current_model()
 if loaded is None:
     st.info("No model is loaded. Pick one in the sidebar and press Load.")
     st.stop()
+share()  # the model in the URL: a copied link opens this page on it
 
 card = loaded.card
 available = tasks.supported(loaded)

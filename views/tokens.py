@@ -6,6 +6,7 @@ import streamlit as st
 from explorer import session, token_table, zoo
 from explorer.display import md
 from explorer.errors import LoadError
+from views.common import share
 
 TEXT = "tokens_text"
 OTHER = "tokens_other"
@@ -52,6 +53,7 @@ loaded = session.current_model()
 if loaded is None:
     st.info("No model is loaded. Pick one in the sidebar and press Load.")
     st.stop()
+share()  # the model in the URL: a copied link opens this page on it
 
 text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=100)
 if not text.strip():

@@ -8,6 +8,7 @@ from explorer import session, tasks
 @pytest.fixture(autouse=True)
 def fresh_registry():
     session.registry.clear()
+    session.store.clear()  # captures kept for every session
     tasks.forget_heads()  # the Tasks page's head models, kept beside the registry
     yield
     session.registry.clear()

@@ -42,7 +42,7 @@ def heatmap_shape(spec: dict) -> tuple[int, int]:
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
 def test_every_attention_view_on_a_single_stack(kind, tiny_dir):
     at = open_page(kind, tiny_dir)
-    assert at.session_state[session.CAPTURE][1].sequence.tokens == tuple(TEXT.split())
+    assert session.store().get(at.session_state[session.CAPTURE]).sequence.tokens == tuple(TEXT.split())
     n = len(TEXT.split())
     layers, heads = SHAPES[kind]
     one = charts(at)[0]
@@ -80,8 +80,8 @@ def test_every_attention_view_on_a_single_stack(kind, tiny_dir):
 
 def test_encoder_decoder_offers_encoder_decoder_and_cross_attention(tiny_dir):
     at = open_page("t5", tiny_dir)
-    src = len(at.session_state[session.CAPTURE][1].source)
-    tgt = len(at.session_state[session.CAPTURE][1].sequence)
+    src = len(session.store().get(at.session_state[session.CAPTURE]).source)
+    tgt = len(session.store().get(at.session_state[session.CAPTURE]).sequence)
     assert at.session_state[session.ATTN_KIND] == "cross"
     assert heatmap_shape(charts(at)[0]) == (tgt, src)
     at.session_state[session.ATTN_KIND] = "encoder"
@@ -107,7 +107,7 @@ def test_a_target_prefix_is_read_as_given(tiny_dir):
     at = open_page("bart", tiny_dir)
     at.text_area(key=f"{session.TARGET}_box").input("the dog ran")
     run(at)
-    cap = at.session_state[session.CAPTURE][1]
+    cap = session.store().get(at.session_state[session.CAPTURE])
     assert not cap.target_generated and cap.sequence.tokens[-3:] == ("the", "dog", "ran")
 
 
@@ -125,7 +125,7 @@ def test_bad_text_gets_a_message_and_the_page_recovers(tiny_dir):
 @pytest.mark.parametrize("kind", ["bert", "llama", "t5"])
 def test_hidden_states_page(kind, tiny_dir):
     at = open_page(kind, tiny_dir, page=HIDDEN)
-    cap = at.session_state[session.CAPTURE][1]
+    cap = session.store().get(at.session_state[session.CAPTURE])
     norms = charts(at)
     stacks = 2 if kind == "t5" else 1
     assert len(norms) == stacks

@@ -1,0 +1,134 @@
+"""Shareable links in AppTest: a copied URL opens the same picture; a link with bad values opens with a
+message; the shared capture store is used (choosing a layer runs nothing)."""
+
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+
+from explorer import capture as capture_module
+from explorer import session
+from tests.app.helpers import APP, app, charts, load_folder, numbers, run
+
+ATTENTION = "views/attention.py"
+GENERATE = "views/generate.py"
+TEXT = "the cat sat on the mat because it was tired"
+
+
+def opened(params: dict, page: str) -> AppTest:
+    """A new session (someone else's browser) opening a link to `page` with `params`."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(params)
+    at.switch_page(page)
+    return run(at)
+
+
+def warnings(at: AppTest) -> str:
+    return " ".join(w.value for w in at.warning)
+
+
+def test_a_copied_link_opens_the_same_attention_view(tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("llama"))
+    at.session_state[session.TEXT] = TEXT
+    at.switch_page(ATTENTION)
+    run(at)
+    at.selectbox(key=f"{session.ATTN_LAYER}_box").set_value(1)
+    at.selectbox(key=f"{session.ATTN_HEAD}_box").set_value(3)
+    run(at)
+    link = dict(at.query_params)
+    assert link["text"] == TEXT and link["layer"] == "1" and link["head"] == "3"
+    assert link["via"] == "folder" and link["model"] == str(tiny_dir("llama"))
+
+    other = opened(link, ATTENTION)
+    assert not at.warning and not other.warning
+    mine, theirs = charts(at)[0], charts(other)[0]
+    assert theirs["layout"]["title"]["text"] == mine["layout"]["title"]["text"]
+    assert "layer 1, head 3" in theirs["layout"]["title"]["text"]
+    assert numbers(theirs["data"][0]["z"]) == numbers(mine["data"][0]["z"])
+    assert session.store().get(other.session_state[session.CAPTURE]).sequence.tokens == tuple(TEXT.split())
+
+
+def test_choosing_another_layer_or_head_runs_nothing(tiny_dir, monkeypatch):
+    at = app()
+    load_folder(at, tiny_dir("gpt2"))
+    at.session_state[session.TEXT] = TEXT
+    at.switch_page(ATTENTION)
+    runs = []
+    real = capture_module.capture
+    monkeypatch.setattr(session, "capture", lambda *a, **k: runs.append(a[1]) or real(*a, **k))
+    run(at)
+    for layer, head in [(1, 0), (0, 2), (1, 3), (1, 0)]:
+        at.selectbox(key=f"{session.ATTN_LAYER}_box").set_value(layer)
+        at.selectbox(key=f"{session.ATTN_HEAD}_box").set_value(head)
+        run(at)
+        assert f"layer {layer}, head {head}" in charts(at)[0]["layout"]["title"]["text"]
+    assert runs == [TEXT]  # one model run for the text; the figures come from the kept capture
+    cap = session.store().get(at.session_state[session.CAPTURE])
+    assert ("one head", "self", 1, 0, 0, 0) in session.store().figures(cap)
+
+
+def test_two_sessions_on_one_text_share_one_capture(tiny_dir):
+    first = opened({"model": str(tiny_dir("gpt2")), "via": "folder", "text": TEXT}, ATTENTION)
+    second = opened({"model": str(tiny_dir("gpt2")), "via": "folder", "text": TEXT}, ATTENTION)
+    key = first.session_state[session.CAPTURE]
+    assert second.session_state[session.CAPTURE] == key and len(session.store()) == 1
+
+
+def test_a_dropped_capture_is_run_again_with_a_message(tiny_dir):
+    at = opened({"model": str(tiny_dir("gpt2")), "via": "folder", "text": TEXT}, ATTENTION)
+    session.store().make_room(session.store().budget + 1)  # memory ran low: every capture goes
+    run(at)
+    assert any("dropped to free memory" in i.value for i in at.info)
+    assert charts(at)  # and the picture is back
+
+
+def test_a_link_with_bad_values_opens_with_messages(tiny_dir):
+    at = opened(
+        {"model": str(tiny_dir("llama")), "via": "folder", "text": TEXT, "layer": "99", "head": "x",
+         "view": "Nonsense", "remote_code": "1"},
+        ATTENTION,
+    )  # fmt: skip
+    said = warnings(at)
+    assert "head 'x' is not a number" in said
+    assert "layer 99 is not one this model offers" in said
+    assert "view Nonsense is not one this model offers" in said
+    assert "cannot turn on running the checkpoint's code" in said
+    assert "layer 0, head 0" in charts(at)[0]["layout"]["title"]["text"]  # the page works on
+    assert at.query_params["layer"] == "0"  # and its link is a good one again
+
+
+def test_a_link_to_an_unknown_model_opens_the_default_model():
+    at = opened({"model": "no-such-model", "via": "embedded", "text": TEXT}, ATTENTION)
+    assert "not an embedded model" in warnings(at)
+    assert at.session_state[session.REQUEST] == session.default_request()
+
+
+def test_a_folder_that_is_not_a_checkpoint_in_a_link(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    at = opened({"model": str(tmp_path), "via": "folder", "text": TEXT}, ATTENTION)
+    assert "could not be loaded" in warnings(at)
+    assert at.session_state[session.REQUEST] == session.default_request()
+    assert "config.json" in warnings(at)  # the reason: what a checkpoint folder lacks
+
+
+def test_a_generate_link_replays_its_tokens(tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("llama"))
+    at.switch_page(GENERATE)
+    run(at)
+    at.session_state[session.GEN_PROMPT] = "the cat"
+    run(at)
+    for _ in range(2):
+        [b for b in at.button if b.label == "Step"][0].click()
+        run(at)
+    [b for b in at.button if b.key == "pick_3"][0].click()  # a token picked by hand
+    run(at)
+    mine = at.session_state[session.STEPPER][1]
+    link = dict(at.query_params)
+    assert link["prompt"] == "the cat" and len(link["picks"].split(",")) == 3
+
+    other = opened(link, GENERATE)
+    theirs = other.session_state[session.STEPPER][1]
+    assert [s.token_id for s in theirs.steps] == [s.token_id for s in mine.steps]
+    assert [s.how for s in theirs.steps] == [s.how for s in mine.steps] == ["greedy", "greedy", "picked"]
+    assert [s.prob for s in theirs.steps] == [s.prob for s in mine.steps]
