@@ -3,8 +3,9 @@
 Tokenizers store pieces in their own encodings: byte-level BPE (GPT-2, Llama 3, SmolLM2) maps every byte
 to a printable character (`Ġ` is a space, `Ċ` a newline), SentencePiece marks a word start with `▁` and
 may fall back to bytes (`<0x0A>`), WordPiece marks a word's continuation with `##`. `display_tokens`
-turns them into text: spaces as `␣`, newlines as `↵`, tabs as `⇥`, bytes that are not a whole character
-as `\\xNN`. The result is plain text: callers escape it for wherever it is shown.
+turns them into text: spaces as `␣`, newlines as `↵`, tabs as `⇥`, other control characters as their
+control pictures (`␛`), direction overrides and zero-width marks as `⟨U+202E⟩`, bytes that are not a
+whole character as `\\xNN`. The result is plain text: callers escape it for wherever it is shown.
 """
 
 from __future__ import annotations
@@ -19,7 +20,20 @@ SENTENCEPIECE = "sentencepiece"
 WORDPIECE = "wordpiece"
 PLAIN = "plain"
 
-VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "⏎"})
+VISIBLE = str.maketrans(
+    {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "⏎"}
+    # other control characters as their control pictures (␀, ␇, ␛ ...) and C1 controls as escapes:
+    # a raw ESC or NUL in a page or a figure is invisible or worse
+    | {chr(c): chr(0x2400 + c) for c in range(32) if chr(c) not in " \n\t\r"}
+    | {"\x7f": "␡"}
+    | {chr(c): f"\\x{c:02x}" for c in range(0x80, 0xA0)}
+    # direction overrides and invisible marks would reorder or hide the tokens shown after them
+    | {
+        chr(c): f"⟨U+{c:04X}⟩"
+        for c in [*range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    }
+    | {"\ufeff": "⟨U+FEFF⟩"}
+)
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
