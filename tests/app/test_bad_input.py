@@ -137,4 +137,4 @@ def test_an_encoder_decoder_without_a_target_reads_its_own_output(tiny_dir):
     run(at)
     at.text_area(key=f"{session.GEN_SOURCE}_box").input(" ")
     run(at)
-X
+    assert "Type a source text" in " ".join(e.value for e in at.main.error)
