@@ -183,3 +183,29 @@ def model_inputs(model: Any, ids: list[int], device: Any) -> dict[str, torch.Ten
 
 def input_device(model: Any) -> torch.device:
     return model.get_input_embeddings().weight.device
+
+
+def out_proj(model: Any, stack: str, layer: int) -> Any:
+    """The attention output projection of `layer`: its forward input (pos, head * d_head) is the heads'
+    outputs side by side, head h in columns h*d_head:(h+1)*d_head (o_proj, c_proj, out_proj, T5's `o`,
+    BERT's attention.output.dense)."""
+    kind, attn = style(model), parts(model, stack, layer).attn
+    if kind == "bert":
+        return layers(model, stack)[layer].attention.output.dense
+    if kind == "gpt2":
+        return attn.c_proj
+    if kind in ("llama", "gemma3"):
+        return attn.o_proj
+    return attn.o if kind == "t5" else attn.out_proj  # bart
+
+
+def n_heads(model: Any, stack: str) -> int:
+    """Query heads per layer of `stack`."""
+    config, kind = model.config, style(model)
+    if kind == "gpt2":
+        return int(config.n_head)
+    if kind == "t5":
+        return int(config.num_heads)
+    if kind == "bart":
+        return int(getattr(config, f"{stack}_attention_heads"))
+    return int(config.num_attention_heads)

@@ -1,0 +1,84 @@
+"""What a full head scan costs, on SmolLM2 (30 layers x 9 heads = 270 heads).
+
+- scan_ratio: the median over interleaved rounds of the time of `experiments.scan_heads` (every head
+  knocked out on its own, zero ablation, a 16-token text; rows batched) over 270 times one plain forward
+  pass of the same text (the median of the forwards run just before and after that scan). Target: at most 0.5.
+- patch_seconds: one activation-patching run (residual stream, attention and FFN outputs at every layer
+  and position) of two 9-token prompts, for scale.
+
+All measured in one run. Prints one JSON object on its last line.
+Run: `.venv/bin/python bench/experiments.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from explorer import experiments  # noqa: E402
+from explorer.loading import LoadRequest, load_model  # noqa: E402
+
+TEXT = "In the old town by the river, the baker sold fresh bread, and the capital of France is"
+TOKENS = 16
+REPEATS = 5
+ROUNDS = 3
+
+
+def main() -> None:
+    torch.set_grad_enabled(False)
+    loaded = load_model(LoadRequest("embedded", "smollm2-135m-instruct"))
+    model, tok = loaded.model, loaded.tokenizer
+    ids = tok(TEXT)["input_ids"][-TOKENS:]
+    text = tok.decode(ids)
+    probe = experiments.prepare(loaded, text)
+    assert len(probe.ids) == TOKENS, probe.tokens
+    target = experiments.target_token(loaded, probe, " Paris")
+    heads = len(model.model.layers) * model.config.num_attention_heads
+
+    def forward() -> float:
+        t = time.perf_counter()
+        model(**probe.inputs)
+        return time.perf_counter() - t
+
+    forward()  # warm up
+    experiments.scan_heads(loaded, probe, target)
+    # Interleaved rounds (others share this machine): each round's scan over the forwards around it.
+    ratios, plains, scans = [], [], []
+    for _ in range(ROUNDS):
+        before = [forward() for _ in range(REPEATS)]
+        t = time.perf_counter()
+        experiments.scan_heads(loaded, probe, target)
+        scans.append(time.perf_counter() - t)
+        plain = statistics.median(before + [forward() for _ in range(REPEATS)])
+        plains.append(plain)
+        ratios.append(scans[-1] / (heads * plain))
+    plain, scan = statistics.median(plains), statistics.median(scans)
+    t = time.perf_counter()
+    experiments.patch(
+        loaded, "The Eiffel Tower is in the city of", "The Colosseum is in the city of", " Paris", " Rome"
+    )
+    patch_seconds = time.perf_counter() - t
+    result = {
+        "model": "smollm2-135m-instruct",
+        "tokens": TOKENS,
+        "heads": heads,
+        "forward_ms": round(plain * 1000, 2),
+        "scan_seconds": round(scan, 3),
+        "scan_ratio": round(statistics.median(ratios), 3),
+        "scan_ratios": [round(r, 3) for r in ratios],
+        "rows_per_batch": experiments.batch_size(model, probe),
+        "patch_seconds": round(patch_seconds, 2),
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Head ablation, activation patching and expert routing on tiny models of every family."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from explorer import blocks, experiments, routing
+from explorer.errors import InputError
+from explorer.experiments import ExperimentError
+from tests.conftest import VOCAB, tiny_config, tiny_tokenizer
+
+KINDS = ["gpt2", "llama", "t5", "bart", "bert"]
+# (kind, stack acted on); tiny BART's encoder barely moves its output (1e-5), so its decoder is used
+STACKS = [("gpt2", None), ("llama", None), ("t5", "encoder"), ("t5", "decoder"), ("bart", "decoder"),
+          ("bert", None)]  # fmt: skip
+TEXTS = {"bert": "the cat sat on the [MASK]"}
+CLEAN, CORRUPT = "the cat sat on the mat", "the dog ran to the park"
+
+
+def text_of(kind: str) -> str:
+    return TEXTS.get(kind, CLEAN)
+
+
+def full_logits(loaded, probe) -> torch.Tensor:
+    with torch.no_grad():
+        return loaded.model(**probe.inputs).logits.clone()
+
+
+def no_hooks(model) -> bool:
+    return all(
+        not m._forward_hooks and not m._forward_pre_hooks and not m._forward_hooks_with_kwargs
+        for m in model.modules()
+    )
+
+
+@pytest.mark.parametrize("kind,stack", STACKS)
+def test_knocking_out_no_head_changes_nothing(tiny_loaded, kind, stack):
+    loaded = tiny_loaded(kind)
+    probe = experiments.prepare(loaded, text_of(kind), stack=stack)
+    clean = experiments.clean_logits(loaded, probe)
+    rows = experiments.ablated_logits(loaded, probe, [[], [(0, 1), (1, 2)], []])
+    torch.testing.assert_close(rows[0], clean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rows[2], clean, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(rows[1], clean, atol=1e-4)  # the hook does act on the other row
+    assert experiments.ablate(loaded, probe, []).kl == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind,stack", STACKS)
+def test_zero_ablating_a_whole_layer_equals_zero_attention_by_hand(tiny_loaded, kind, stack):
+    loaded = tiny_loaded(kind)
+    probe = experiments.prepare(loaded, text_of(kind), stack=stack)
+    model, layer = loaded.model, 1
+    heads = blocks.n_heads(model, probe.stack)
+    ablated = experiments.ablated_logits(loaded, probe, [[(layer, h) for h in range(heads)]])[0]
+    proj = blocks.out_proj(model, probe.stack, layer)
+
+    def only_bias(module, args, output):  # the projection of all-zero heads: its bias, or zeros
+        bias = getattr(module, "bias", None)
+        return torch.zeros_like(output) + (bias if bias is not None else 0)
+
+    handle = proj.register_forward_hook(only_bias)
+    try:
+        by_hand = full_logits(loaded, probe)[0, probe.position]
+    finally:
+        handle.remove()
+    torch.testing.assert_close(ablated, by_hand, atol=1e-6, rtol=1e-6)
+    assert (ablated - experiments.clean_logits(loaded, probe)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "t5", "bart"])
+def test_patching_every_position_of_the_first_residual_restores_the_clean_run(tiny_loaded, kind):
+    loaded = tiny_loaded(kind)
+    clean, corrupt = experiments.patch_probes(loaded, CLEAN, CORRUPT)
+    cache = experiments.cache_activations(loaded, clean)
+    everything = list(range(len(corrupt.ids)))
+    patched = experiments.patched_logits(loaded, corrupt, cache, "resid", [(0, everything), (0, [])])
+    torch.testing.assert_close(patched[0], experiments.clean_logits(loaded, clean), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(patched[1], experiments.clean_logits(loaded, corrupt), atol=1e-5, rtol=1e-5)
+    result = experiments.patch(loaded, CLEAN, CORRUPT, " is", " was", kinds=("resid",))
+    target, foil = result.target.token_id, result.foil.token_id
+    ld = float(patched[0, target] - patched[0, foil])
+    share = (ld - result.ld_corrupt) / (result.ld_clean - result.ld_corrupt)
+    assert share == pytest.approx(1.0, abs=1e-4)
+    same = [p for p, (a, b) in enumerate(zip(clean.ids, corrupt.ids)) if a == b]
+    assert same  # positions whose tokens agree: the first layer's input there is the same in both runs
+    for p in same:
+        assert result.restored["resid"][0, p] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_patching_batched_cells_equal_one_at_a_time(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    result = experiments.patch(loaded, CLEAN, CORRUPT, " is", " was", rows_per_batch=5)
+    clean, corrupt = experiments.patch_probes(loaded, CLEAN, CORRUPT)
+    cache = experiments.cache_activations(loaded, clean)
+    t, f = result.target.token_id, result.foil.token_id
+    for kind, layer, pos in [("resid", 1, 1), ("attn", 0, 2), ("mlp", 1, 5)]:
+        one = experiments.patched_logits(loaded, corrupt, cache, kind, [(layer, [pos])])[0]
+        share = (float(one[t] - one[f]) - result.ld_corrupt) / (result.ld_clean - result.ld_corrupt)
+        assert result.restored[kind][layer, pos] == pytest.approx(share, abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "t5"])
+def test_scan_equals_ablating_each_head_alone(tiny_loaded, kind):
+    loaded = tiny_loaded(kind)
+    probe = experiments.prepare(loaded, text_of(kind))
+    target = experiments.target_token(loaded, probe, " is")
+    seen = []
+    scan = experiments.scan_heads(loaded, probe, target, "mean", lambda d, n: seen.append((d, n)),
+                                  rows_per_batch=3)  # fmt: skip
+    layers, heads = scan.delta_logprob.shape
+    assert seen[-1] == (layers * heads, layers * heads) and len(seen) == -(-layers * heads // 3)
+    for layer, head in [(0, 0), (layers - 1, heads - 1), (1, 2)]:
+        alone = experiments.ablate(loaded, probe, [(layer, head)], "mean", target)
+        assert scan.delta_logprob[layer, head] == pytest.approx(alone.delta_logprob, abs=1e-4)
+        assert scan.kl[layer, head] == pytest.approx(alone.kl, abs=1e-4)
+
+
+def test_encoder_decoder_reads_the_decoder_after_its_prefix(tiny_loaded):
+    loaded = tiny_loaded("bart")
+    probe = experiments.prepare(loaded, CLEAN, prefix="the dog", stack="decoder")
+    assert probe.stack == probe.read_stack == "decoder"
+    assert probe.read_tokens[1:] == ("the", "dog") and probe.position == 2
+    target = experiments.target_token(loaded, probe, " ran")
+    assert target.token_id == VOCAB["ran"]
+    logits = experiments.clean_logits(loaded, probe)
+    with torch.no_grad():
+        out = loaded.model(**probe.inputs).logits[0, -1]
+    torch.testing.assert_close(logits, out)
+
+
+def test_the_model_is_left_exactly_as_loaded(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    probe = experiments.prepare(loaded, CLEAN)
+    before = full_logits(loaded, probe)
+    target = experiments.target_token(loaded, probe, " is")
+    experiments.ablate(loaded, probe, [(0, 1), (1, 3)], "mean", target)
+    experiments.scan_heads(loaded, probe, target, "zero", rows_per_batch=4)
+    experiments.patch(loaded, CLEAN, CORRUPT, " is", " was")
+    wrong = {layer: torch.zeros(3, 3) for layer in range(2)}  # a mean of the wrong shape: the hook raises
+    with pytest.raises(RuntimeError):
+        experiments.ablated_logits(loaded, probe, [[(0, 0)]], "mean", wrong)
+    assert no_hooks(loaded.model)
+    assert torch.equal(full_logits(loaded, probe), before)
+    assert not loaded.lock._is_owned()
+
+
+def test_bad_input_gets_clear_messages(tiny_loaded):
+    loaded = tiny_loaded("gpt2")
+    with pytest.raises(InputError, match="empty"):
+        experiments.prepare(loaded, "   ")
+    with pytest.raises(InputError, match="at most"):
+        experiments.prepare(loaded, "the cat " * 40)
+    probe = experiments.prepare(loaded, CLEAN)
+    with pytest.raises(ExperimentError, match="target is empty"):
+        experiments.target_token(loaded, probe, "")
+    with pytest.raises(ExperimentError, match="not in this model's vocabulary"):
+        experiments.target_token(loaded, probe, " Paris")
+    two = experiments.target_token(loaded, probe, " is tired")
+    assert two.token_id == VOCAB["is"] and "2 tokens" in two.note and "first token" in two.note
+    with pytest.raises(ExperimentError, match=r"clean prompt is 6 tokens.*corrupted one 3"):
+        experiments.patch(loaded, CLEAN, "the dog ran", " is", " was")
+    with pytest.raises(ExperimentError, match="same token"):
+        experiments.patch(loaded, CLEAN, CORRUPT, " is", " is")
+    with pytest.raises(ExperimentError, match="no head 9"):
+        experiments.ablate(loaded, probe, [(0, 9)])
+    with pytest.raises(ExperimentError, match="LAYER.HEAD"):
+        experiments.parse_heads("3.1,five")
+    assert experiments.parse_heads(" 3.1, 5.0 ,") == [(3, 1), (5, 0)]
+
+
+def test_masked_lm_reads_the_mask_and_an_encoder_without_head_is_refused(tiny_loaded):
+    loaded = tiny_loaded("bert")
+    probe = experiments.prepare(loaded, "the cat sat on the [MASK]")
+    assert probe.read_tokens[probe.position] == "[MASK]"
+    with pytest.raises(ExperimentError, match=r"put the mask token \[MASK\]"):
+        experiments.prepare(loaded, CLEAN)
+    import transformers as tf
+
+    bare = tf.BertModel(tiny_config("bert"))
+    with pytest.raises(ExperimentError, match="no language-model head"):
+        experiments.check_model(bare)
+
+
+def tiny_moe(kind: str):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    if kind == "mixtral":
+        model = tf.MixtralForCausalLM(tf.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **common))
+    else:
+        config = tf.Qwen2MoeConfig(
+            num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24,
+            shared_expert_intermediate_size=24, norm_topk_prob=False, **common,
+        )  # fmt: skip
+        model = tf.Qwen2MoeForCausalLM(config)
+    model.eval()
+    return SimpleNamespace(model=model, tokenizer=tiny_tokenizer(), lock=__import__("threading").RLock())
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe"])
+def test_routing_weights_are_the_routers_softmax(kind):
+    loaded = tiny_moe(kind)
+    found = routing.routers(loaded.model)
+    assert [layer for layer, _ in found] == [0, 1]
+    inputs: dict[int, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda mod, a, i=i: inputs.__setitem__(i, a[0].detach()))
+               for i, (_, m) in enumerate(found)]  # fmt: skip
+    try:
+        r = routing.route(loaded, "the cat sat on the mat")
+    finally:
+        for h in handles:
+            h.remove()
+    assert no_hooks(loaded.model)
+    for i, (_, router) in enumerate(found):
+        x = inputs[i].reshape(-1, 32)  # (pos, d_model): what the router read
+        probs = torch.softmax(x @ router.weight.T, -1)  # (pos, expert)
+        torch.testing.assert_close(torch.from_numpy(r.probs[i]), probs, atol=1e-6, rtol=1e-5)
+        top, idx = probs.topk(2, -1)
+        if kind == "mixtral":  # Mixtral renormalizes the chosen weights; Qwen2-MoE here does not
+            top = top / top.sum(-1, keepdim=True)
+        expected = torch.zeros_like(probs).scatter(-1, idx, top)
+        torch.testing.assert_close(torch.from_numpy(r.weights[i]), expected, atol=1e-6, rtol=1e-5)
+    assert r.top_k == 2 and r.usage().sum(1).tolist() == [2 * len(r.tokens)] * 2
+
+
+def test_a_model_without_experts_says_so(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    assert not routing.has_experts(loaded.model)
+    with pytest.raises(routing.NoExperts, match="has no experts"):
+        routing.route(loaded, CLEAN)
