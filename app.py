@@ -115,6 +115,7 @@ page = st.navigation(
         st.Page("views/tokens.py", title="Tokens", icon="🔤"),
         st.Page("views/ffn.py", title="FFN memory", icon="🧠"),
         st.Page("views/tasks.py", title="Tasks", icon="🧪"),
+        st.Page("views/experiments.py", title="Experiments", icon="🔬"),
     ]
 )
 page.run()

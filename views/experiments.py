@@ -1,0 +1,382 @@
+"""The Experiments page: knock out heads, patch activations, compare two models, see expert routing."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from explorer import blocks, compare, experiments, routing, session
+from explorer.attention_figures import token_heatmap
+from explorer.capture import capture
+from explorer.display import md
+from explorer.errors import InputError, LoadError
+from explorer.experiment_figures import (
+    head_scan_figure,
+    paired_bars,
+    patching_figure,
+    routing_figure,
+    usage_figure,
+)
+from explorer.loading import LoadRequest
+from views.common import chips, kept
+
+EXPERIMENT = "exp_kind"
+ABL_TEXT, ABL_PREFIX, ABL_TARGET = "exp_abl_text", "exp_abl_prefix", "exp_abl_target"
+ABL_STACK, ABL_MODE, ABL_HEADS, ABL_TOP = "exp_abl_stack", "exp_abl_mode", "exp_abl_heads", "exp_abl_top"
+SCAN = "exp_scan"  # (key, Scan) of this user's last head scan
+PATCH_CLEAN, PATCH_CORRUPT = "exp_patch_clean", "exp_patch_corrupt"
+PATCH_TARGET, PATCH_FOIL, PATCH_PREFIX = "exp_patch_target", "exp_patch_foil", "exp_patch_prefix"
+PATCH_STACK, PATCH_KINDS = "exp_patch_stack", "exp_patch_kinds"
+PATCHING = "exp_patching"  # (key, Patching) of this user's last patching run
+CMP_SOURCE, CMP_REF, CMP_REQUEST = "exp_cmp_source", "exp_cmp_ref", "exp_cmp_request"
+CMP_TEXT, CMP_LAYERS, CMP_HEADS = "exp_cmp_text", "exp_cmp_layers", "exp_cmp_heads"
+CMP_CAPTURES = "exp_cmp_captures"  # (key, (capture a, capture b))
+ROUTE_TEXT, ROUTE_LAYER = "exp_route_text", "exp_route_layer"
+
+KINDS = ["Head ablation", "Activation patching", "Compare two models", "Expert routing"]
+SOURCES = {"embedded": "Embedded", "hub": "Hub id", "folder": "Folder", "gguf": "GGUF file"}
+
+st.title("Experiments")
+st.caption(
+    "Attention shows where a model looks; an experiment shows what that does. Knock out heads and see "
+    "the next-token prediction change, copy activations from one prompt into another (causal tracing), "
+    "put two models side by side, or see which experts a mixture-of-experts model sends each token to."
+)
+loaded = session.current_model()
+if loaded is None:
+    st.info("No model is loaded. Pick one in the sidebar and press Load.")
+    st.stop()
+kind = kept("radio", "Experiment", EXPERIMENT, KINDS[0], options=KINDS, horizontal=True)
+
+
+def progress_bar(what: str):
+    bar = st.progress(0.0, text=what)
+
+    def report(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"{what}: {done:,} of {total:,}")
+
+    return bar, report
+
+
+def stack_choice(key: str, label: str):
+    """Encoder-decoders: which stack's heads/positions to act on; None otherwise."""
+    both = blocks.stacks(loaded.model)
+    if len(both) < 2:
+        return None
+    return kept("radio", label, key, both[0], options=list(both), horizontal=True)
+
+
+def usable() -> bool:
+    try:
+        experiments.check_model(loaded.model)
+    except experiments.ExperimentError as err:
+        st.warning(md(err))
+        return False
+    return True
+
+
+def ablation() -> None:
+    if not usable():
+        return
+    model = loaded.model
+    seq2seq = loaded.card.family == "encoder-decoder"
+    masked = loaded.card.family == "encoder"
+    left, right = st.columns([3, 1])
+    example = "The capital of France is [MASK]." if masked else "The capital of France is"
+    text = kept("text_area", "Source (the encoder's input)" if seq2seq else "Text", ABL_TEXT, example,
+                left, height=68)  # fmt: skip
+    prefix = ""
+    if seq2seq:
+        prefix = kept("text_input", "Target prefix (the decoder's start; its next token is read)",
+                      ABL_PREFIX, "", left)  # fmt: skip
+    target = kept("text_input", "Target token", ABL_TARGET, " Paris", right,
+                  help="The token whose probability you follow, with its leading space.")  # fmt: skip
+    mode = kept("radio", "Knock out by", ABL_MODE, "zero", right, options=["zero", "mean"],
+                format_func={"zero": "zero", "mean": "its mean output over the text"}.get)  # fmt: skip
+    stack = stack_choice(ABL_STACK, "Heads of the")
+    try:
+        probe = experiments.prepare(loaded, text, prefix, stack)
+        tgt = experiments.target_token(loaded, probe, target)
+    except InputError as err:
+        st.error(md(err))
+        return
+    if tgt.note:
+        st.info(md(tgt.note))
+    where = "the mask" if masked else f"token {probe.position} ({probe.read_tokens[probe.position]})"
+    st.caption(
+        f"{len(probe.ids)} tokens; the prediction read is the next token after {md(where)}. "
+        f"Target: {md(tgt.token)} (id {tgt.token_id})."
+    )
+    n_layers, n_heads = len(blocks.layers(model, probe.stack)), blocks.n_heads(model, probe.stack)
+    options = [f"{layer}.{h}" for layer in range(n_layers) for h in range(n_heads)]
+    cols = st.columns([3, 1])
+    chosen = kept("multiselect", "Heads to knock out (layer.head)", ABL_HEADS, [], cols[0], options=options)
+    k = kept("slider", "Top tokens", ABL_TOP, 10, cols[1], min_value=3, max_value=30)
+    heads = experiments.parse_heads(",".join(chosen))
+    with session.model_turn(loaded, "a head ablation"):
+        result = experiments.ablate(loaded, probe, heads, mode, tgt)
+    before, after = (
+        experiments.top_tokens(loaded, result.before, k),
+        experiments.top_tokens(loaded, result.after, k),
+    )
+    ids = list(dict.fromkeys([i for i, _, _ in before] + [i for i, _, _ in after]))
+    names = {i: s for i, s, _ in before + after}
+    m = st.columns(3)
+    m[0].metric(f"log p({tgt.token}) before", f"{result.before[tgt.token_id]:.3f}")
+    m[1].metric(f"after ({len(heads)} heads off)", f"{result.after[tgt.token_id]:.3f}",
+                delta=f"{result.delta_logprob:+.3f}")  # fmt: skip
+    m[2].metric("KL(before ‖ after)", f"{result.kl:.4f} nats")
+    st.plotly_chart(
+        paired_bars([names[i] for i in ids], [float(np.exp(result.before[i])) for i in ids],
+                    [float(np.exp(result.after[i])) for i in ids], ("all heads on", "heads knocked out"),
+                    "Next-token probabilities before and after"),
+        key="exp-ablation-bars",
+    )  # fmt: skip
+    if not heads:
+        st.caption(
+            "No head chosen: both distributions are the model's own. Pick heads above, or scan them all."
+        )
+
+    st.subheader("Head scan: every head knocked out on its own")
+    total = n_layers * n_heads
+    key = (loaded.request, text, prefix, probe.stack, tgt.token_id, mode)
+    if st.button(f"Scan all {total} heads", type="primary"):
+        bar, report = progress_bar(f"Knocking out each of {total} heads")
+        try:
+            scan = experiments.scan_heads(loaded, probe, tgt, mode, report)
+        except InputError as err:
+            st.error(md(err))
+            return
+        finally:
+            bar.empty()
+        st.session_state[SCAN] = (key, scan)
+    kept_scan = st.session_state.get(SCAN)
+    if kept_scan is None or kept_scan[0] != key:
+        st.caption("Runs the text once per head, in batches; the model stays shared with other sessions.")
+        return
+    scan = kept_scan[1]
+    st.plotly_chart(
+        head_scan_figure(scan.delta_logprob,
+                         f"Change in log p({tgt.token}) when one head is knocked out ({mode})"),
+        key="exp-scan",
+    )  # fmt: skip
+    flat = [(float(scan.delta_logprob[a, b]), a, b) for a in range(n_layers) for b in range(n_heads)]
+    worst = sorted(flat)[:8]
+    st.caption(
+        f"log p({md(tgt.token)}) with every head on: {scan.base_logprob:.3f}. Red heads help the target: "
+        "removing them lowers its probability. The heads that matter most:"
+    )
+    st.dataframe(
+        pd.DataFrame({"layer": [a for _, a, _ in worst], "head": [b for _, _, b in worst],
+                      "Δ log-prob": [round(d, 4) for d, _, _ in worst],
+                      "KL (nats)": [round(float(scan.kl[a, b]), 4) for _, a, b in worst]}),
+        hide_index=True,
+    )  # fmt: skip
+
+
+def patching() -> None:
+    if not usable():
+        return
+    seq2seq = loaded.card.family == "encoder-decoder"
+    if loaded.card.family == "encoder":
+        st.info("Causal tracing reads a next-token prediction: load a decoder or an encoder-decoder.")
+        return
+    a, b = st.columns(2)
+    clean = kept("text_input", "Clean prompt", PATCH_CLEAN, "The Eiffel Tower is in the city of", a)
+    corrupt = kept("text_input", "Corrupted prompt (same number of tokens)", PATCH_CORRUPT,
+                   "The Colosseum is in the city of", b)  # fmt: skip
+    target = kept("text_input", "Target (the clean answer)", PATCH_TARGET, " Paris", a)
+    foil = kept("text_input", "Foil (the corrupted answer)", PATCH_FOIL, " Rome", b)
+    prefix = ""
+    if seq2seq:
+        prefix = kept("text_input", "Target prefix (the decoder's start)", PATCH_PREFIX, "", a)
+    stack = stack_choice(PATCH_STACK, "Patch the")
+    names = list(experiments.KIND_TITLES)
+    kinds = kept("multiselect", "Activations to patch", PATCH_KINDS, names, options=names,
+                 format_func=experiments.KIND_TITLES.get)  # fmt: skip
+    try:
+        pa, pb = experiments.patch_probes(loaded, clean, corrupt, prefix, stack)
+    except InputError as err:
+        st.error(md(err))
+        return
+    st.html(
+        f'<div style="font-size:13px">clean, {len(pa.ids)} tokens: {chips_of(pa)}</div>'
+        f'<div style="font-size:13px">corrupted, {len(pb.ids)} tokens: {chips_of(pb)}</div>'
+    )
+    if not kinds:
+        st.info("Choose at least one kind of activation to patch.")
+        return
+    n_layers = len(blocks.layers(loaded.model, pa.stack))
+    runs = n_layers * len(pa.ids) * len(kinds)
+    key = (loaded.request, clean, corrupt, target, foil, prefix, pa.stack, tuple(kinds))
+    if st.button(f"Patch {runs:,} (layer, position) activations", type="primary"):
+        bar, report = progress_bar("Patching clean activations into the corrupted run")
+        try:
+            result = experiments.patch(loaded, clean, corrupt, target, foil, kinds, report, prefix, stack)
+        except InputError as err:
+            st.error(md(err))
+            return
+        finally:
+            bar.empty()
+        st.session_state[PATCHING] = (key, result)
+    kept_result = st.session_state.get(PATCHING)
+    if kept_result is None or kept_result[0] != key:
+        st.caption(
+            "Each run copies one activation of the clean prompt into the corrupted one and measures how "
+            "much of the logit difference logit(target) − logit(foil) comes back: 1 is the clean answer "
+            "fully restored, 0 no effect."
+        )
+        return
+    result = kept_result[1]
+    for note in (result.target.note, result.foil.note):
+        if note:
+            st.info(md(note))
+    st.caption(
+        f"logit({md(result.target.token)}) − logit({md(result.foil.token)}): clean {result.ld_clean:.3f}, "
+        f"corrupted {result.ld_corrupt:.3f}. Restored share = (patched − corrupted) / (clean − corrupted)."
+    )
+    for name in result.restored:
+        st.plotly_chart(
+            patching_figure(result.restored[name], result.tokens,
+                            f"Restored share: {experiments.KIND_TITLES[name]}"),
+            key=f"exp-patch-{name}",
+        )  # fmt: skip
+
+
+def chips_of(probe) -> str:
+    from explorer.capture import Sequence
+
+    return chips(Sequence(probe.ids, probe.tokens, tuple(False for _ in probe.ids)))
+
+
+def load_other(request: LoadRequest):
+    """Loads (or finds) a model beside this user's, with progress, through the shared registry; the
+    user's own model (the sidebar's) stays as it is. LoadError on failure."""
+    found = session.registry().get(request)
+    if found is not None:
+        return found
+    bar = st.progress(0.0, text=f"Loading {md(request.label)} …")
+
+    def progress(stage: str, fraction: float) -> None:
+        bar.progress(min(max(fraction, 0.0), 1.0), text=f"Loading {md(request.label)}: {md(stage)}")
+
+    try:
+        return session.registry().load(request, progress)
+    finally:
+        bar.empty()
+
+
+def second_model():
+    """The second model's picker; the loaded second model or None."""
+    cols = st.columns([1, 2, 1])
+    source = kept("selectbox", "Second model from", CMP_SOURCE, "embedded", cols[0], options=list(SOURCES),
+                  format_func=SOURCES.get)  # fmt: skip
+    if source == "embedded":
+        from explorer import zoo
+
+        ref = kept("selectbox", "Embedded model", CMP_REF, "gemma-3-270m", cols[1], options=list(zoo.ZOO),
+                   format_func=lambda n: f"{zoo.ZOO[n].title} · {zoo.ZOO[n].family}")  # fmt: skip
+    else:
+        ref = kept("text_input", SOURCES[source], f"{CMP_REF}_{source}", "", cols[1])
+    cols[2].write("")
+    if cols[2].button("Load second model", width="stretch"):
+        request = LoadRequest(source, (ref or "").strip())
+        try:
+            load_other(request)
+        except LoadError as err:
+            st.error(md(err))
+            return None
+        st.session_state[CMP_REQUEST] = request
+    request = st.session_state.get(CMP_REQUEST)
+    other = session.registry().get(request) if request is not None else None
+    if other is None:
+        st.info("Load a second model to compare (your model in the sidebar stays as it is).")
+    return other
+
+
+def comparison() -> None:
+    other = second_model()
+    if other is None:
+        return
+    text = kept("text_area", "Text", CMP_TEXT, "The capital of France is", height=68)
+    key = (loaded.request, other.request, text)
+    kept_caps = st.session_state.get(CMP_CAPTURES)
+    if kept_caps is None or kept_caps[0] != key:
+        try:
+            with session.model_turn(loaded, "a comparison"):
+                cap_a = capture(loaded, text, max_tokens=512)
+            with session.model_turn(other, "a comparison"):
+                cap_b = capture(other, text, max_tokens=512)
+        except InputError as err:
+            st.error(md(err))
+            return
+        st.session_state[CMP_CAPTURES] = (key, (cap_a, cap_b))
+    cap_a, cap_b = st.session_state[CMP_CAPTURES][1]
+    name_a, name_b = loaded.card.name, other.card.name
+    cols = st.columns(2)
+    for col, name, cap in ((cols[0], name_a, cap_a), (cols[1], name_b, cap_b)):
+        col.markdown(f"**{md(name)}**: {len(cap.sequence)} tokens")
+        col.html(f'<div style="font-size:13px">{chips(cap.sequence)}</div>')
+    if cap_a.next_token_logits is not None and cap_b.next_token_logits is not None:
+        rows = compare.next_tokens(loaded, cap_a.next_token_logits, other, cap_b.next_token_logits, k=8)
+        st.plotly_chart(
+            paired_bars([r.token for r in rows], [r.prob_a for r in rows], [r.prob_b for r in rows],
+                        (name_a, name_b), "Next-token probabilities, matched by the token's text"),
+            key="exp-compare-bars",
+        )  # fmt: skip
+        st.caption(
+            "The vocabularies differ, so tokens are matched by their text; no bar: that text is not one "
+            "token of that model."
+        )
+    else:
+        st.info("Next-token distributions need two models with a language-model head.")
+    cols = st.columns(2)
+    layers, heads = st.session_state.setdefault(CMP_LAYERS, {}), st.session_state.setdefault(CMP_HEADS, {})
+    for i, (col, name, cap) in enumerate(((cols[0], name_a, cap_a), (cols[1], name_b, cap_b))):
+        s = cap.attention_sets()[0] if cap.family != "encoder-decoder" else cap.attention_set("decoder")
+        top_layer, top_head = s.n_layers - 1, s.n_heads - 1
+        layer = col.selectbox(
+            f"Layer of {name}", list(range(s.n_layers)), index=min(layers.get(i, 0), top_layer),
+            key=f"exp-cmp-layer-{i}",
+        )  # fmt: skip
+        head = col.selectbox(
+            f"Head of {name}", list(range(s.n_heads)), index=min(heads.get(i, 0), top_head),
+            key=f"exp-cmp-head-{i}",
+        )  # fmt: skip
+        layers[i], heads[i] = layer, head
+        col.plotly_chart(
+            token_heatmap(s.maps[layer, head], s.queries.tokens, s.keys.tokens,
+                          f"{md(name)}: layer {layer}, head {head}"),
+            key=f"exp-compare-attn-{i}",
+        )  # fmt: skip
+
+
+def expert_routing() -> None:
+    if not routing.has_experts(loaded.model):
+        st.info(
+            f"{md(loaded.card.name)}: this model has no experts. Routing is for mixture-of-experts models "
+            f"({routing.SUPPORTED}); load one with the sidebar."
+        )
+        return
+    text = kept("text_area", "Text", ROUTE_TEXT, "The capital of France is Paris.", height=68)
+    try:
+        with session.model_turn(loaded, "expert routing"):
+            r = routing.route(loaded, text)
+    except InputError as err:
+        st.error(md(err))
+        return
+    layer = kept("selectbox", "Layer", ROUTE_LAYER, r.layers[0], options=list(r.layers))
+    i = r.layers.index(layer)
+    st.plotly_chart(
+        routing_figure(r.weights[i], r.tokens, f"Layer {layer}: the top-{r.top_k} experts of each token"),
+        key="exp-routing",
+    )
+    st.plotly_chart(
+        usage_figure(r.usage(), r.layers, "Tokens sent to each expert, per layer"), key="exp-usage"
+    )
+    st.caption(
+        f"{r.n_experts} experts, {r.top_k} per token. Weight: the router's softmax over all experts, its "
+        f"top {r.top_k} renormalized as the model does; empty cells were not chosen."
+    )
+
+
+{KINDS[0]: ablation, KINDS[1]: patching, KINDS[2]: comparison, KINDS[3]: expert_routing}[kind]()
