@@ -189,6 +189,93 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablate(args: argparse.Namespace) -> int:
+    """Knocks out heads (--heads) or scans every head in turn; prints the effect on --target."""
+    from explorer import experiments
+    from explorer.loading import load_model
+
+    loaded = load_model(_request(args))
+    probe = experiments.prepare(loaded, args.text, args.prefix or "", args.stack)
+    target = experiments.target_token(loaded, probe, args.target)
+    if target.note:
+        print(f"note: {target.note}", file=sys.stderr)
+    if args.heads:
+        heads = experiments.parse_heads(args.heads)
+        result = experiments.ablate(loaded, probe, heads, args.mode, target)
+        row = {
+            "heads": [{"layer": a, "head": b} for a, b in heads],
+            "mode": args.mode,
+            "target": target.token,
+            "target_id": target.token_id,
+            "logprob_before": float(result.before[target.token_id]),
+            "logprob_after": float(result.after[target.token_id]),
+            "delta_logprob": result.delta_logprob,
+            "kl": result.kl,
+            "top_before": [
+                {"token": t, "prob": p} for _, t, p in experiments.top_tokens(loaded, result.before, 5)
+            ],
+            "top_after": [
+                {"token": t, "prob": p} for _, t, p in experiments.top_tokens(loaded, result.after, 5)
+            ],
+        }
+        rows = [row]
+    else:
+        scan = experiments.scan_heads(loaded, probe, target, args.mode)
+        layers, heads = scan.delta_logprob.shape
+        rows = [
+            {"stack": scan.stack, "layer": a, "head": b, "delta_logprob": float(scan.delta_logprob[a, b]),
+             "kl": float(scan.kl[a, b])}
+            for a in range(layers) for b in range(heads)
+        ]  # fmt: skip
+    for row in rows:
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False))
+        elif "layer" in row:
+            print(
+                f"L{row['layer']:<3} H{row['head']:<3} Δlogp {row['delta_logprob']:+.4f}  KL {row['kl']:.4f}"
+            )
+        else:
+            print(json.dumps(row, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _patch(args: argparse.Namespace) -> int:
+    """Activation patching from --clean into --corrupt; one row per kind, layer and position."""
+    from explorer import experiments
+    from explorer.loading import load_model
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in experiments.KINDS]
+    if unknown or not kinds:
+        raise InputError(
+            f"--kinds takes {', '.join(experiments.KINDS)} (comma-separated), not {args.kinds!r}."
+        )
+    loaded = load_model(_request(args))
+    result = experiments.patch(
+        loaded,
+        args.clean,
+        args.corrupt,
+        args.target,
+        args.foil,
+        kinds,
+        prefix=args.prefix or "",
+        stack=args.stack,
+    )
+    for note in (result.target.note, result.foil.note):
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    for kind, values in result.restored.items():
+        for layer in range(values.shape[0]):
+            for pos, token in enumerate(result.tokens):
+                row = {"kind": kind, "layer": layer, "position": pos, "token": token,
+                       "restored": float(values[layer, pos])}  # fmt: skip
+                if args.json:
+                    print(json.dumps(row, ensure_ascii=False))
+                else:
+                    print(f"{kind:<5} L{layer:<3} {pos:>3} {token!r:<16} {row['restored']:+.4f}")
+    return 0
+
+
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     """MODEL and how it is loaded: the same choices as the sidebar's."""
     p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
@@ -265,6 +352,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="put the prompt in the model's chat template")
     p.add_argument("--json", action="store_true", help="one JSON object per step")
     p.set_defaults(run=_generate)
+
+    p = sub.add_parser("ablate", help="knock out attention heads; without --heads, scan every head")
+    _model_arguments(p)
+    p.add_argument("--text", required=True, help="the text (encoder-decoders: the source)")
+    p.add_argument("--target", required=True, help="the next token to follow, e.g. ' Paris'")
+    p.add_argument("--heads", help="LAYER.HEAD,... to knock out together (default: scan each head alone)")
+    p.add_argument("--mode", default="zero", choices=["zero", "mean"], help="zero, or the head's mean output")
+    p.add_argument("--prefix", help="encoder-decoders: the decoder's prefix")
+    p.add_argument("--stack", choices=["encoder", "decoder"], help="encoder-decoders: whose heads")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(run=_ablate)
+
+    p = sub.add_parser(
+        "patch", help="activation patching (causal tracing) from a clean into a corrupted prompt"
+    )
+    _model_arguments(p)
+    p.add_argument("--clean", required=True, help="the clean prompt")
+    p.add_argument("--corrupt", required=True, help="the corrupted prompt, with the same number of tokens")
+    p.add_argument("--target", required=True, help="the clean answer, e.g. ' Paris'")
+    p.add_argument("--foil", required=True, help="the corrupted answer, e.g. ' Rome'")
+    p.add_argument("--kinds", default="resid,attn,mlp", help="resid, attn, mlp (comma-separated)")
+    p.add_argument("--prefix", help="encoder-decoders: the decoder's prefix")
+    p.add_argument("--stack", choices=["encoder", "decoder"], help="encoder-decoders: which stack to patch")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(run=_patch)
 
     p = sub.add_parser("prepare", help="convert the embedded GGUF models once (make run does this)")
     p.add_argument("names", nargs="*", help="embedded model names (default: all)")

@@ -233,3 +233,43 @@ def test_a_model_without_experts_says_so(tiny_loaded):
     assert not routing.has_experts(loaded.model)
     with pytest.raises(routing.NoExperts, match="has no experts"):
         routing.route(loaded, CLEAN)
+
+
+def test_ablate_and_patch_commands(tiny_dir, tiny_loaded):
+    import json
+
+    from tests.unit.test_capture import _cli
+
+    folder = str(tiny_dir("gpt2"))
+    done = _cli("ablate", folder, "--text", CLEAN, "--target", " is", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    loaded = tiny_loaded("gpt2")
+    probe = experiments.prepare(loaded, CLEAN)
+    scan = experiments.scan_heads(loaded, probe, experiments.target_token(loaded, probe, " is"))
+    assert [(r["layer"], r["head"]) for r in rows] == [(a, b) for a in range(2) for b in range(4)]
+    for r in rows:
+        assert r["delta_logprob"] == pytest.approx(float(scan.delta_logprob[r["layer"], r["head"]]), abs=1e-4)
+
+    done = _cli("ablate", folder, "--text", CLEAN, "--target", " is", "--heads", "1.2,0.0", "--json")
+    (row,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert row["heads"] == [{"layer": 1, "head": 2}, {"layer": 0, "head": 0}]
+    assert row["delta_logprob"] == pytest.approx(row["logprob_after"] - row["logprob_before"], abs=1e-5)
+
+    done = _cli("patch", folder, "--clean", CLEAN, "--corrupt", CORRUPT, "--target", " is", "--foil", " was",
+                "--kinds", "resid", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(rows) == 2 * 6 and {r["kind"] for r in rows} == {"resid"}
+    assert [r["token"] for r in rows[:6]] == CORRUPT.split()
+    result = experiments.patch(loaded, CLEAN, CORRUPT, " is", " was", kinds=("resid",))
+    for r in rows:
+        assert r["restored"] == pytest.approx(
+            float(result.restored["resid"][r["layer"], r["position"]]), abs=1e-4
+        )
+
+    done = _cli(
+        "patch", folder, "--clean", CLEAN, "--corrupt", "the dog", "--target", " is", "--foil", " was"
+    )
+    assert done.returncode == 1 and done.stderr.startswith("error: The clean prompt is 6 tokens")
+    assert len(done.stderr.strip().splitlines()) == 1
