@@ -65,6 +65,7 @@ bench: setup models browser
 	$(PY) bench/attention.py
 	$(PY) bench/stepper.py
 	$(PY) bench/tasks.py
+	$(PY) bench/sessions.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,6 +10,7 @@ import streamlit as st
 
 from explorer import links, zoo
 from explorer.capture import Capture, capture
+from explorer.devices import release_freed_memory
 from explorer.display import md
 from explorer.errors import InputError, LoadError
 from explorer.links import Param
@@ -202,6 +203,7 @@ def capture_for(loaded: LoadedModel, text: str, target: str | None) -> Capture |
                 with st.spinner(f"Running {md(loaded.card.name)} and keeping every attention map …"):
                     found = capture(loaded, text, target=target or None, max_bytes=store().budget)
                 store().put(key, found, found.nbytes)
+                release_freed_memory()  # the run's temporaries, and any capture the store dropped
     except InputError as err:
         st.error(md(err))
         return None

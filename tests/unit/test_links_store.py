@@ -21,7 +21,13 @@ SCHEMA = (
 
 
 def test_values_survive_a_round_trip_through_the_url():
-    values = {"t": "naïve café 🙂 ‫שלום‬ \x07 & ?=#", "l": 3, "temp": 0.7, "c": False, "p": ((5, False), (9, True))}
+    values = {
+        "t": "naïve café 🙂 ‫שלום‬ \x07 & ?=#",
+        "l": 3,
+        "temp": 0.7,
+        "c": False,
+        "p": ((5, False), (9, True)),
+    }
     params, left_out = links.write(SCHEMA, values)
     assert left_out == [] and all(isinstance(v, str) for v in params.values())
     back, problems = links.read(SCHEMA, params)
