@@ -66,6 +66,7 @@ bench: setup models browser
 	$(PY) bench/stepper.py
 	$(PY) bench/tasks.py
 	$(PY) bench/sessions.py
+	$(PY) bench/experiments.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,62 @@
+"""The Experiments page in a real browser, on the default embedded decoder (SmolLM2): a head scan of all
+270 heads, then activation patching of the Eiffel Tower / Colosseum pair."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import screenshot, wait_for_app_run
+from tests.e2e.test_from_scratch import open_page
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+HOSTILE = "The </script><b>x</b> <img src=x onerror=alert(1)> is"
+
+
+def test_head_scan_and_patching_on_smollm2(page, app_url):
+    open_page(page, app_url, "Experiments")
+    charts = page.get_by_test_id("stPlotlyChart")
+    bars = charts.filter(has_text="Next-token probabilities before and after")
+    expect(bars.locator(".main-svg").first).to_be_visible(timeout=60_000)
+    assert "␣Paris" in " ".join(bars.locator("text").all_text_contents())
+
+    page.get_by_role("button", name="Scan all 270 heads").click()
+    scan = charts.filter(has_text="when one head is knocked out")
+    expect(scan.locator(".main-svg").first).to_be_visible(timeout=300_000)
+    wait_for_app_run(page)
+    ticks = scan.locator("text").all_text_contents()
+    assert "L29" in ticks and "H8" in ticks  # 30 layers x 9 heads
+    table = page.get_by_test_id("stDataFrame")
+    expect(table).to_have_count(1)
+    scan.scroll_into_view_if_needed()
+    screenshot(page, "experiments_head_scan")
+
+    page.get_by_test_id("stRadio").get_by_text("Activation patching").click()
+    expect(page.get_by_role("textbox", name="Clean prompt")).to_be_visible(timeout=60_000)
+    wait_for_app_run(page)
+    corrupt = page.get_by_role("textbox", name="Corrupted prompt (same number of tokens)")
+    corrupt.fill(HOSTILE)
+    corrupt.press("Enter")
+    error = page.get_by_test_id("stAlertContentError").filter(has_text="The clean prompt is 9 tokens")
+    expect(error).to_be_visible(timeout=60_000)
+    shown = error.inner_text()
+    assert "corrupted one 23" in shown and "</" in shown and "img" in shown  # the tokens show as text
+    expect(page.locator("img[src='x']")).to_have_count(0)
+    corrupt.fill("The Colosseum is in the city of")
+    corrupt.press("Enter")
+    button = page.get_by_role("button", name="Patch 810 (layer, position) activations")
+    expect(button).to_be_visible(timeout=60_000)
+    wait_for_app_run(page)
+    button.click()
+    heatmaps = charts.filter(has_text="Restored share")
+    expect(heatmaps).to_have_count(3, timeout=400_000)
+    wait_for_app_run(page)
+    first = heatmaps.first
+    expect(first.locator(".main-svg").first).to_be_visible()
+    ticks = " ".join(first.locator("text").all_text_contents())
+    assert "␣Col" in ticks and "osse" in ticks and "L29" in ticks
+    expect(page.get_by_text("clean 2.857", exact=False)).to_be_visible()
+    first.scroll_into_view_if_needed()
+    screenshot(page, "experiments_patching")
+    assert page.dialogs == []
