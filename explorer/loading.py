@@ -22,6 +22,7 @@ import torch
 from explorer import convert, devices, zoo
 from explorer.card import ModelCard, build_card, detect_family
 from explorer.errors import LoadError, first_line
+from explorer.turns import TurnLock
 
 Progress = Callable[[str, float], None]
 SOURCES = ("embedded", "hub", "folder", "gguf")
@@ -66,7 +67,7 @@ class LoadedModel:
     card: ModelCard
     load_seconds: float
     weights_from: str  # the folder or hub id the weights were read from
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    lock: TurnLock = field(default_factory=TurnLock, repr=False)  # sessions take turns, first come first
 
 
 def load_model(

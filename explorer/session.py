@@ -167,9 +167,10 @@ def current_model() -> LoadedModel | None:
 
 @contextmanager
 def model_turn(loaded: LoadedModel, what: str = "") -> Iterator[None]:
-    """Holds the shared model's lock for this session's work on it. Sessions take turns on one model
-    (every session's script runs in its own thread); one that has to wait is told so while it waits.
-    The lock is reentrant, so explorer code that takes it again inside runs as usual."""
+    """Holds the shared model's lock (explorer.turns.TurnLock) for this session's work on it. Sessions
+    take turns on one model, first come first served (every session's script runs in its own thread);
+    one that has to wait is told so while it waits. The lock is reentrant, so explorer code that takes
+    it again inside runs as usual."""
     if not loaded.lock.acquire(blocking=False):
         note = st.empty()
         note.info(

@@ -509,8 +509,13 @@ def run(loaded: LoadedModel, task: str, given: TaskInput, progress: Progress | N
     }[task]
     notes: list[str] = []
     started = time.perf_counter()
+
+    def step(fraction: float, stage: str) -> None:  # between two steps: sessions waiting go first
+        progress(fraction, stage)
+        loaded.lock.yield_turn()
+
     with loaded.lock, torch.inference_mode():
-        items = runner(loaded, texts, given, notes, progress)
+        items = runner(loaded, texts, given, notes, step)
     return TaskResult(
         task=task,
         model=loaded.card.name,

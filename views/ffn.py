@@ -51,7 +51,7 @@ if cached is not None and cached[0] == key:
     cap = cached[1]
 else:
     try:
-        with st.spinner("Running the model once, recording the feed-forward input …"):
+        with session.model_turn(loaded, "a run"), st.spinner("Running the model, recording the FFN input …"):
             cap = ffn.capture(loaded, text, limit=MAX_TOKENS, layer=layer)
     except blocks.TextError as err:
         st.error(md(err))

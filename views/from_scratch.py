@@ -57,7 +57,7 @@ if cached is not None and cached[0] == key:
     cap = cached[1]
 else:
     try:
-        with st.spinner("Running the model once, recording the attention layer's input …"):
+        with session.model_turn(loaded, "a run"), st.spinner("Running the model, recording its input …"):
             cap = scratch.capture(loaded, text, limit=MAX_TOKENS, layer=layer)[stack]
     except blocks.TextError as err:
         st.error(md(err))

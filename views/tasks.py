@@ -188,7 +188,8 @@ def _run(loaded, task: str, given: tasks.TaskInput) -> None:
         bar.progress(min(max(fraction, 0.0), 1.0), text=md(stage))
 
     try:
-        result = tasks.run(loaded, task, given, progress)
+        with session.model_turn(loaded, "a task"):
+            result = tasks.run(loaded, task, given, progress)
     except tasks.TaskError as err:
         st.session_state[ERROR] = (task, str(err))
         st.session_state.pop(RESULT, None)

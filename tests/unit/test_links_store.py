@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -10,6 +12,7 @@ from explorer import links
 from explorer.links import Param
 from explorer.loading import LoadRequest
 from explorer.store import CaptureStore
+from explorer.turns import TurnLock
 
 SCHEMA = (
     Param("text", "t"),
@@ -121,3 +124,72 @@ def test_the_store_is_safe_under_concurrent_sessions():
     for t in threads:
         t.join()
     assert store.used <= store.budget and len(store) <= 50
+
+
+def test_sessions_take_turns_on_the_model_in_the_order_they_came():
+    lock = TurnLock()
+    order = []
+    started = threading.Barrier(2)
+
+    def long_work():
+        with lock:
+            started.wait()
+            while lock.waiting < 2:  # the two sessions below are in line
+                time.sleep(0.001)
+            for step in range(3):
+                order.append(f"long {step}")
+                lock.yield_turn()  # between two steps: those waiting go first
+
+    def short(name):
+        with lock:
+            with lock:  # reentrant, as explorer code inside a page's turn takes it again
+                order.append(name)
+
+    worker = threading.Thread(target=long_work)
+    worker.start()
+    started.wait()
+    first = threading.Thread(target=short, args=("first",))
+    first.start()
+    while lock.waiting < 1:
+        time.sleep(0.001)
+    second = threading.Thread(target=short, args=("second",))
+    second.start()
+    for t in (worker, first, second):
+        t.join(timeout=10)
+    assert order == ["long 0", "first", "second", "long 1", "long 2"]
+    assert lock.acquire(blocking=False) and not lock.waiting
+    lock.release()
+    with pytest.raises(RuntimeError):
+        lock.release()
+
+
+def test_a_session_that_waits_for_the_model_is_told(monkeypatch):
+    from explorer import session
+
+    shown = []
+
+    class Note:
+        def info(self, text):
+            shown.append(text)
+
+        def empty(self):
+            shown.append(None)
+
+    monkeypatch.setattr(session.st, "empty", Note)
+    loaded = SimpleNamespace(lock=TurnLock(), card=SimpleNamespace(name="smollm2"))
+    with session.model_turn(loaded, "a capture"):
+        pass
+    assert shown == []  # nobody else on the model: no message
+    holding = threading.Event()
+
+    def other_session():
+        with loaded.lock:
+            holding.set()
+            time.sleep(0.3)
+
+    threading.Thread(target=other_session).start()
+    holding.wait()
+    with session.model_turn(loaded, "a capture"):
+        assert loaded.lock._is_owned()
+    assert shown[0].startswith("Waiting for smollm2: another session") and "(a capture)" in shown[0]
+    assert shown[-1] is None  # the message goes once it is this session's turn
