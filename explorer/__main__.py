@@ -276,6 +276,36 @@ def _patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flow(args: argparse.Namespace) -> int:
+    """Information flow: one JSON object per (layer, position) with the importance of every term of its
+    residual updates; with --position, only the rows on the routes to that position (at --threshold)."""
+    from explorer import blocks, flow
+    from explorer.loading import load_model
+
+    loaded = load_model(_request(args))
+    try:
+        result = flow.compute(loaded, args.text, args.target)
+        if args.position is not None:
+            routes = flow.trace(result, args.position, args.threshold)
+            n_sub = len(result.sublayers)
+            on_route = {(lvl // n_sub, p) for lvl, p in routes.nodes if lvl < result.n_layers * n_sub}
+    except blocks.UnsupportedModel as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for row in result.rows():
+        if args.position is None or (row["layer"], row["position"]) in on_route:
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                best = max((t for t in row["terms"] if "head" not in t), key=lambda t: t["importance"])
+                what = best["kind"] + (f" from {best['source']}" if "source" in best else "")
+                print(
+                    f"layer {row['layer']:>3}  position {row['position']:>4}  strongest term: {what} "
+                    f"({best['sublayer']}) {best['importance']:.3f}"
+                )
+    return 0
+
+
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     """MODEL and how it is loaded: the same choices as the sidebar's."""
     p.add_argument("model", help="embedded name, Hugging Face Hub id, checkpoint folder or .gguf file")
@@ -377,6 +407,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stack", choices=["encoder", "decoder"], help="encoder-decoders: which stack to patch")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(run=_patch)
+
+    p = sub.add_parser("flow", help="information flow: importance of each term of each residual update")
+    _model_arguments(p)
+    p.add_argument("--text", required=True, help="the text (for encoder-decoders: the source)")
+    p.add_argument("--target", help="encoder-decoders: the decoder's prefix (default: its own greedy output)")
+    p.add_argument("--position", type=int, help="only the rows on the routes to this position")
+    p.add_argument(
+        "--threshold", type=float, default=0.04, help="with --position: the importance an edge needs"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per (layer, position)")
+    p.set_defaults(run=_flow)
 
     p = sub.add_parser("prepare", help="convert the embedded GGUF models once (make run does this)")
     p.add_argument("names", nargs="*", help="embedded model names (default: all)")
