@@ -84,17 +84,18 @@ def main() -> None:
             format_func=lambda i: f"{i}: {cap.sequence.tokens[i]}",
             max_selections=LENS_MAX_POSITIONS,
         )
-        try:
-            with st.spinner("Reading every layer through the unembedding …"):
+
+        def lens_figure():
+            with session.model_turn(loaded, "the logit lens"), st.spinner("Unembedding every layer …"):
                 lens = logit_lens(loaded, cap, sorted(positions))
+            return logit_lens_figure(lens.top_probs, lens.top_tokens, cap.sequence.tokens, lens.positions)
+
+        try:  # kept with the capture: coming back to these positions runs nothing
+            fig = session.figure(cap, ("logit lens", tuple(sorted(positions))), lens_figure)
         except InputError as err:
             st.warning(md(err))
             return
-        st.plotly_chart(
-            logit_lens_figure(lens.top_probs, lens.top_tokens, cap.sequence.tokens, lens.positions),
-            width="content",
-            key="logit_lens",
-        )
+        st.plotly_chart(fig, width="content", key="logit_lens")
         st.caption(
             "Each layer's hidden state put through the model's own final norm and unembedding, as if it were "
             "the last layer (nostalgebraist's logit lens). The last row is the model's real prediction."
