@@ -6,7 +6,6 @@ import streamlit as st
 
 from explorer import blocks, compare, experiments, routing, session
 from explorer.attention_figures import token_heatmap
-from explorer.capture import capture
 from explorer.display import md
 from explorer.errors import InputError, LoadError
 from explorer.experiment_figures import (
@@ -29,7 +28,6 @@ PATCH_STACK, PATCH_KINDS = "exp_patch_stack", "exp_patch_kinds"
 PATCHING = "exp_patching"  # (key, Patching) of this user's last patching run
 CMP_SOURCE, CMP_REF, CMP_REQUEST = "exp_cmp_source", "exp_cmp_ref", "exp_cmp_request"
 CMP_TEXT, CMP_LAYERS, CMP_HEADS = "exp_cmp_text", "exp_cmp_layers", "exp_cmp_heads"
-CMP_CAPTURES = "exp_cmp_captures"  # (key, (capture a, capture b))
 ROUTE_TEXT, ROUTE_LAYER = "exp_route_text", "exp_route_layer"
 
 KINDS = ["Head ablation", "Activation patching", "Compare two models", "Expert routing"]
@@ -298,19 +296,10 @@ def comparison() -> None:
     if other is None:
         return
     text = kept("text_area", "Text", CMP_TEXT, "The capital of France is", height=68)
-    key = (loaded.request, other.request, text)
-    kept_caps = st.session_state.get(CMP_CAPTURES)
-    if kept_caps is None or kept_caps[0] != key:
-        try:
-            with session.model_turn(loaded, "a comparison"):
-                cap_a = capture(loaded, text, max_tokens=512)
-            with session.model_turn(other, "a comparison"):
-                cap_b = capture(other, text, max_tokens=512)
-        except InputError as err:
-            st.error(md(err))
-            return
-        st.session_state[CMP_CAPTURES] = (key, (cap_a, cap_b))
-    cap_a, cap_b = st.session_state[CMP_CAPTURES][1]
+    cap_a = session.capture_for(loaded, text, None)  # kept in the server's store of captures
+    cap_b = session.capture_for(other, text, None) if cap_a is not None else None
+    if cap_a is None or cap_b is None:
+        return
     name_a, name_b = loaded.card.name, other.card.name
     cols = st.columns(2)
     for col, name, cap in ((cols[0], name_a, cap_a), (cols[1], name_b, cap_b)):

@@ -60,3 +60,26 @@ def test_head_scan_and_patching_on_smollm2(page, app_url):
     first.scroll_into_view_if_needed()
     screenshot(page, "experiments_patching")
     assert page.dialogs == []
+
+
+def test_compare_smollm2_with_gemma_and_routing_message(page, app_url):
+    open_page(page, app_url, "Experiments")
+    page.get_by_test_id("stRadio").get_by_text("Compare two models").click()
+    load = page.get_by_role("button", name="Load second model")
+    expect(load).to_be_visible(timeout=60_000)
+    wait_for_app_run(page)
+    load.click()  # the default second model: Gemma 3 270M
+    charts = page.get_by_test_id("stPlotlyChart")
+    bars = charts.filter(has_text="Next-token probabilities, matched by the token's text")
+    expect(bars.locator(".main-svg").first).to_be_visible(timeout=300_000)
+    wait_for_app_run(page)
+    legend = " ".join(bars.locator("text").all_text_contents())
+    assert "smollm2-135m-instruct" in legend and "gemma-3-270m" in legend and "␣Paris" in legend
+    maps = charts.filter(has_text="layer 0, head 0")
+    expect(maps).to_have_count(2)
+    expect(page.get_by_text("Loaded: smollm2-135m-instruct (embedded)")).to_be_visible()  # still the user's
+    screenshot(page, "experiments_compare")
+
+    page.get_by_test_id("stRadio").get_by_text("Expert routing").click()
+    expect(page.get_by_text("this model has no experts")).to_be_visible(timeout=60_000)
+    assert page.dialogs == []
