@@ -7,12 +7,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ASSETS := $(VENV)/share/transformer-explorer/js/.fetched
 PORT ?= 8501
+# ADDRESS=0.0.0.0 serves a classroom: every machine that reaches this one
+ADDRESS ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: run test test-unit test-app test-e2e test-slow lint setup models browser bench clean
 
 run: setup models
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(PY) -m streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
 
 test: setup models browser
 	$(PY) -m pytest
