@@ -138,3 +138,15 @@ def test_an_encoder_decoder_without_a_target_reads_its_own_output(tiny_dir):
     at.text_area(key=f"{session.GEN_SOURCE}_box").input(" ")
     run(at)
     assert "Type a source text" in " ".join(e.value for e in at.main.error)
+
+
+def test_a_1_mb_prompt_on_the_generate_page_gets_a_message():
+    at = app()
+    at.switch_page(GENERATE)
+    run(at)
+    at.text_area(key=f"{session.GEN_PROMPT}_box").input("a " * 2**19)
+    run(at)
+    assert "exceed the model's context length (8192)" in " ".join(e.value for e in at.main.error)
+    at.text_area(key=f"{session.GEN_PROMPT}_box").input("Name a colour.")
+    run(at)
+    assert not at.main.error and at.session_state[session.STEPPER][1].prompt_tokens
