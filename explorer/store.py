@@ -116,6 +116,14 @@ class CaptureStore:
             figures.move_to_end(key)
         return found
 
+    def forget(self, keep: Callable[[Hashable], bool]) -> int:
+        """Drops the captures whose key `keep` rejects (e.g. those of a model just unloaded); how many."""
+        with self._guard:
+            gone = [k for k in self._entries if not keep(k)]
+            for k in gone:
+                del self._entries[k]
+            return len(gone)
+
     def clear(self) -> None:
         with self._guard:
             self._entries.clear()

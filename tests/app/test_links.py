@@ -132,3 +132,13 @@ def test_a_generate_link_replays_its_tokens(tiny_dir):
     assert [s.token_id for s in theirs.steps] == [s.token_id for s in mine.steps]
     assert [s.how for s in theirs.steps] == [s.how for s in mine.steps] == ["greedy", "greedy", "picked"]
     assert [s.prob for s in theirs.steps] == [s.prob for s in mine.steps]
+
+
+def test_unloading_a_model_drops_its_captures(tiny_dir):
+    at = opened({"model": str(tiny_dir("gpt2")), "via": "folder", "text": TEXT}, ATTENTION)
+    key = at.session_state[session.CAPTURE]
+    assert key in session.store()
+    unload = [b for b in at.sidebar.button if b.label == "Unload"]
+    unload[-1].click()  # the tiny GPT-2, loaded after the default model
+    run(at)
+    assert key not in session.store() and len(session.registry().loaded()) == 1
