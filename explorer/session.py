@@ -257,9 +257,10 @@ def checked(key: str) -> None:
     st.session_state.get(LINK_KEYS, set()).discard(key)
 
 
-def write_link(keys: tuple[str, ...], **values) -> list[str]:
+def write_link(keys: tuple[str, ...], **values) -> tuple[dict[str, str], list[str]]:
     """Puts this user's model and the values under `keys` (or given in `values`, by session key) in the
-    URL, so that a copied link opens the same picture. Returns the names of texts too long to carry."""
+    URL, so that a copied link opens the same picture. Returns the query parameters, and the names of
+    texts too long to carry."""
     request = current_request()
     params = links.model_params(request) if request is not None else {}
     chosen = {k: values[k] if k in values else st.session_state.get(k) for k in keys}
@@ -267,7 +268,7 @@ def write_link(keys: tuple[str, ...], **values) -> list[str]:
     params.update(carried)
     if st.query_params.to_dict() != params:
         st.query_params.from_dict(params)
-    return left_out
+    return params, left_out
 
 
 def unload(request: LoadRequest) -> bool:

@@ -1,6 +1,7 @@
 """What the pages share: values kept across page visits, the text boxes, the token line, the capture."""
 
 from html import escape
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -137,9 +138,14 @@ def capture_page(what: str):
 def share(*keys: str, **values) -> None:
     """Keeps this page's picture in its URL (the model and the values under `keys`), so that a copied
     link opens it for someone else; says when the text is too long to travel in a link."""
-    left_out = session.write_link(keys, **values)
+    params, left_out = session.write_link(keys, **values)
     if left_out:
         st.caption(
             f"The link in the address bar carries this page's model and choices but not the "
             f"{' or '.join(left_out)} (longer than {links.TEXT_LIMIT:,} characters)."
         )
+    url = st.context.url  # this page's address as the browser sees it (None in tests without one)
+    if url:
+        with st.sidebar.expander("Link to this view"):
+            st.code(f"{url}?{urlencode(params)}", language=None, wrap_lines=True)
+            st.caption("Copy it (button at its top right) and send it: it opens this picture on this server.")

@@ -92,8 +92,10 @@ def test_a_copied_link_opens_the_same_view(browser, app_url):
     layer.locator("input").press("Enter")
     wait_for_app_run(first)
     expect(first.get_by_test_id("stPlotlyChart").filter(has_text="layer 12, head 0")).to_be_visible()
-    link = first.url
-    assert "layer=12" in link and "text=Teachers" in link
+    assert "layer=12" in first.url and "text=Teachers" in first.url  # the address bar follows the view
+    first.get_by_test_id("stSidebar").get_by_text("Link to this view").click()
+    link = first.get_by_test_id("stSidebar").get_by_test_id("stCode").inner_text().strip()
+    assert link.startswith(f"{app_url}/attention?") and "layer=12" in link
     mine = read_map(first)
 
     second = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
