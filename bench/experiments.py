@@ -1,8 +1,9 @@
 """What a full head scan costs, on SmolLM2 (30 layers x 9 heads = 270 heads).
 
-- scan_ratio: the median over interleaved rounds of the time of `experiments.scan_heads` (every head
-  knocked out on its own, zero ablation, a 16-token text; rows batched) over 270 times one plain forward
-  pass of the same text (the median of the forwards run just before and after that scan). Target: at most 0.5.
+- scan_ratio: the time of `experiments.scan_heads` (every head knocked out on its own, zero ablation, a
+  16-token text; rows batched) over 270 times one plain forward pass of the same text; both the best of
+  interleaved rounds (scans between groups of forwards), as other work on a shared machine only slows
+  a run down. Target: at most 0.5.
 - patch_seconds: one activation-patching run (residual stream, attention and FFN outputs at every layer
   and position) of two 9-token prompts, for scale.
 
@@ -49,17 +50,16 @@ def main() -> None:
 
     forward()  # warm up
     experiments.scan_heads(loaded, probe, target)
-    # Interleaved rounds (others share this machine): each round's scan over the forwards around it.
-    ratios, plains, scans = [], [], []
+    # Interleaved rounds: others share this machine (runs of the same code varied 5-fold here), so each
+    # figure is its best of the run: the fastest scan over 270 times the fastest forward.
+    forwards, scans = [], []
     for _ in range(ROUNDS):
-        before = [forward() for _ in range(REPEATS)]
+        forwards += [forward() for _ in range(REPEATS)]
         t = time.perf_counter()
         experiments.scan_heads(loaded, probe, target)
         scans.append(time.perf_counter() - t)
-        plain = statistics.median(before + [forward() for _ in range(REPEATS)])
-        plains.append(plain)
-        ratios.append(scans[-1] / (heads * plain))
-    plain, scan = statistics.median(plains), statistics.median(scans)
+    forwards += [forward() for _ in range(REPEATS)]
+    plain, scan = min(forwards), min(scans)
     t = time.perf_counter()
     experiments.patch(
         loaded, "The Eiffel Tower is in the city of", "The Colosseum is in the city of", " Paris", " Rome"
@@ -71,8 +71,9 @@ def main() -> None:
         "heads": heads,
         "forward_ms": round(plain * 1000, 2),
         "scan_seconds": round(scan, 3),
-        "scan_ratio": round(statistics.median(ratios), 3),
-        "scan_ratios": [round(r, 3) for r in ratios],
+        "scan_ratio": round(scan / (heads * plain), 3),
+        "scan_seconds_all": [round(x, 2) for x in scans],
+        "forward_ms_median": round(statistics.median(forwards) * 1000, 2),
         "rows_per_batch": experiments.batch_size(model, probe),
         "patch_seconds": round(patch_seconds, 2),
         "threads": torch.get_num_threads(),
