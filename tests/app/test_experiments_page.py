@@ -161,3 +161,24 @@ def test_encoder_without_lm_head_is_refused_clearly(tmp_path, kind):
     at.session_state[page.EXPERIMENT] = page.KINDS[1]
     run(at)
     assert any("no language-model head" in w.value for w in at.warning)
+
+
+def test_encoder_decoder_reads_the_decoder_after_a_prefix(tiny_dir):
+    at = open_page(tiny_dir("t5"))
+    box(at, "text_area", page.ABL_TEXT).set_value(TEXT)
+    box(at, "text_input", page.ABL_PREFIX).set_value("the dog")
+    box(at, "text_input", page.ABL_TARGET).set_value(" ran")
+    run(at)
+    assert not at.error
+    assert box(at, "radio", page.ABL_STACK).options == ["encoder", "decoder"]
+    box(at, "radio", page.ABL_STACK).set_value("decoder")
+    run(at)
+    box(at, "multiselect", page.ABL_HEADS).set_value(["2.3"])  # the tiny T5's decoder has 3 layers
+    run(at)
+    loaded = load_model(LoadRequest("folder", str(tiny_dir("t5"))))
+    probe = experiments.prepare(loaded, TEXT, "the dog", "decoder")
+    target = experiments.target_token(loaded, probe, " ran")
+    expected = experiments.ablate(loaded, probe, [(2, 3)], "zero", target)
+    shown = {m.label: m for m in at.metric}
+    assert shown["KL(before ‖ after)"].value == f"{expected.kl:.4f} nats"
+    assert "token 2 (dog)" in " ".join(c.value for c in at.caption)
