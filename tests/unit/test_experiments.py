@@ -142,6 +142,11 @@ def test_the_model_is_left_exactly_as_loaded(tiny_loaded):
     wrong = {layer: torch.zeros(3, 3) for layer in range(2)}  # a mean of the wrong shape: the hook raises
     with pytest.raises(RuntimeError):
         experiments.ablated_logits(loaded, probe, [[(0, 0)]], "mean", wrong)
+    clean, corrupt = experiments.patch_probes(loaded, CLEAN, CORRUPT)
+    cache = experiments.cache_activations(loaded, clean)
+    cache["attn"][1] = torch.zeros(len(clean.ids), 5)  # a cached activation of the wrong width
+    with pytest.raises(RuntimeError):
+        experiments.patched_logits(loaded, corrupt, cache, "attn", [(0, [1]), (1, [2])])
     assert no_hooks(loaded.model)
     assert torch.equal(full_logits(loaded, probe), before)
     assert not loaded.lock._is_owned()
@@ -210,12 +215,17 @@ def test_routing_weights_are_the_routers_softmax(kind):
     inputs: dict[int, torch.Tensor] = {}
     handles = [m.register_forward_pre_hook(lambda mod, a, i=i: inputs.__setitem__(i, a[0].detach()))
                for i, (_, m) in enumerate(found)]  # fmt: skip
+    x = torch.tensor([[VOCAB[w] for w in "the cat sat".split()]])
+    with torch.no_grad():
+        before = loaded.model(input_ids=x).logits
     try:
         r = routing.route(loaded, "the cat sat on the mat")
     finally:
         for h in handles:
             h.remove()
     assert no_hooks(loaded.model)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(input_ids=x).logits, before)
     for i, (_, router) in enumerate(found):
         x = inputs[i].reshape(-1, 32)  # (pos, d_model): what the router read
         probs = torch.softmax(x @ router.weight.T, -1)  # (pos, expert)
