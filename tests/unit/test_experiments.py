@@ -283,3 +283,36 @@ def test_ablate_and_patch_commands(tiny_dir, tiny_loaded):
     )
     assert done.returncode == 1 and done.stderr.startswith("error: The clean prompt is 6 tokens")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_comparison_matches_tokens_by_text(tiny_loaded):
+    import numpy as np
+
+    from explorer import compare
+
+    a, b = tiny_loaded("gpt2"), tiny_loaded("llama")
+    la, lb = np.zeros(len(VOCAB)), np.zeros(len(VOCAB))
+    la[VOCAB["cat"]], la[VOCAB["dog"]] = 5.0, 4.0
+    lb[VOCAB["dog"]], lb[VOCAB["park"]] = 6.0, 3.0
+    rows = {r.text: r for r in compare.next_tokens(a, la, b, lb, k=2)}
+    assert list(rows) == ["cat", "dog", "park"]
+    pa, pb = np.exp(la) / np.exp(la).sum(), np.exp(lb) / np.exp(lb).sum()
+    for word, r in rows.items():
+        assert r.prob_a == pytest.approx(pa[VOCAB[word]]) and r.prob_b == pytest.approx(pb[VOCAB[word]])
+    assert compare._prob_of(b.tokenizer, pb, "cat dog") is None  # two tokens of that model: no bar
+
+
+def test_figures_escape_tokens_and_centre_deltas_at_zero():
+    import numpy as np
+
+    from explorer import experiment_figures as figs
+
+    hostile = ["<img src=x onerror=alert(1)>", "a&b"]
+    fig = figs.patching_figure(np.array([[0.5, -2.0]]), hostile, "Restored <b>")
+    assert fig.layout.xaxis.ticktext == ("&lt;img src=x onerror=alert(1)&gt;", "a&amp;b")
+    assert fig.data[0].zmin == -2.0 and fig.data[0].zmax == 2.0 and "&lt;b&gt;" in fig.layout.title.text
+    scan = figs.head_scan_figure(np.array([[0.1, -0.4], [0.0, 0.2]]), "scan")
+    assert scan.data[0].zmid == 0 and scan.data[0].zmin == -0.4 and scan.data[0].zmax == 0.4
+    bars = figs.paired_bars(hostile, [0.5, None], [0.1, 0.2], ("<m1>", "m2"), "t")
+    assert all("<img" not in y for y in bars.data[0].y) and bars.data[0].name == "&lt;m1&gt;"
+    assert np.isnan(bars.data[0].x[1])
