@@ -182,3 +182,26 @@ def test_encoder_decoder_reads_the_decoder_after_a_prefix(tiny_dir):
     shown = {m.label: m for m in at.metric}
     assert shown["KL(before ‖ after)"].value == f"{expected.kl:.4f} nats"
     assert "token 2 (dog)" in " ".join(c.value for c in at.caption)
+
+
+@pytest.mark.parametrize(
+    "text, target, message",
+    [
+        ("   ", " is", "The text is empty"),
+        ("the cat " * 200, " is", "The text is 400 tokens long"),
+        (TEXT, "", "The target is empty"),
+        (TEXT, " <img src=x onerror=alert(1)>", "not in this model's vocabulary"),
+    ],
+)
+def test_bad_input_gets_a_message_and_the_page_keeps_working(tiny_dir, text, target, message):
+    at = open_page(tiny_dir("gpt2"))
+    box(at, "text_area", page.ABL_TEXT).set_value(text)
+    box(at, "text_input", page.ABL_TARGET).set_value(target)
+    run(at)
+    assert message in errors(at)
+    box(at, "text_area", page.ABL_TEXT).set_value(TEXT)
+    box(at, "text_input", page.ABL_TARGET).set_value(" is tired")
+    run(at)
+    assert not at.error
+    assert any("is 2 tokens" in i.value and "first token" in i.value for i in at.info)
+    assert len(charts(at)) == 1
