@@ -323,7 +323,8 @@ def ablate(
 ) -> Ablation:
     """Knocks out `heads` together; the distribution before and after."""
     before = torch.log_softmax(clean_logits(loaded, probe), -1)
-    after = torch.log_softmax(ablated_logits(loaded, probe, [heads], mode)[0], -1)
+    # no head: nothing to run again (that a row without heads is the clean run is tested)
+    after = torch.log_softmax(ablated_logits(loaded, probe, [heads], mode)[0], -1) if heads else before
     delta = None if target is None else float(after[target.token_id] - before[target.token_id])
     return Ablation(
         tuple(heads), mode, before.numpy(), after.numpy(), float(_kl(before, after[None])[0]), target, delta
