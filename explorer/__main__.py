@@ -1,4 +1,5 @@
-"""Command line: `python -m explorer models|info|trace|generate|prepare ...` over the app's library."""
+"""Command line: `python -m explorer models|info|trace|generate|ablate|patch|prepare ...` over the
+app's library."""
 
 from __future__ import annotations
 
