@@ -197,17 +197,24 @@ def tiny_moe(kind: str):
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
     if kind == "mixtral":
         model = tf.MixtralForCausalLM(tf.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **common))
-    else:
+    elif kind == "qwen2_moe":
         config = tf.Qwen2MoeConfig(
             num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24,
             shared_expert_intermediate_size=24, norm_topk_prob=False, **common,
         )  # fmt: skip
         model = tf.Qwen2MoeForCausalLM(config)
+    elif kind == "qwen3_moe":
+        config = tf.Qwen3MoeConfig(
+            num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24, norm_topk_prob=True, **common
+        )
+        model = tf.Qwen3MoeForCausalLM(config)
+    else:
+        model = tf.OlmoeForCausalLM(tf.OlmoeConfig(num_experts=5, num_experts_per_tok=2, **common))
     model.eval()
     return SimpleNamespace(model=model, tokenizer=tiny_tokenizer(), lock=__import__("threading").RLock())
 
 
-@pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe"])
+@pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"])
 def test_routing_weights_are_the_routers_softmax(kind):
     loaded = tiny_moe(kind)
     found = routing.routers(loaded.model)
@@ -231,7 +238,7 @@ def test_routing_weights_are_the_routers_softmax(kind):
         probs = torch.softmax(x @ router.weight.T, -1)  # (pos, expert)
         torch.testing.assert_close(torch.from_numpy(r.probs[i]), probs, atol=1e-6, rtol=1e-5)
         top, idx = probs.topk(2, -1)
-        if kind == "mixtral":  # Mixtral renormalizes the chosen weights; Qwen2-MoE here does not
+        if getattr(loaded.model.config, "norm_topk_prob", True):  # Mixtral always renormalizes the top k
             top = top / top.sum(-1, keepdim=True)
         expected = torch.zeros_like(probs).scatter(-1, idx, top)
         torch.testing.assert_close(torch.from_numpy(r.weights[i]), expected, atol=1e-6, rtol=1e-5)
