@@ -1,5 +1,7 @@
 """The Experiments page: knock out heads, patch activations, compare two models, see expert routing."""
 
+from html import escape
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -27,7 +29,7 @@ PATCH_TARGET, PATCH_FOIL, PATCH_PREFIX = "exp_patch_target", "exp_patch_foil", "
 PATCH_STACK, PATCH_KINDS = "exp_patch_stack", "exp_patch_kinds"
 PATCHING = "exp_patching"  # (key, Patching) of this user's last patching run
 CMP_SOURCE, CMP_REF, CMP_REQUEST = "exp_cmp_source", "exp_cmp_ref", "exp_cmp_request"
-CMP_TEXT, CMP_LAYERS, CMP_HEADS = "exp_cmp_text", "exp_cmp_layers", "exp_cmp_heads"
+CMP_TEXT, CMP_LAYER, CMP_HEAD = "exp_cmp_text", "exp_cmp_layer", "exp_cmp_head"  # + _0 / _1 per model
 ROUTE_TEXT, ROUTE_LAYER = "exp_route_text", "exp_route_layer"
 
 KINDS = ["Head ablation", "Activation patching", "Compare two models", "Expert routing"]
@@ -319,22 +321,15 @@ def comparison() -> None:
     else:
         st.info("Next-token distributions need two models with a language-model head.")
     cols = st.columns(2)
-    layers, heads = st.session_state.setdefault(CMP_LAYERS, {}), st.session_state.setdefault(CMP_HEADS, {})
     for i, (col, name, cap) in enumerate(((cols[0], name_a, cap_a), (cols[1], name_b, cap_b))):
         s = cap.attention_sets()[0] if cap.family != "encoder-decoder" else cap.attention_set("decoder")
-        top_layer, top_head = s.n_layers - 1, s.n_heads - 1
-        layer = col.selectbox(
-            f"Layer of {name}", list(range(s.n_layers)), index=min(layers.get(i, 0), top_layer),
-            key=f"exp-cmp-layer-{i}",
-        )  # fmt: skip
-        head = col.selectbox(
-            f"Head of {name}", list(range(s.n_heads)), index=min(heads.get(i, 0), top_head),
-            key=f"exp-cmp-head-{i}",
-        )  # fmt: skip
-        layers[i], heads[i] = layer, head
+        layer = kept(
+            "selectbox", f"Layer of {name}", f"{CMP_LAYER}_{i}", 0, col, options=list(range(s.n_layers))
+        )
+        head = kept("selectbox", f"Head of {name}", f"{CMP_HEAD}_{i}", 0, col, options=list(range(s.n_heads)))
         col.plotly_chart(
             token_heatmap(s.maps[layer, head], s.queries.tokens, s.keys.tokens,
-                          f"{md(name)}: layer {layer}, head {head}"),
+                          f"{escape(name)}: layer {layer}, head {head}"),
             key=f"exp-compare-attn-{i}",
         )  # fmt: skip
 

@@ -114,6 +114,11 @@ def test_compare_loads_a_second_model_and_keeps_the_users(tiny_dir):
     assert len(figs) == 3  # distributions, then one attention map per model
     titles = [f["layout"]["title"]["text"] for f in figs[1:]]
     assert all("layer 0, head 0" in t for t in titles)
+    box(at, "selectbox", f"{page.CMP_LAYER}_1").set_value(1)
+    box(at, "selectbox", f"{page.CMP_HEAD}_1").set_value(3)
+    run(at)
+    titles = [f["layout"]["title"]["text"] for f in charts(at)[1:]]
+    assert "layer 0, head 0" in titles[0] and "layer 1, head 3" in titles[1]
 
 
 def test_routing_says_when_a_model_has_no_experts(tiny_dir):
