@@ -210,12 +210,13 @@ def _attention_modules(model: Any, layer: int, which: str) -> tuple[Any, Any]:
 
 
 def _out_heads(kind: str, out: Any, n_heads: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The output projection as (head, d_head, d_model) and its bias (d_model,)."""
+    """The output projection as (head, d_head, d_model) and its bias (d_model,): views of the model's
+    own weight, not copies."""
     w = out.weight.detach().float()
     if kind == "gpt2":  # Conv1D: weight (in, out), y = x W + b
         per = w.view(n_heads, -1, w.shape[1])
     else:  # nn.Linear: weight (out, in), y = x W^T + b
-        per = w.T.reshape(n_heads, -1, w.shape[0])
+        per = w.view(w.shape[0], n_heads, -1).permute(1, 2, 0)
     bias = out.bias.detach().float() if getattr(out, "bias", None) is not None else None
     return per, bias
 
@@ -418,7 +419,7 @@ def _decompose(loaded, kind, stack, subs, seen, maps, n, ids, source_ids, genera
 
 
 def head_terms(
-    model: Any, kind: str, layer: int, sub: str, v: torch.Tensor, a: torch.Tensor, o: torch.Tensor
+    model: Any, kind: str, layer: int, sub: str, v: torch.Tensor, a: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-head, per-source pieces of an attention output. v: the value module's output (src, d_v) (GPT-2:
     the fused QKV output), a: (head, tgt, src). Returns vo (head, src, d_model) = v[h, s] @ W_O[h] and the
@@ -432,7 +433,7 @@ def head_terms(
     n_kv = v.shape[-1] // d_head
     v = v.view(v.shape[0], n_kv, d_head).transpose(0, 1)  # (kv_head, src, d_head)
     v = v.repeat_interleave(n_heads // n_kv, dim=0)  # (head, src, d_head): query heads sharing a kv head
-    return torch.einsum("hsd,hdm->hsm", v, w_o.to(v.device)), bias
+    return torch.matmul(v, w_o.to(v.device)), bias  # (head, src, d_model); w_o is a strided view
 
 
 def _attention_sublayer(model, kind, sub, seen, a, x, u):
@@ -442,7 +443,7 @@ def _attention_sublayer(model, kind, sub, seen, a, x, u):
     n_layers, n_heads, n_tgt, n_src = a.shape
     vos, scales = [], []
     for i in range(n_layers):
-        vo, bias = head_terms(model, kind, i, sub, seen[("v", sub, i)], a[i], seen[("o", sub, i)])
+        vo, bias = head_terms(model, kind, i, sub, seen[("v", sub, i)], a[i])
         if bias is not None:
             vo = vo + bias.to(vo.device) / n_heads  # b_O shared by the heads; times A[h,t,s]: by sources
         vos.append(vo)
@@ -459,16 +460,21 @@ def _attention_sublayer(model, kind, sub, seen, a, x, u):
     step = max(1, CHUNK_ELEMENTS // max(1, n_heads * vo.shape[-1]))
     for lo in range(0, len(ts), step):
         li, t, s = ls[lo : lo + step], ts[lo : lo + step], ss[lo : lo + step]
-        z = a[li, :, t, s].unsqueeze(-1) * vo[li, :, s]  # (triple, head, d_model)
+        z = vo[li, :, s]  # (triple, head, d_model): a gathered copy, scaled in place
+        z.mul_(a[li, :, t, s].unsqueeze(-1))
         if scale is not None:
-            z = z * scale[li, t].unsqueeze(1)
+            z.mul_(scale[li, t].unsqueeze(1))
         per_src = z.sum(1)  # (triple, d_model): what source s moves into target t
         whole = y[li, t]
         size = whole.abs().sum(-1)
         edge_prox[li, t, s] = _kept(size - (whole - per_src).abs().sum(-1), size)
         # heads within each edge: proximity of each head's piece to the edge's vector
         hp = proximity(z, per_src)  # (triple, head)
-        share = torch.where(hp.sum(-1, keepdim=True) > 0, hp, z.abs().sum(-1))
+        far = hp.sum(-1) == 0  # no head near the edge's vector: split by the heads' L1 sizes instead
+        share = hp
+        if far.any():
+            share = hp.clone()
+            share[far] = z[far].abs().sum(-1)
         head_share[li, :, t, s] = share / share.sum(-1, keepdim=True).clamp(min=1e-30)
     imp = _normalized(torch.cat([res_prox.unsqueeze(-1), edge_prox], -1))  # (layer, tgt, 1 + src)
     edge = imp[..., 1:]

@@ -118,12 +118,12 @@ def graph(
                 line={"color": COLORS[kind], "width": 0.8 + 6 * level}, name=f"{kind} {b}",
             )
         )  # fmt: skip
-    # nodes
-    nodes = sorted(routes.nodes)
+    # nodes: the stream between blocks (the stream between sub-layers is where the lines meet)
+    nodes = sorted((lv, p) for lv, p in routes.nodes if lv % n_sub == 0)
     fig.add_trace(
         go.Scatter(
             x=[_x(flow, p) for _, p in nodes], y=[lv for lv, _ in nodes], mode="markers",
-            marker={"size": 5, "color": "#334155"}, hoverinfo="text",
+            marker={"size": 4, "color": "#334155"}, hoverinfo="text",
             hovertext=[node_text(flow, lv, p, lens) for lv, p in nodes], name="nodes", showlegend=False,
         )
     )  # fmt: skip
@@ -186,7 +186,8 @@ def graph(
         title={"text": f"Routes to {_name(flow, routes.position)} at threshold {routes.threshold:g}",
                "font": {"size": 14}},
         xaxis={"tickmode": "array", "tickvals": ticks_x, "ticktext": labels, "tickangle": -45,
-               "showgrid": False, "zeroline": False, "fixedrange": True},
+               "showgrid": False, "zeroline": False, "fixedrange": True,
+               "range": [-0.7, max(ticks_x) + 0.7]},
         yaxis={"tickmode": "array", "tickvals": y_ticks, "ticktext": y_labels, "showgrid": True,
                "gridcolor": "#f1f5f9", "zeroline": False, "fixedrange": True,
                "range": [(_encoder_y() if flow.source_ids is not None else 0) - 0.8, top + 0.8]},

@@ -50,6 +50,10 @@ else:
         st.stop()
     st.session_state[CACHE] = (key, result)
     st.session_state[LENS] = (key, {})
+    # a new text starts from its last token, with nothing opened
+    st.session_state[POSITION] = result.n_pos - 1
+    st.session_state[DETAIL] = NONE
+    st.session_state.pop(PICKED, None)
 
 if result.source_tokens is not None:
     how = "the model's own greedy output" if result.target_generated else "your prefix"
@@ -100,7 +104,11 @@ if points:
             st.rerun()
 counts = {k: sum(e.kind == k for e in routes.edges) for k in ("attention", "cross", "ffn")}
 st.caption(
-    f"{counts['attention']} attention edges"
+    "Grey: the residual stream kept; blue: attention edges (a head moves information from the lower "
+    "token to the upper one); "
+    + ("purple: cross-attention from the encoder's tokens; " if result.source_tokens is not None else "")
+    + "orange squares: FFN marks. Width and opacity grow with importance. "
+    + f"{counts['attention']} attention edges"
     + (f", {counts['cross']} cross-attention edges" if result.source_tokens is not None else "")
     + f" and {counts['ffn']} FFN marks at threshold {threshold:g}, traced down from token {position}. "
     "Hover for exact numbers"
@@ -138,8 +146,12 @@ if detail != NONE:
         st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
         st.caption(
             "Share: the neuron's output a·w_out projected on the FFN's whole output f, divided by |f|² "
-            "(all neurons' shares and the bias add up to 1). Promoted tokens: W_U (γ ⊙ ±w_out), the sign "
-            "of the activation applied."
+            "(all neurons' shares and the bias add up to 1)."
+            + (
+                " Promoted tokens: W_U (γ ⊙ ±w_out), the sign of the activation applied."
+                if "promotes (through the unembedding)" in table
+                else ""
+            )
         )
     else:
         heads = result.heads[e.sublayer][e.layer, :, e.tgt, e.src]

@@ -97,6 +97,15 @@ def test_threshold_and_position():
     assert spec["layout"]["title"]["text"].startswith("Routes to 2 ")
     # a causal model's routes to token 2 stay on tokens 0..2
     assert max(numbers(trace(spec, "nodes")["x"])) <= 2
+    # every token stays on the axis
+    assert spec["layout"]["xaxis"]["range"][1] > len(spec["layout"]["xaxis"]["ticktext"]) - 1
+    # a new text starts again from its last token
+    at.text_area(key=TEXT_BOX).set_value("Paris is the capital of")
+    run(at)
+    spec = graph(at)
+    last = len(spec["layout"]["xaxis"]["ticktext"]) - 1
+    assert spec["layout"]["title"]["text"].startswith(f"Routes to {last} ")
+    assert at.selectbox(key="flow_detail_box").index == 0
 
 
 def test_encoder_from_any_position(tiny_dir):

@@ -119,7 +119,7 @@ def test_head_and_source_pieces_add_up_to_the_output(loaded, kind):
     for i in range(n):
         for sub in subs:
             a = maps[sub][i][0].float()  # (head, tgt, src)
-            vo, bias = flow.head_terms(lm.model, kind_, i, sub, seen[("v", sub, i)], a, seen[("o", sub, i)])
+            vo, bias = flow.head_terms(lm.model, kind_, i, sub, seen[("v", sub, i)], a)
             pieces = a.unsqueeze(-1) * vo.unsqueeze(1)  # (head, tgt, src, d_model)
             total = pieces.sum((0, 2)) + (bias if bias is not None else 0)
             torch.testing.assert_close(total, seen[("o", sub, i)], atol=1e-5, rtol=1e-4)
