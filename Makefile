@@ -69,6 +69,7 @@ bench: setup models browser
 	$(PY) bench/tasks.py
 	$(PY) bench/sessions.py
 	$(PY) bench/experiments.py
+	$(PY) bench/flow.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
