@@ -352,6 +352,7 @@ def scan_heads(
         kl[start : start + len(chunk)] = _kl(before, after).numpy()
         if progress is not None:
             progress(start + len(chunk), len(todo))
+        loaded.lock.yield_turn()  # a page holding the model for the scan lets waiting sessions go first
     shape = (n_layers, heads)
     return Scan(mode, stack, target, float(before[target.token_id]), delta.reshape(shape), kl.reshape(shape))
 
@@ -537,4 +538,5 @@ def patch(
             done += len(chunk)
             if progress is not None:
                 progress(done, len(todo))
+            loaded.lock.yield_turn()  # between batches: sessions waiting for the model go first
     return Patching(b.tokens, a.tokens, t, f, ld_clean, ld_corrupt, restored)

@@ -141,8 +141,9 @@ def ablation() -> None:
     key = (loaded.request, text, prefix, probe.stack, tgt.token_id, mode)
     if st.button(f"Scan all {total} heads", type="primary"):
         bar, report = progress_bar(f"Knocking out each of {total} heads")
-        try:
-            scan = experiments.scan_heads(loaded, probe, tgt, mode, report)
+        try:  # the model's turn, given up between batches to sessions that wait (explorer.turns)
+            with session.model_turn(loaded, "a head scan"):
+                scan = experiments.scan_heads(loaded, probe, tgt, mode, report)
         except InputError as err:
             st.error(md(err))
             return
@@ -210,8 +211,9 @@ def patching() -> None:
     key = (loaded.request, clean, corrupt, target, foil, prefix, pa.stack, tuple(kinds))
     if st.button(f"Patch {runs:,} (layer, position) activations", type="primary"):
         bar, report = progress_bar("Patching clean activations into the corrupted run")
-        try:
-            result = experiments.patch(loaded, clean, corrupt, target, foil, kinds, report, prefix, stack)
+        try:  # the model's turn, given up between batches to sessions that wait (explorer.turns)
+            with session.model_turn(loaded, "activation patching"):
+                result = experiments.patch(loaded, clean, corrupt, target, foil, kinds, report, prefix, stack)
         except InputError as err:
             st.error(md(err))
             return
