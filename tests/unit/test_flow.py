@@ -291,3 +291,28 @@ def test_flow_command_on_routes_and_errors(tiny_dir):
         done = _cli("flow", str(tiny_dir("gpt2")), *args, "--json")
         assert done.returncode == 1 and message in done.stderr and not done.stdout
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma-3-270m", "all-minilm-l6-v2"])
+def test_embedded_checkpoints(name):
+    """The real models: distributions everywhere, the stream between blocks equal to the model's hidden
+    states, and (decoders) the last node read through the logit lens is the model's own prediction."""
+    lm = load_model(LoadRequest("embedded", name))
+    text = "The Eiffel Tower is in the city of"
+    f = flow.compute(lm, text)
+    for total in _term_sums(f):
+        np.testing.assert_allclose(total, 1.0, atol=1e-5)
+    ids = blocks.encode(lm.model, lm.tokenizer, text)
+    with torch.no_grad():
+        out = lm.model(torch.tensor([ids]), output_hidden_states=True)
+    np.testing.assert_allclose(
+        f.residuals[1:-1], torch.stack(out.hidden_states[1:-1])[:, 0].numpy(), atol=1e-3
+    )
+    routes = flow.trace(f, f.n_pos - 1, 0.04)
+    assert any(e.kind == "attention" and e.src != e.tgt for e in routes.edges)
+    if f.causal:
+        lens = flow.lens_tops(lm, f, [(f.n_layers, f.n_pos - 1)])
+        best = lm.tokenizer.convert_ids_to_tokens(int(out.logits[0, -1].argmax()))
+        top = lens[(f.n_layers, f.n_pos - 1)][0][0]
+        assert top == flow.display_tokens(lm.tokenizer, [lm.tokenizer.convert_tokens_to_ids(best)])[0]
