@@ -168,6 +168,11 @@ def graph(
                 line={"color": SELECTED, "width": 4}, marker={"size": 9, "color": SELECTED}, name="selected",
             )
         )  # fmt: skip
+    if flow.source_ids is not None:
+        fig.add_annotation(
+            x=(len(flow.source_ids) - 1) / 2, y=_encoder_y() - 0.5, showarrow=False,
+            text="encoder output (cross-attention sources)", font={"size": 11, "color": COLORS["cross"]},
+        )  # fmt: skip
     ticks_x = [_x(flow, p) for p in range(flow.n_pos)]
     labels = [escape(f"{t}") for t in flow.tokens]
     if flow.source_ids is not None:
@@ -190,6 +195,6 @@ def graph(
                "range": [-0.7, max(ticks_x) + 0.7]},
         yaxis={"tickmode": "array", "tickvals": y_ticks, "ticktext": y_labels, "showgrid": True,
                "gridcolor": "#f1f5f9", "zeroline": False, "fixedrange": True,
-               "range": [(_encoder_y() if flow.source_ids is not None else 0) - 0.8, top + 0.8]},
+               "range": [(_encoder_y() - 0.5 if flow.source_ids is not None else 0) - 0.8, top + 0.8]},
     )  # fmt: skip
     return fig
