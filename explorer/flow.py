@@ -96,6 +96,14 @@ class Flow:
     def n_pos(self) -> int:
         return len(self.ids)
 
+    @property
+    def nbytes(self) -> int:
+        """What the arrays take (a page keeps one Flow per text)."""
+        arrays = [self.residual, self.ffn, self.residuals, self.ffn_inputs, self.ffn_outputs]
+        for table in (self.edges, self.heads, self.visible, self.weights):
+            arrays += list(table.values())
+        return sum(a.nbytes for a in arrays)
+
     def rows(self) -> list[dict[str, Any]]:
         """One dict per (layer, position) with its terms, as the command line prints them."""
         out = []

@@ -9,7 +9,7 @@ from explorer.errors import InputError
 from explorer.flow_figures import graph
 from views.common import kept, text_inputs
 
-CACHE = "flow_result"  # ((request, text, target), Flow) of this user's last run
+SEEN = "flow_seen"  # the (model, text, target) key this user's page last showed
 LENS = "flow_lens"  # ((request, text, target), {(boundary, pos): [(token, prob)]}) computed so far
 POSITION = "flow_position"
 THRESHOLD = "flow_threshold"
@@ -36,21 +36,24 @@ except blocks.UnsupportedModel as err:
     st.stop()
 
 text, target = text_inputs(loaded)
-key = (loaded.request, text, target or "")
-cached = st.session_state.get(CACHE)
-if cached is not None and cached[0] == key:
-    result = cached[1]
-else:
+key = ("flow", loaded.request, text, target or "")
+# one Flow per (model, text, target) in the server's store, shared by the sessions reading the same text
+# and dropped first when memory runs short
+result = session.store().get(key)
+if result is None:
     try:
         with st.spinner("Running the model once and splitting every residual update into its terms …"):
             with session.model_turn(loaded, "tracing information flow"):
-                result = flow.compute(loaded, text, target or None)
+                result = session.store().get(key)  # run by another session while this one waited
+                if result is None:
+                    result = flow.compute(loaded, text, target or None)
+                    session.store().put(key, result, result.nbytes)
     except InputError as err:
         st.error(md(err))
         st.stop()
-    st.session_state[CACHE] = (key, result)
+if st.session_state.get(SEEN) != key:  # a new text starts from its last token, with nothing opened
+    st.session_state[SEEN] = key
     st.session_state[LENS] = (key, {})
-    # a new text starts from its last token, with nothing opened
     st.session_state[POSITION] = result.n_pos - 1
     st.session_state[DETAIL] = NONE
     st.session_state.pop(PICKED, None)

@@ -59,6 +59,9 @@ def test_default_model_graph_edge_and_ffn_details():
     assert line_traces(spec, "attention") and line_traces(spec, "residual")
     edges = trace(spec, "edges")
     assert len(edges["customdata"]) == len(numbers(edges["x"])) > 0
+    # the run is kept once in the server's store, with its size
+    key = ("flow", at.session_state[session.REQUEST], at.text_area(key=TEXT_BOX).value, "")
+    assert key in session.store() and session.store().used >= session.store().get(key).nbytes > 0
     # node hover: the logit lens of a decoder
     assert any("logit lens" in h for h in trace(spec, "nodes")["hovertext"])
     assert "Details for" in [s.label for s in at.selectbox]
