@@ -186,6 +186,7 @@ def graph(
         margin={"l": 60, "r": 20, "t": 40, "b": 90},
         plot_bgcolor="white",
         hovermode="closest",
+        hoverlabel={"bgcolor": "white", "bordercolor": "#94a3b8", "font": {"color": "#0f172a", "size": 12}},
         clickmode="event+select",
         dragmode=False,
         title={"text": f"Routes to {_name(flow, routes.position)} at threshold {routes.threshold:g}",

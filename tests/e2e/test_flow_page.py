@@ -84,6 +84,7 @@ def test_smollm2_graph_edge_and_ffn(page, app_url):
     node = page.evaluate(POINT, ["nodes", "", False])
     page.mouse.move(node["x"], node["y"])
     expect(page.locator(".hoverlayer").filter(has_text="logit lens")).to_have_count(1, timeout=10_000)
+    page.screenshot(path=screenshot(page, "flow-smollm2-lens"))  # the hover label in view
 
     key = click_point(page, "edges", "attention|", across=True)
     _, layer, _, src, tgt = key.split("|")
