@@ -62,6 +62,13 @@ GEN_STEPS = "generate_steps"
 GEN_HEAD = "generate_head"
 GEN_MESSAGE = "generate_message"  # why the last action was refused, shown once
 LENS_POSITIONS = "lens_positions"
+# the Flow and Experiments pages' keys that links carry (the pages hold their other keys)
+FLOW_POSITION = "flow_position"
+FLOW_THRESHOLD = "flow_threshold"
+EXPERIMENT = "exp_kind"
+ABL_TEXT, ABL_TARGET, ABL_MODE = "exp_abl_text", "exp_abl_target", "exp_abl_mode"
+PATCH_CLEAN, PATCH_CORRUPT = "exp_patch_clean", "exp_patch_corrupt"
+PATCH_TARGET, PATCH_FOIL = "exp_patch_target", "exp_patch_foil"
 GEN_PICKS = "generate_picks"  # tokens a link asks the Generate page to replay: ((token id, forced), ...)
 # shareable links
 LINK_READ = "link_read"  # this session has read the link it was opened with
@@ -88,6 +95,16 @@ LINK = (
     Param("top_p", GEN_TOP_P, "float", 0.01, 1.0, label="top-p"),
     Param("penalty", GEN_REPETITION, "float", 0.5, 3.0, label="repetition penalty"),
     Param("picks", GEN_PICKS, "picks", label="generated tokens"),
+    Param("position", FLOW_POSITION, "int", 0, None, label="position to trace"),
+    Param("threshold", FLOW_THRESHOLD, "float", 0.01, 0.5, label="threshold"),
+    Param("experiment", EXPERIMENT, label="experiment"),
+    Param("ablate_text", ABL_TEXT, label="ablation text"),
+    Param("ablate_target", ABL_TARGET, label="target token"),
+    Param("ablate_mode", ABL_MODE, label="way to knock out"),
+    Param("clean", PATCH_CLEAN, label="clean prompt"),
+    Param("corrupt", PATCH_CORRUPT, label="corrupted prompt"),
+    Param("patch_target", PATCH_TARGET, label="patching target"),
+    Param("foil", PATCH_FOIL, label="foil"),
 )
 
 

@@ -18,14 +18,14 @@ from explorer.experiment_figures import (
     usage_figure,
 )
 from explorer.loading import LoadRequest
-from views.common import chips, kept
+from views.common import chips, kept, share
 
-EXPERIMENT = "exp_kind"
-ABL_TEXT, ABL_PREFIX, ABL_TARGET = "exp_abl_text", "exp_abl_prefix", "exp_abl_target"
-ABL_STACK, ABL_MODE, ABL_HEADS, ABL_TOP = "exp_abl_stack", "exp_abl_mode", "exp_abl_heads", "exp_abl_top"
+EXPERIMENT = session.EXPERIMENT
+ABL_TEXT, ABL_PREFIX, ABL_TARGET = session.ABL_TEXT, "exp_abl_prefix", session.ABL_TARGET
+ABL_STACK, ABL_MODE, ABL_HEADS, ABL_TOP = "exp_abl_stack", session.ABL_MODE, "exp_abl_heads", "exp_abl_top"
 SCAN = "exp_scan"  # (key, Scan) of this user's last head scan
-PATCH_CLEAN, PATCH_CORRUPT = "exp_patch_clean", "exp_patch_corrupt"
-PATCH_TARGET, PATCH_FOIL, PATCH_PREFIX = "exp_patch_target", "exp_patch_foil", "exp_patch_prefix"
+PATCH_CLEAN, PATCH_CORRUPT = session.PATCH_CLEAN, session.PATCH_CORRUPT
+PATCH_TARGET, PATCH_FOIL, PATCH_PREFIX = session.PATCH_TARGET, session.PATCH_FOIL, "exp_patch_prefix"
 PATCH_STACK, PATCH_KINDS = "exp_patch_stack", "exp_patch_kinds"
 PATCHING = "exp_patching"  # (key, Patching) of this user's last patching run
 CMP_SOURCE, CMP_REF, CMP_REQUEST = "exp_cmp_source", "exp_cmp_ref", "exp_cmp_request"
@@ -366,3 +366,8 @@ def expert_routing() -> None:
 
 
 {KINDS[0]: ablation, KINDS[1]: patching, KINDS[2]: comparison, KINDS[3]: expert_routing}[kind]()
+LINKED = {  # what a link to this page carries, per experiment
+    KINDS[0]: (ABL_TEXT, ABL_TARGET, ABL_MODE),
+    KINDS[1]: (PATCH_CLEAN, PATCH_CORRUPT, PATCH_TARGET, PATCH_FOIL),
+}
+share(EXPERIMENT, *LINKED.get(kind, ()))

@@ -7,12 +7,12 @@ from explorer import blocks, flow, session
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.flow_figures import graph
-from views.common import kept, text_inputs
+from views.common import kept, share, text_inputs
 
 SEEN = "flow_seen"  # the (model, text, target) key this user's page last showed
 LENS = "flow_lens"  # ((request, text, target), {(boundary, pos): [(token, prob)]}) computed so far
-POSITION = "flow_position"
-THRESHOLD = "flow_threshold"
+POSITION = session.FLOW_POSITION
+THRESHOLD = session.FLOW_THRESHOLD
 DETAIL = "flow_detail"  # the key of the edge or FFN mark whose details are shown
 PICKED = "flow_picked"  # the last point clicked in the graph (so that one click is acted on once)
 NONE = "(none)"
@@ -54,7 +54,8 @@ if result is None:
 if st.session_state.get(SEEN) != key:  # a new text starts from its last token, with nothing opened
     st.session_state[SEEN] = key
     st.session_state[LENS] = (key, {})
-    st.session_state[POSITION] = result.n_pos - 1
+    if not session.from_link(POSITION):  # a link's position is kept (and checked below)
+        st.session_state[POSITION] = result.n_pos - 1
     st.session_state[DETAIL] = NONE
     st.session_state.pop(PICKED, None)
 
@@ -76,6 +77,7 @@ threshold = kept(
     "slider", "Threshold (importance an edge needs to be drawn)", THRESHOLD, 0.04, right,
     min_value=0.01, max_value=0.5, step=0.01,
 )  # fmt: skip
+share(session.TEXT, session.TARGET, POSITION, THRESHOLD)
 routes = flow.trace(result, position, threshold)
 
 n_sub = len(result.sublayers)
