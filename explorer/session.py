@@ -292,7 +292,7 @@ def unload(request: LoadRequest) -> bool:
     from explorer.tasks import forget_heads
 
     forget_heads(request)  # head classes the Tasks page loaded for this model
-    store().forget(lambda key: key[0] != request)  # its captures go with it
+    store().forget(lambda key: request not in key)  # its captures (and the Flow page's results) go with it
     done = registry().unload(request)
     if current_request() == request:
         st.session_state[REQUEST] = None

@@ -37,6 +37,13 @@ except blocks.UnsupportedModel as err:
 
 text, target = text_inputs(loaded)
 key = ("flow", loaded.request, text, target or "")
+if st.session_state.get(SEEN) != key:  # a new text starts from its last token, with nothing opened
+    st.session_state[SEEN] = key  # (set before running, so that a choice made meanwhile is not undone)
+    st.session_state[LENS] = (key, {})
+    if not session.from_link(POSITION):  # a link's position is kept (and checked below)
+        st.session_state[POSITION] = None  # the last token, once the text is read
+    st.session_state[DETAIL] = NONE
+    st.session_state.pop(PICKED, None)
 # one Flow per (model, text, target) in the server's store, shared by the sessions reading the same text
 # and dropped first when memory runs short
 result = session.store().get(key)
@@ -51,13 +58,8 @@ if result is None:
     except InputError as err:
         st.error(md(err))
         st.stop()
-if st.session_state.get(SEEN) != key:  # a new text starts from its last token, with nothing opened
-    st.session_state[SEEN] = key
-    st.session_state[LENS] = (key, {})
-    if not session.from_link(POSITION):  # a link's position is kept (and checked below)
-        st.session_state[POSITION] = result.n_pos - 1
-    st.session_state[DETAIL] = NONE
-    st.session_state.pop(PICKED, None)
+if st.session_state.get(POSITION) is None:
+    st.session_state[POSITION] = result.n_pos - 1
 
 if result.source_tokens is not None:
     how = "the model's own greedy output" if result.target_generated else "your prefix"

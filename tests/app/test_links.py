@@ -148,7 +148,9 @@ def test_unloading_a_model_drops_its_captures(tiny_dir):
 def test_links_to_the_flow_and_experiments_pages(tiny_dir):
     model = {"model": str(tiny_dir("gpt2")), "via": "folder"}
     flow = opened({**model, "text": TEXT, "position": "3", "threshold": "0.1"}, "views/flow.py")
-    assert flow.session_state[session.FLOW_POSITION] == 3 and flow.session_state[session.FLOW_THRESHOLD] == 0.1
+    assert (
+        flow.session_state[session.FLOW_POSITION] == 3 and flow.session_state[session.FLOW_THRESHOLD] == 0.1
+    )
     assert flow.query_params["position"] == "3" and not flow.warning
     far = opened({**model, "text": TEXT, "position": "500"}, "views/flow.py")
     assert "position to trace 500 is not one this model offers" in " ".join(w.value for w in far.warning)

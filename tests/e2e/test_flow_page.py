@@ -117,6 +117,8 @@ def test_smollm2_graph_edge_and_ffn(page, app_url):
 def test_minilm_routes_from_the_first_token(page, app_url):
     open_flow(page, app_url)
     load_embedded(page, "all-MiniLM-L6-v2 · encoder", shows="BERT encoder, 6 layers")
+    loaded = page.get_by_test_id("stSidebar").get_by_text("Loaded: all-minilm-l6-v2")
+    expect(loaded).to_be_visible(timeout=180_000)  # not the previous model's graph
     wait_for_app_run(page)
     expect(graph(page)).to_be_visible(timeout=180_000)
     combobox = page.get_by_role("combobox", name="Trace the routes to")
