@@ -11,7 +11,11 @@ then drives Debian's Chromium (one browser, one page per session):
 - new_session_draw_s_1 / _10: time from opening a session's link to its heatmap drawn, for the first session
   alone, and the median over the nine sessions opened at once while the first is still open;
 - layer_change_draw_s_1 / _10: median time from choosing another layer to its heatmap drawn, in one session
-  alone (5 changes), and with 10 sessions choosing at the same moment (each session one change).
+  alone (5 changes), and with 10 sessions choosing at the same moment (each session one change);
+- server_cpu_s_per_new_session / server_cpu_s_per_layer_change: the server's own CPU time (user + system)
+  in the 10-session phases, per session. The browser's ten pages run on the same machine as the server
+  here (in a classroom each student's browser runs on their own computer), so the wall-clock times above
+  include Chromium drawing ten Streamlit pages on the same cores; the CPU times are the server's share.
 
 Prints one JSON object on its last line. Run: `make bench` or `.venv/bin/python bench/sessions.py`.
 """
@@ -80,6 +84,12 @@ def start_server(port: int) -> subprocess.Popen:
     raise SystemExit("the app did not start")
 
 
+def cpu_s(proc: subprocess.Popen) -> float:
+    """CPU time (user + system) the server and its children have used so far."""
+    p = psutil.Process(proc.pid)
+    return sum(sum(x.cpu_times()[:2]) for x in [p, *p.children(recursive=True)])
+
+
 def rss_mb(proc: subprocess.Popen) -> float:
     """Resident memory of the server and any children, after the sessions have gone quiet."""
     time.sleep(3)
@@ -138,19 +148,23 @@ def main() -> None:
             result["layer_change_draw_s_1"] = round(statistics.median(alone), 3)
 
             starts, pages = [], [first]
+            cpu_0 = cpu_s(server)
             for i in range(2, SESSIONS + 1):
                 starts.append(time.perf_counter())
                 pages.append(open_session(context, base + urlencode({"text": all_texts[i], "layer": 1}), 1))
             opened = [wait_drawn(pg, "layer 1, head 0") - t for pg, t in zip(pages[1:], starts)]
             result["new_session_draw_s_10"] = round(statistics.median(opened), 2)
+            result["server_cpu_s_per_new_session"] = round((cpu_s(server) - cpu_0) / (SESSIONS - 1), 3)
             memory_10 = rss_mb(server)
 
             starts = []
+            cpu_0 = cpu_s(server)
             for pg in pages:
                 starts.append(time.perf_counter())
                 choose_layer(pg, 7)
             together = [wait_drawn(pg, "layer 7, head 0") - t for pg, t in zip(pages, starts)]
             result["layer_change_draw_s_10"] = round(statistics.median(together), 3)
+            result["server_cpu_s_per_layer_change"] = round((cpu_s(server) - cpu_0) / SESSIONS, 3)
             browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
