@@ -69,6 +69,8 @@ def test_model_requests_from_a_link():
     assert request is None and "not an embedded model" in problems[0]
     request, problems = links.model_request({"model": "gpt2", "via": "ftp"})
     assert request is None and "source" in problems[0]
+    request, problems = links.model_request({"model": "gpt2", "device": "cuda:7"})  # no such GPU here
+    assert request == LoadRequest("hub", "gpt2") and "device 'cuda:7' is not one" in problems[0]
     request, problems = links.model_request({"model": "gpt2", "remote_code": "1", "dtype": "int3"})
     assert request == LoadRequest("hub", "gpt2") and not request.trust_remote_code
     assert any("cannot turn on" in p for p in problems) and any("dtype" in p for p in problems)
