@@ -327,8 +327,14 @@ def main() -> None:
         head_stats(s)
     else:
         bertviz_views(cap, choice(session.ATTN_LAYER, range(s.n_layers), 0))
+    per_view = {
+        "All heads": (session.ATTN_SCALE,),
+        "Token focus": (session.ATTN_QUERY, session.ATTN_KEY),
+        "Head statistics": (session.ATTN_STAT,),
+        "bertviz": (session.BERTVIZ_VIEW,),
+    }
     share(session.TEXT, session.TARGET, session.ATTN_KIND, session.ATTN_VIEW, session.ATTN_LAYER,
-          session.ATTN_HEAD)  # fmt: skip
+          session.ATTN_HEAD, *per_view.get(view, ()))  # fmt: skip
     st.download_button(
         "Download the capture (.npz: tokens, attentions, hidden states)",
         data=lambda: npz_bytes(cap),

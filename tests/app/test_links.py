@@ -161,3 +161,14 @@ def test_links_to_the_flow_and_experiments_pages(tiny_dir):
     assert exp.session_state[session.EXPERIMENT] == "Activation patching"
     assert exp.text_input(key=f"{session.PATCH_CORRUPT}_box").value == "the dog sat on the mat"
     assert exp.query_params["clean"] == "the cat sat on the mat"
+
+
+def test_a_link_carries_the_token_focus_and_statistic_choices(tiny_dir):
+    model = {"model": str(tiny_dir("gpt2")), "via": "folder", "text": TEXT}
+    focus = opened({**model, "view": "Token focus", "query": "7", "key": "1"}, ATTENTION)
+    title = charts(focus)[0]["layout"]["title"]["text"]
+    assert "(7)" in title and "(1)" in title and focus.query_params["query"] == "7"
+    stats = opened({**model, "view": "Head statistics", "stat": "entropy"}, ATTENTION)
+    assert stats.session_state[session.ATTN_STAT] == "entropy" and stats.query_params["stat"] == "entropy"
+    bad = opened({**model, "view": "Token focus", "query": "70"}, ATTENTION)
+    assert "query token 70 is not one this model offers" in " ".join(w.value for w in bad.warning)
