@@ -144,24 +144,34 @@ def load(request: LoadRequest) -> LoadedModel | None:
         return found
     # Kept until the load ends: a rerun that interrupts the wait resumes it (the load itself goes on).
     st.session_state[PENDING] = request
+    try:
+        with st.spinner(f"Loading {md(request.label)} (the first load of a GGUF model converts it once) …"):
+            loaded = fetch(request)
+    except LoadError as err:
+        st.session_state[LOAD_ERROR] = str(err)
+        st.session_state.pop(PENDING, None)
+        return None
+    st.session_state.pop(PENDING, None)
+    st.session_state[REQUEST] = request
+    st.session_state.pop(LOAD_ERROR, None)
+    return loaded
+
+
+def fetch(request: LoadRequest) -> LoadedModel:
+    """`request`'s model from the server's registry, loaded first (with a progress bar) if it is not
+    there; this user's own model is not changed. LoadError on failure."""
+    found = registry().get(request)
+    if found is not None:
+        return found
     bar = st.progress(0.0, text=f"Loading {md(request.label)} …")
 
     def progress(stage: str, fraction: float) -> None:
         bar.progress(min(max(fraction, 0.0), 1.0), text=f"Loading {md(request.label)}: {md(stage)}")
 
     try:
-        with st.spinner(f"Loading {md(request.label)} (the first load of a GGUF model converts it once) …"):
-            loaded = registry().load(request, progress)
-    except LoadError as err:
-        st.session_state[LOAD_ERROR] = str(err)
-        st.session_state.pop(PENDING, None)
-        return None
+        return registry().load(request, progress)
     finally:
         bar.empty()
-    st.session_state.pop(PENDING, None)
-    st.session_state[REQUEST] = request
-    st.session_state.pop(LOAD_ERROR, None)
-    return loaded
 
 
 def current_model() -> LoadedModel | None:

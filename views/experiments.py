@@ -250,23 +250,6 @@ def chips_of(probe) -> str:
     return chips(Sequence(probe.ids, probe.tokens, tuple(False for _ in probe.ids)))
 
 
-def load_other(request: LoadRequest):
-    """Loads (or finds) a model beside this user's, with progress, through the shared registry; the
-    user's own model (the sidebar's) stays as it is. LoadError on failure."""
-    found = session.registry().get(request)
-    if found is not None:
-        return found
-    bar = st.progress(0.0, text=f"Loading {md(request.label)} …")
-
-    def progress(stage: str, fraction: float) -> None:
-        bar.progress(min(max(fraction, 0.0), 1.0), text=f"Loading {md(request.label)}: {md(stage)}")
-
-    try:
-        return session.registry().load(request, progress)
-    finally:
-        bar.empty()
-
-
 def second_model():
     """The second model's picker; the loaded second model or None."""
     cols = st.columns([1, 2, 1])
@@ -283,7 +266,7 @@ def second_model():
     if cols[2].button("Load second model", width="stretch"):
         request = LoadRequest(source, (ref or "").strip())
         try:
-            load_other(request)
+            session.fetch(request)  # beside this user's model, which stays as it is
         except LoadError as err:
             st.error(md(err))
             return None
