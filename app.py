@@ -4,7 +4,6 @@ Page config, the shared sidebar with the model picker, and the page list.
 """
 
 import streamlit as st
-import torch
 
 from explorer import devices, session, zoo
 from explorer.display import md
@@ -25,12 +24,6 @@ DEVICE_LABELS = {
     "mps": "mps (Apple GPU)",
     devices.MULTI_GPU: "all GPUs, then CPU (device_map=auto)",
 }
-
-
-def device_choices() -> list[str]:
-    gpus = torch.cuda.device_count()
-    extra = [f"cuda:{i}" for i in range(gpus)] if gpus > 1 else []
-    return list(DEVICE_LABELS) + extra
 
 
 def model_picker() -> None:
@@ -61,7 +54,10 @@ def model_picker() -> None:
 
     with st.sidebar.expander("Device, dtype, remote code"):
         device = st.selectbox(
-            "Device", device_choices(), format_func=lambda d: DEVICE_LABELS.get(d, d), key=session.DEVICE
+            "Device",
+            devices.device_choices(),
+            format_func=lambda d: DEVICE_LABELS.get(d, d),
+            key=session.DEVICE,
         )
         dtype = st.selectbox("dtype", list(devices.DTYPE_CHOICES), key=session.DTYPE)
         remote = st.checkbox(

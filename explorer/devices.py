@@ -16,6 +16,16 @@ DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 MULTI_GPU = "multi-gpu"  # device_map="auto": accelerate spreads the layers over every GPU, then CPU
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps", MULTI_GPU)
+
+
+def device_choices() -> list[str]:
+    """The devices a user may pick on this machine: DEVICES, and cuda:0, cuda:1 ... when there are
+    several GPUs."""
+    gpus = torch.cuda.device_count()
+    return list(DEVICES) + ([f"cuda:{i}" for i in range(gpus)] if gpus > 1 else [])
+
+
 def resolve_device(choice: str) -> str:
     """'auto' -> cuda, else mps, else cpu. Raises LoadError for a device this machine lacks."""
     choice = (choice or "auto").strip().lower()

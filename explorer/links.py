@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from explorer import zoo
-from explorer.devices import DTYPE_CHOICES, MULTI_GPU
+from explorer.devices import DTYPE_CHOICES, device_choices
 from explorer.loading import LoadRequest
 
 TEXT_LIMIT = 2_000  # characters of text a link carries; longer texts stay out of the URL
 PICKS_LIMIT = 256  # generated tokens a link carries
 SOURCES = ("embedded", "hub", "folder", "gguf")
-DEVICES = ("auto", "cpu", "cuda", "mps", MULTI_GPU)  # the sidebar's choices
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ def model_request(params: Mapping[str, str]) -> tuple[LoadRequest | None, list[s
         return None, [f"the link's model {ref!r} is not an embedded model (they are: {names})"]
     request = LoadRequest(via, ref) if via else LoadRequest.parse(ref)
     device = params.get("device", "auto")
-    if device not in DEVICES and device not in _gpus():
+    if device not in device_choices():
         problems.append(f"the link's device {device!r} is not one of this server's; using auto")
         device = "auto"
     dtype = params.get("dtype", "auto")
@@ -118,14 +117,6 @@ def model_request(params: Mapping[str, str]) -> tuple[LoadRequest | None, list[s
     if params.get("remote_code"):
         problems.append("a link cannot turn on running the checkpoint's code; turn it on in the sidebar")
     return LoadRequest(request.source, request.ref, device, dtype), problems
-
-
-def _gpus() -> list[str]:
-    """cuda:0, cuda:1 ... as the sidebar offers them (only when there are several GPUs)."""
-    import torch
-
-    count = torch.cuda.device_count()
-    return [f"cuda:{i}" for i in range(count)] if count > 1 else []
 
 
 def model_params(request: LoadRequest) -> dict[str, str]:
