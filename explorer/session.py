@@ -218,25 +218,34 @@ def model_turn(loaded: LoadedModel, what: str = "") -> Iterator[None]:
         loaded.lock.release()
 
 
+def shared_run(loaded: LoadedModel, key, what: str, spinner: str, compute):
+    """The result under `key` in the server's store, else `compute()` run in this session's turn on the
+    model (unless another session ran it meanwhile) and kept there (it must have `nbytes`)."""
+    found = store().get(key)
+    if found is not None:
+        return found
+    with model_turn(loaded, what):
+        found = store().get(key)  # run by another session while this one waited
+        if found is None:
+            with st.spinner(spinner):
+                found = compute()
+            store().put(key, found, found.nbytes)
+            release_freed_memory()  # the run's temporaries, and anything the store dropped
+    return found
+
+
 def capture_for(loaded: LoadedModel, text: str, target: str | None) -> Capture | None:
     """The capture of `text` (and `target`) on `loaded`: run once and kept in the server's store (one
     copy for every session that looks at the same text), so that choosing another layer or head runs
     nothing. On bad input shows the message and returns None; when the store had dropped this user's
     capture to free memory, says so and runs it again."""
     key = (loaded.request, text, target or None)
-    found = store().get(key)
-    if found is not None:
-        st.session_state[CAPTURE] = key
-        return found
     again = st.session_state.get(CAPTURE) == key and store().was_dropped(key)
     try:
-        with model_turn(loaded, "a capture"):
-            found = store().get(key)  # run by another session while this one waited
-            if found is None:
-                with st.spinner(f"Running {md(loaded.card.name)} and keeping every attention map …"):
-                    found = capture(loaded, text, target=target or None, max_bytes=store().budget)
-                store().put(key, found, found.nbytes)
-                release_freed_memory()  # the run's temporaries, and any capture the store dropped
+        found = shared_run(
+            loaded, key, "a capture", f"Running {md(loaded.card.name)} and keeping every attention map …",
+            lambda: capture(loaded, text, target=target or None, max_bytes=store().budget),
+        )  # fmt: skip
     except InputError as err:
         st.error(md(err))
         return None

@@ -46,18 +46,15 @@ if st.session_state.get(SEEN) != key:  # a new text starts from its last token, 
     st.session_state.pop(PICKED, None)
 # one Flow per (model, text, target) in the server's store, shared by the sessions reading the same text
 # and dropped first when memory runs short
-result = session.store().get(key)
-if result is None:
-    try:
-        with st.spinner("Running the model once and splitting every residual update into its terms …"):
-            with session.model_turn(loaded, "tracing information flow"):
-                result = session.store().get(key)  # run by another session while this one waited
-                if result is None:
-                    result = flow.compute(loaded, text, target or None)
-                    session.store().put(key, result, result.nbytes)
-    except InputError as err:
-        st.error(md(err))
-        st.stop()
+try:
+    result = session.shared_run(
+        loaded, key, "tracing information flow",
+        "Running the model once and splitting every residual update into its terms …",
+        lambda: flow.compute(loaded, text, target or None),
+    )  # fmt: skip
+except InputError as err:
+    st.error(md(err))
+    st.stop()
 if st.session_state.get(POSITION) is None:
     st.session_state[POSITION] = result.n_pos - 1
 
