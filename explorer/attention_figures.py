@@ -124,8 +124,13 @@ def layer_head_heatmap(
             hovertemplate=f"layer %{{y}}, head %{{x}}<br>{value_name} %{{z:{fmt}}}<extra></extra>",
         )
     )
+    fig.update_layout(title=dict(text=title, font_size=15, y=0.995, yanchor="top"))
+    return layer_head_axes(fig, n_layers, n_heads)
+
+
+def layer_head_axes(fig: go.Figure, n_layers: int, n_heads: int) -> go.Figure:
+    """Heads across the top, layer 0 at the top, a cell size that reads at any model's size."""
     fig.update_layout(
-        title=dict(text=title, font_size=15, y=0.995, yanchor="top"),
         xaxis=dict(title="head", side="top", type="category"),
         yaxis=dict(title="layer", autorange="reversed", type="category"),
         width=int(min(1100, max(560, 160 + 56 * n_heads))),

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from explorer.attention_figures import labels, layer_position_heatmap
+from explorer.attention_figures import labels, layer_head_axes, layer_position_heatmap
 
 DIVERGING = "RdBu"  # red: lower, blue: higher; white at 0
 
@@ -63,15 +63,8 @@ def head_scan_figure(values: np.ndarray, title: str, value_name: str = "Δ log-p
             hovertemplate=f"layer %{{y}}, head %{{x}}<br>{escape(value_name)} %{{z:+.4f}}<extra></extra>",
         )
     )  # fmt: skip
-    fig.update_layout(
-        title=_title(title),
-        xaxis=dict(title="head", side="top", type="category"),
-        yaxis=dict(title="layer", autorange="reversed", type="category"),
-        width=int(min(1100, max(560, 160 + 56 * n_heads))),
-        height=int(min(1400, 170 + 26 * n_layers)),
-        margin=dict(l=10, r=10, t=110, b=10),
-    )
-    return fig
+    fig.update_layout(title=_title(title))
+    return layer_head_axes(fig, n_layers, n_heads)
 
 
 def patching_figure(restored: np.ndarray, tokens: Sequence[str], title: str) -> go.Figure:
