@@ -13,6 +13,18 @@ DEFAULT_TEXT = "The cat sat on the mat because it was tired."
 LONG = 120  # tokens: more go in an expander
 
 
+NO_MODEL = "No model is loaded. Pick one in the sidebar and press Load."
+
+
+def model_or_stop(message: str = NO_MODEL):
+    """This user's model; without one, `message` and the page stops there."""
+    loaded = session.current_model()
+    if loaded is None:
+        st.info(message)
+        st.stop()
+    return loaded
+
+
 def kept(widget: str, label: str, key: str, default, container=st, box: str | None = None, **kwargs):
     """A widget (`st.<widget>`) whose value lives under `key`, outside the widget, so that it survives a
     visit to another page (Streamlit drops the state of widgets a page run did not draw). The widget

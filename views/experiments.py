@@ -18,7 +18,7 @@ from explorer.experiment_figures import (
     usage_figure,
 )
 from explorer.loading import LoadRequest
-from views.common import chips, kept, share
+from views.common import chips, kept, model_or_stop, share
 
 EXPERIMENT = session.EXPERIMENT
 ABL_TEXT, ABL_PREFIX, ABL_TARGET = session.ABL_TEXT, "exp_abl_prefix", session.ABL_TARGET
@@ -41,10 +41,7 @@ st.caption(
     "the next-token prediction change, copy activations from one prompt into another (causal tracing), "
     "put two models side by side, or see which experts a mixture-of-experts model sends each token to."
 )
-loaded = session.current_model()
-if loaded is None:
-    st.info("No model is loaded. Pick one in the sidebar and press Load.")
-    st.stop()
+loaded = model_or_stop()
 kind = kept("radio", "Experiment", EXPERIMENT, KINDS[0], options=KINDS, horizontal=True)
 
 

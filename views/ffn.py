@@ -9,7 +9,7 @@ from explorer import blocks, ffn, session
 from explorer.display import md
 from explorer.learn_figures import bars, stacked_shares
 from explorer.tokens import display_tokens
-from views.common import share
+from views.common import model_or_stop, share
 
 TEXT = "ffn_text"
 LAYER = "ffn_layer"
@@ -27,10 +27,7 @@ st.caption(
     "activation. Read through the unembedding, an output vector says which next tokens it makes likelier: "
     "a key-value memory (Geva et al., 2021)."
 )
-loaded = session.current_model()
-if loaded is None:
-    st.info("No model is loaded. Pick one in the sidebar and press Load.")
-    st.stop()
+loaded = model_or_stop()
 share()  # the model in the URL: a copied link opens this page on it
 try:
     blocks.style(loaded.model)

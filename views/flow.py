@@ -7,7 +7,7 @@ from explorer import blocks, flow, session
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.flow_figures import graph
-from views.common import kept, share, text_inputs
+from views.common import kept, model_or_stop, share, text_inputs
 
 SEEN = "flow_seen"  # the (model, text, target) key this user's page last showed
 LENS = "flow_lens"  # ((request, text, target), {(boundary, pos): [(token, prob)]}) computed so far
@@ -25,10 +25,7 @@ st.caption(
     "normalized per position and sub-layer (Ferrando & Voita, 2024, Information Flow Routes). Computed "
     "from one forward pass of the model, with the model's own weights."
 )
-loaded = session.current_model()
-if loaded is None:
-    st.info("Load a model in the sidebar to trace its information flow.")
-    st.stop()
+loaded = model_or_stop("Load a model in the sidebar to trace its information flow.")
 try:
     blocks.style(loaded.model)
 except blocks.UnsupportedModel as err:

@@ -7,7 +7,7 @@ from explorer import blocks, scratch, session
 from explorer.display import md
 from explorer.learn_figures import heatmap
 from explorer.scratch_steps import KEYS, TOKENS, walkthrough
-from views.common import share
+from views.common import model_or_stop, share
 
 TEXT = "scratch_text"
 STACK = "scratch_stack"
@@ -23,10 +23,7 @@ st.caption(
     "One attention head of the loaded model, computed here step by step from the layer's input and the "
     "model's own weights, then compared with the attention map the model returned."
 )
-loaded = session.current_model()
-if loaded is None:
-    st.info("No model is loaded. Pick one in the sidebar and press Load.")
-    st.stop()
+loaded = model_or_stop()
 share()  # the model in the URL: a copied link opens this page on it
 try:
     stacks = blocks.attention_kinds(loaded.model)

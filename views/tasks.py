@@ -9,7 +9,7 @@ import streamlit as st
 
 from explorer import session, task_figures, task_models, tasks
 from explorer.display import md
-from views.common import kept, share
+from views.common import kept, model_or_stop, share
 
 TASK = "tasks_task"
 BATCH = "tasks_batch"
@@ -392,10 +392,7 @@ def _show(loaded, task: str, result: tasks.TaskResult) -> None:
 # --- the page ----------------------------------------------------------------------------------------------
 
 st.title("Tasks")
-loaded = session.current_model()
-if loaded is None:
-    st.info("No model is loaded. Pick one in the sidebar and press Load.")
-    st.stop()
+loaded = model_or_stop()
 share()  # the model in the URL: a copied link opens this page on it
 
 card = loaded.card

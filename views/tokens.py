@@ -3,10 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from explorer import session, token_table, zoo
+from explorer import token_table, zoo
 from explorer.display import md
 from explorer.errors import LoadError
-from views.common import share
+from views.common import model_or_stop, share
 
 TEXT = "tokens_text"
 OTHER = "tokens_other"
@@ -49,10 +49,7 @@ st.caption(
     "gives each an id. Hover a chip for its id and how the tokenizer stores it; ␣ is a space, ↵ a new line, "
     "grey dashed chips are special tokens the tokenizer adds."
 )
-loaded = session.current_model()
-if loaded is None:
-    st.info("No model is loaded. Pick one in the sidebar and press Load.")
-    st.stop()
+loaded = model_or_stop()
 share()  # the model in the URL: a copied link opens this page on it
 
 text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=100)
