@@ -52,6 +52,8 @@ def test_from_scratch_page_on_smollm2(page, app_url):
     submit_text(page, HOSTILE, shows)
     probs = charts.filter(has_text="Attention weights")
     expect(probs.locator(".main-svg").first).to_be_visible()
+    # the alert was already there before the new text: wait for the redrawn axes, not the old ones
+    expect(probs.locator("text").filter(has_text="img").first).to_be_attached(timeout=60_000)
     ticks = " ".join(probs.locator("text").all_text_contents())
     assert "</" in ticks and "img" in ticks  # the token pieces show as text on the axes
     expect(page.locator("img[src='x']")).to_have_count(0)
