@@ -277,6 +277,20 @@ def bertviz_views(cap: Capture, layer: int) -> None:
     st.iframe(html, height=view_height(sets, view, len(chosen)))
 
 
+PER_VIEW = {
+    "All heads": (session.ATTN_SCALE,),
+    "Token focus": (session.ATTN_QUERY, session.ATTN_KEY),
+    "Head statistics": (session.ATTN_STAT,),
+    "bertviz": (session.BERTVIZ_VIEW,),
+}
+
+
+def link_keys(view: str) -> tuple[str, ...]:
+    """The session keys a link to this view carries."""
+    return (session.TEXT, session.TARGET, session.ATTN_KIND, session.ATTN_VIEW, session.ATTN_LAYER,
+            session.ATTN_HEAD, *PER_VIEW.get(view, ()))  # fmt: skip
+
+
 def main() -> None:
     st.title("Attention")
     found = capture_page("attention")
@@ -315,6 +329,9 @@ def main() -> None:
         )
         if view == "One head":
             head = kept("selectbox", "Head", session.ATTN_HEAD, 0, c2, options=list(range(s.n_heads)))
+    # The address bar is written before the picture is drawn: whenever a user (or a test) sees the
+    # picture, the link they copy already opens it.
+    share(*link_keys(view))
     if view == "One head":
         one_head(cap, s, layer, head)
     elif view == "All heads":
@@ -327,14 +344,8 @@ def main() -> None:
         head_stats(s)
     else:
         bertviz_views(cap, choice(session.ATTN_LAYER, range(s.n_layers), 0))
-    per_view = {
-        "All heads": (session.ATTN_SCALE,),
-        "Token focus": (session.ATTN_QUERY, session.ATTN_KEY),
-        "Head statistics": (session.ATTN_STAT,),
-        "bertviz": (session.BERTVIZ_VIEW,),
-    }
-    share(session.TEXT, session.TARGET, session.ATTN_KIND, session.ATTN_VIEW, session.ATTN_LAYER,
-          session.ATTN_HEAD, *per_view.get(view, ()))  # fmt: skip
+    # once more: a view's own widgets (drawn inside it) may have just set their first value
+    session.write_link(link_keys(view))
     st.download_button(
         "Download the capture (.npz: tokens, attentions, hidden states)",
         data=lambda: npz_bytes(cap),
