@@ -36,6 +36,7 @@ def tiny_config(kind: str):
     import transformers as tf
 
     v = len(VOCAB)
+    ids = dict(pad_token_id=VOCAB["[PAD]"], bos_token_id=VOCAB["<s>"], eos_token_id=VOCAB["</s>"])
     configs = {
         "bert": tf.BertConfig(
             vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -54,6 +55,84 @@ def tiny_config(kind: str):
             vocab_size=v, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
         ),
+        # The kinds below share one shape: 2 layers (2 + 2 for encoder-decoders), hidden size 32, 4 query
+        # heads (2 key/value heads where the architecture has grouped-query attention), intermediate 64,
+        # 128 positions, and the tokenizer's special ids: pad 0 ([PAD]), bos 5 (<s>), eos 6 (</s>).
+        "gpt_neox": tf.GPTNeoXConfig(  # Pythia: partial rotary, parallel residual
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=128, rotary_pct=0.25, use_parallel_residual=True, **ids,
+        ),
+        "opt": tf.OPTConfig(
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+            max_position_embeddings=128, **ids,
+        ),
+        "mistral": tf.MistralConfig(  # a window of 4 tokens, shorter than the test sentences
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=128, sliding_window=4, **ids,
+        ),
+        "qwen2": tf.Qwen2Config(
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=128, **ids,
+        ),
+        "qwen3": tf.Qwen3Config(  # q/k RMSNorm per head
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=8, intermediate_size=64, max_position_embeddings=128, **ids,
+        ),
+        "phi3": tf.Phi3Config(  # fused qkv_proj and gate_up_proj
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=128, original_max_position_embeddings=128, **ids,
+        ),
+        "olmo2": tf.Olmo2Config(  # post-norm of each sublayer's output, q/k RMSNorm over all heads
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=128, **ids,
+        ),
+        "gemma3_text": tf.Gemma3TextConfig(  # scale 1/sqrt(16) = 0.25, not 1/sqrt(d_head = 8)
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=8, intermediate_size=64, max_position_embeddings=128, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16,
+            attn_logit_softcapping=None, **ids,
+        ),
+        "bloom": tf.BloomConfig(  # ALiBi, no position embeddings; the MLP is always 4 x hidden
+            vocab_size=v, hidden_size=32, n_layer=2, n_head=4, **ids,
+        ),
+        "gptj": tf.GPTJConfig(  # interleaved rotary on the first 4 of each head's 8 dimensions
+            vocab_size=v, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128, rotary_dim=4, **ids,
+        ),
+        "falcon": tf.FalconConfig(  # Falcon-7B style: parallel attention, multi-query (1 key/value head)
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_hidden_size=64,
+            max_position_embeddings=128, new_decoder_architecture=False, parallel_attn=True,
+            multi_query=True, **ids,
+        ),
+        "phi": tf.PhiConfig(  # rotary on half of each head, parallel attention and MLP
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=128, partial_rotary_factor=0.5, **ids,
+        ),
+        "roberta": tf.RobertaConfig(  # positions count from pad id + 1, so 127 tokens fit in 128 rows
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=128, **ids,
+        ),
+        "distilbert": tf.DistilBertConfig(
+            vocab_size=v, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=128,
+            pad_token_id=0,
+        ),
+        "electra": tf.ElectraConfig(
+            vocab_size=v, embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=128, pad_token_id=0,
+        ),
+        "albert": tf.AlbertConfig(  # one group of shared weights, run num_hidden_layers times
+            vocab_size=v, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_hidden_groups=1,
+            num_attention_heads=4, intermediate_size=64, max_position_embeddings=128, **ids,
+        ),
+        "mbart": tf.MBartConfig(
+            vocab_size=v, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
+            decoder_start_token_id=6, forced_eos_token_id=6, **ids,
+        ),
+        "marian": tf.MarianConfig(  # sinusoidal positions; the decoder starts from the pad id
+            vocab_size=v, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
+            decoder_start_token_id=0, forced_eos_token_id=6, pad_token_id=0, eos_token_id=6,
+        ),
     }  # fmt: skip
     return configs[kind]
 
@@ -64,6 +143,24 @@ MODEL_CLASSES = {
     "llama": "LlamaForCausalLM",
     "t5": "T5ForConditionalGeneration",
     "bart": "BartForConditionalGeneration",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "opt": "OPTForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "bloom": "BloomForCausalLM",
+    "gptj": "GPTJForCausalLM",
+    "falcon": "FalconForCausalLM",
+    "phi": "PhiForCausalLM",
+    "roberta": "RobertaForMaskedLM",
+    "distilbert": "DistilBertForMaskedLM",
+    "electra": "ElectraForMaskedLM",
+    "albert": "AlbertForMaskedLM",
+    "mbart": "MBartForConditionalGeneration",
+    "marian": "MarianMTModel",
 }
 FAMILIES = {
     "bert": "encoder",
@@ -71,7 +168,20 @@ FAMILIES = {
     "llama": "decoder",
     "t5": "encoder-decoder",
     "bart": "encoder-decoder",
-}
+    **dict.fromkeys(
+        ("gpt_neox", "opt", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma3_text", "bloom", "gptj",
+         "falcon", "phi"),
+        "decoder",
+    ),
+    **dict.fromkeys(("roberta", "distilbert", "electra", "albert"), "encoder"),
+    **dict.fromkeys(("mbart", "marian"), "encoder-decoder"),
+}  # fmt: skip
+# Every kind tiny_config builds (each key is the config's model_type).
+ARCHITECTURES = (
+    "bert", "gpt2", "llama", "t5", "bart",
+    "gpt_neox", "opt", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma3_text", "bloom", "gptj", "falcon",
+    "phi", "roberta", "distilbert", "electra", "albert", "mbart", "marian",
+)  # fmt: skip
 
 
 def save_tiny(kind: str, folder: Path) -> Path:
@@ -112,3 +222,13 @@ def tiny_loaded(tiny_dir):
         return made[kind]
 
     return get
+
+
+def no_hooks(model) -> bool:
+    """No hook of ours is left on any module. transformers' own `output_capturing_hook`s (installed for
+    good by a first run with output_attentions or output_hidden_states, inert otherwise) are not ours."""
+
+    def ours(hooks: dict) -> list:
+        return [h for h in hooks.values() if getattr(h, "__name__", "") != "output_capturing_hook"]
+
+    return all(not ours(m._forward_hooks) and not ours(m._forward_pre_hooks) for m in model.modules())
