@@ -11,7 +11,7 @@ import time
 import warnings
 
 from explorer import zoo
-from explorer.errors import InputError, LoadError, first_line
+from explorer.errors import ExplorerError, InputError, first_line
 
 
 def _quiet() -> None:
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet()
     try:
         return args.run(args)
-    except (LoadError, InputError) as err:
+    except ExplorerError as err:  # load, input, task and unsupported-model errors: one sentence each
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

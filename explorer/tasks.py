@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from explorer.errors import first_line
+from explorer.errors import ExplorerError, first_line
 from explorer.loading import LoadedModel, LoadRequest
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
@@ -30,7 +30,7 @@ MAX_LINES = 200  # batch inputs
 HEAD_CACHE_SIZE = 4
 
 
-class TaskError(Exception):
+class TaskError(ExplorerError):
     """The task cannot run on this model or input; `str(err)` is a sentence fit for the page."""
 
 
