@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from explorer import devices
+from explorer import devices, hooked
+from explorer.anatomy import input_device
 from explorer.errors import InputError
 from explorer.tokens import display_tokens, special_flags
 
@@ -152,7 +153,7 @@ def capture(
         if (card.context_length or max_tokens)
         else None
     )
-    device = _input_device(model)
+    device = input_device(model)
     with loaded.lock, torch.inference_mode():
         if card.family == "encoder-decoder":
             return _capture_seq2seq(loaded, text, target, limit, device, free_bytes, max_bytes)
@@ -183,11 +184,7 @@ def _capture_seq2seq(loaded, source, target, limit, device, free_bytes, max_byte
     model, tokenizer, card = loaded.model, loaded.tokenizer, loaded.card
     src = tokenizer(source, return_tensors="pt")["input_ids"]
     _check_length(src.shape[1], limit, "source text")
-    start = model.config.decoder_start_token_id
-    if start is None:
-        raise InputError(
-            "This encoder-decoder's config has no decoder_start_token_id, so it has no decoder input."
-        )
+    start = hooked.decoder_start(model)
     generated = not (target and target.strip())
     if generated:
         budget = GENERATE_MAX_TOKENS if limit is None else min(GENERATE_MAX_TOKENS, limit - 1)
@@ -242,11 +239,6 @@ def _stack(tensors, what: str) -> np.ndarray:
             "through Transformer Explorer (it sets attn_implementation='eager')."
         )
     return torch.stack([t[0].float().cpu() for t in tensors]).numpy()
-
-
-def _input_device(model) -> torch.device:
-    embeddings = model.get_input_embeddings()
-    return embeddings.weight.device if embeddings is not None else model.device
 
 
 def _check_length(n: int, limit: int | None, what: str) -> None:

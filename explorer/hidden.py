@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from explorer import anatomy
 from explorer.capture import Capture
 from explorer.errors import InputError
 from explorer.tokens import display_tokens
@@ -44,7 +45,14 @@ class Lens:
 
 
 def final_norm(model):
-    """The norm applied before the unembedding, or None when the model has none."""
+    """The norm applied before the unembedding (the last stack's, from the model's anatomy), or None when
+    the model has none. Models the anatomy refuses: found by its usual names."""
+    try:
+        found = anatomy.of(model)
+    except anatomy.UnsupportedModel:
+        found = None
+    if found is not None:
+        return found.stacks[found.stack_names[-1]].final_norm
     base = model.base_model
     for holder in (base, getattr(base, "decoder", None)):
         for name in FINAL_NORM_NAMES:

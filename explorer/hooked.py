@@ -33,6 +33,7 @@ class Hook:
     when: str  # pre | post
     fn: Fn  # the tensor in, a replacement (or None: unchanged) out
     call: int | None = None  # which call of a module reused by several layers (None: every call)
+    whole: bool = False  # post only: fn reads the whole output (every element of a tuple); no replacement
 
 
 def _pre(hooks: list[Hook], calls: dict[int, int]):
@@ -61,7 +62,9 @@ def _post(hooks: list[Hook], calls: dict[int, int]):
         y = output[0] if isinstance(output, tuple) else output
         changed = False
         for h in hooks:
-            if h.call is None or h.call == n:
+            if h.whole and (h.call is None or h.call == n):
+                h.fn(output)
+            elif h.call is None or h.call == n:
                 z = h.fn(y)
                 if z is not None:
                     y, changed = z, True
@@ -119,7 +122,8 @@ def keep(
     or the whole batch for None)."""
 
     def fn(x: torch.Tensor) -> None:
-        store[key] = (x if batch_row is None else x[batch_row]).detach()
+        # a copy: some models add to a sub-layer's output in place afterwards (Falcon's mlp_output +=)
+        store[key] = (x if batch_row is None else x[batch_row]).detach().clone()
 
     return Hook(module, when, fn, call)
 

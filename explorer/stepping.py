@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, LogitsProcessorList
 
+from explorer import hooked
 from explorer.capture import layer_windows
 from explorer.errors import InputError
 from explorer.tokens import display_tokens
@@ -125,10 +126,7 @@ class Stepper:
             if not source or not source.strip():
                 raise InputError("Type a source text: the encoder reads it, the decoder writes from it.")
             source_ids = tok(source)["input_ids"]
-            start = loaded.model.config.decoder_start_token_id
-            if start is None:
-                raise InputError("This encoder-decoder's config has no decoder_start_token_id.")
-            prompt_ids = [start]
+            prompt_ids = [hooked.decoder_start(loaded.model)]
             if prompt and prompt.strip():
                 prompt_ids += tok(text_target=prompt, add_special_tokens=False)["input_ids"]
             me = cls(

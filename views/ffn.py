@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import blocks, ffn, session
+from explorer import anatomy, ffn, session
 from explorer.display import md
+from explorer.errors import InputError
 from explorer.learn_figures import bars, stacked_shares
 from explorer.tokens import display_tokens
 from views.common import model_or_stop, share
@@ -30,14 +31,14 @@ st.caption(
 loaded = model_or_stop()
 share()  # the model in the URL: a copied link opens this page on it
 try:
-    blocks.style(loaded.model)
-except blocks.UnsupportedModel as err:
+    parts = anatomy.of(loaded.model)
+except anatomy.UnsupportedModel as err:
     st.warning(md(err))
     st.stop()
 
 text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=80)
 stack = ffn.ffn_stack(loaded.model)
-n_layers = len(blocks.layers(loaded.model, stack))
+n_layers = parts.n_layers(stack)
 if st.session_state.get(LAYER, 0) >= n_layers:
     st.session_state.pop(LAYER)
 cols = st.columns([1, 2, 1])
@@ -50,7 +51,7 @@ else:
     try:
         with session.model_turn(loaded, "a run"), st.spinner("Running the model, recording the FFN input …"):
             cap = ffn.capture(loaded, text, limit=MAX_TOKENS, layer=layer)
-    except blocks.TextError as err:
+    except InputError as err:
         st.error(md(err))
         st.stop()
     st.session_state[CACHE] = (key, cap)
@@ -62,19 +63,18 @@ position = cols[1].selectbox(
     format_func=lambda i: f"{i}: {cap.tokens[i]}",
 )  # fmt: skip
 k = cols[2].slider("Neurons", 5, 30, 10, key=TOP_K)
-if cap.stack == "decoder" and len(blocks.stacks(loaded.model)) == 2:
+if cap.stack == "decoder" and len(parts.stacks) == 2:
     st.caption(
         "Encoder-decoder: the decoder's layers, reading the text shifted right behind its start token."
     )
 
-acts = ffn.activations(loaded.model, cap.stack, layer, cap.inputs[layer])  # (pos, d_ff)
+acts = cap.activations[layer]  # (pos, d_ff)
 row = acts[position]
 order = row.abs().argsort(descending=True)[:k].tolist()
 st.latex(ffn.formula(loaded.model))
 st.caption(
     f"Layer {layer} has {acts.shape[1]:,} neurons. The {k} with the largest |activation| on token "
-    f"{position} ({md(cap.tokens[position])}); computed from the FFN's input and weights, the same numbers "
-    "the down projection reads."
+    f"{position} ({md(cap.tokens[position])}): the numbers the model's down projection reads."
 )
 fig = bars(
     [f"neuron {n}" for n in order], [float(row[n]) for n in order],
@@ -84,19 +84,23 @@ fig = bars(
 st.plotly_chart(fig, key="ffn-neurons")
 
 if ffn.can_unembed(loaded.model):
-    _, norm_name = ffn.final_norm_scale(loaded.model)
-    through = st.toggle(f"Through the {norm_name}", value=True, key=THROUGH_NORM)
+    try:
+        gamma, norm_name = ffn.final_norm_scale(loaded.model)
+    except anatomy.UnsupportedModel as err:
+        st.warning(md(err))
+        gamma, norm_name = None, ""
+    through = gamma is not None and st.toggle(f"Through the {norm_name}", value=True, key=THROUGH_NORM)
     st.latex(r"\text{logits} = W_U\,(\gamma \odot w_{out})" if through else r"\text{logits} = W_U\, w_{out}")
-    note = (
-        "w_out is the neuron's column of the down projection: what it writes per unit of activation. "
-        "γ is the final norm's scale; the norm's division by the vector's size (and, for LayerNorm, its "
-        "mean and bias) depends on the whole residual stream and is left out, as is usual (logit lens)."
-    )
-    if blocks.style(loaded.model) == "gemma3":
+    note = "w_out is the neuron's column of the down projection: what it writes per unit of activation. "
+    if gamma is not None:
         note += (
-            " Gemma also normalizes the whole FFN output (post_feedforward_layernorm) before adding it: "
-            "left out too."
+            "γ is the final norm's scale; the norm's division by the vector's size (and, for LayerNorm, its "
+            "mean and bias) depends on the whole residual stream and is left out, as is usual (logit lens)."
         )
+    else:
+        note += "The decoder has no final norm before its unembedding (each block ends in its own)."
+    if parts.blocks(cap.stack)[layer].ffn_post_norm is not None:
+        note += " This model also normalizes the whole FFN output before adding it: left out too."
     st.caption(note)
     top, top_ids, low, low_ids = ffn.promoted(
         loaded.model, ffn.out_vectors(loaded.model, cap.stack, layer, order), k=6, through_norm=through
@@ -117,8 +121,9 @@ if ffn.can_unembed(loaded.model):
     )
 else:
     st.info(
-        f"{md(loaded.card.architecture)} is not a decoder-only model with an LM head: its neurons' outputs "
-        "are not read as next-token logits here."
+        f"{md(loaded.card.architecture)} is not a decoder-only model or an encoder-decoder with an LM head: "
+        "its neurons' outputs are not read as next-token logits here (an encoder's masked-LM head also "
+        "transforms a vector, with a dense layer, an activation and a LayerNorm, before its unembedding)."
     )
 
 st.subheader("Who writes into the residual stream: attention or the FFN")
@@ -131,7 +136,7 @@ st.plotly_chart(
     ),
     key="ffn-shares",
 )
-post = blocks.style(loaded.model) in ("bert", "bart")
+post = parts.placement == "post"
 st.caption(
     "The L2 norm of what attention adds and what the FFN adds to the residual stream at each layer"
     + (

@@ -8,7 +8,8 @@ import pytest
 import torch
 import transformers as tf
 
-from explorer import blocks, ffn
+from explorer import anatomy, ffn, hooked
+from explorer.errors import InputError
 from explorer.loading import LoadRequest, load_model
 from tests.unit.test_scratch import TEXT, gemma_config
 
@@ -45,17 +46,17 @@ def _down_inputs(lm, stack, text=TEXT):
     model = lm.model
     seen = {}
     handles = []
-    for i in range(len(blocks.layers(model, stack))):
-        down = blocks.parts(model, stack, i).ffn_down
+    for i, block in enumerate(anatomy.of(model).blocks(stack)):
+        down = block.ffn.down
 
         def hook(module, args, i=i):
             seen[i] = args[0][0].detach()
 
         handles.append(down.register_forward_pre_hook(hook))
-    ids = blocks.encode(model, lm.tokenizer, text)
+    ids = hooked.encode(model, lm.tokenizer, text)
     try:
         with torch.no_grad():
-            out = model(**blocks.model_inputs(model, ids, "cpu"), output_hidden_states=True)
+            out = model(**hooked.inputs(model, ids), output_hidden_states=True)
     finally:
         for h in handles:
             h.remove()
@@ -65,7 +66,7 @@ def _down_inputs(lm, stack, text=TEXT):
 @pytest.mark.parametrize("kind", KINDS + ["gemma3"])
 def test_activations_equal_the_down_projection_input(kind, loaded):
     lm = loaded(kind)
-    reference, _ = _down_inputs(lm, blocks.stacks(lm.model)[-1])
+    reference, _ = _down_inputs(lm, ffn.ffn_stack(lm.model))
     before = hooks(lm.model)  # transformers keeps hooks of its own for output_hidden_states
     cap = ffn.capture(lm, TEXT)
     assert hooks(lm.model) == before  # none of ours is left on the shared model
@@ -115,7 +116,7 @@ def test_gpt2_output_vectors_are_rows_of_conv1d(loaded):
 
 
 def test_empty_text(loaded):
-    with pytest.raises(blocks.TextError):
+    with pytest.raises(InputError):
         ffn.capture(loaded("llama"), " ")
 
 
