@@ -10,9 +10,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from explorer import blocks, scratch
+from explorer import anatomy, scratch
 
 LEARNED, ROTARY, RELATIVE = "learned", "rotary", "relative"
+# Where a learned table of position vectors sits, from the base model; `offset` on the module, or the
+# embeddings' `padding_idx` + 1 (RoBERTa counts positions from there), is the row of position 0.
+TABLES = ("wpe", "embeddings.position_embeddings", "encoder.embed_positions", "decoder.embed_positions")
+NOT_DRAWN = {
+    "alibi": "This model adds no position vectors: with ALiBi, each head subtracts from its scores a fixed "
+    "slope times the query–key distance (the bias step on the Attention from scratch page).",
+    "sinusoidal": "This model adds the fixed sinusoidal table above (not learned) to its token embeddings.",
+    "none": "This model has no position signal of its own: only its causal mask tells order.",
+}
 
 
 def sinusoidal(n_pos: int, d_model: int, base: float = 10000.0) -> np.ndarray:
@@ -27,26 +36,32 @@ def sinusoidal(n_pos: int, d_model: int, base: float = 10000.0) -> np.ndarray:
 
 
 def scheme(model: Any) -> str:
-    kind = blocks.style(model)
-    if kind in ("llama", "gemma3"):
+    """LEARNED, ROTARY or RELATIVE; anatomy.UnsupportedModel saying what the model does otherwise."""
+    position = anatomy.of(model).position
+    if position == "rope":
         return ROTARY
-    return RELATIVE if kind == "t5" else LEARNED
+    if position in (LEARNED, RELATIVE):
+        return position
+    raise anatomy.UnsupportedModel(
+        NOT_DRAWN.get(position, f"This model's positions ({position}) are not drawn here.")
+    )
 
 
 def learned_table(model: Any) -> tuple[np.ndarray, int]:
     """The learned position vectors (pos, d_model) the model adds to its token embeddings, and the row
     where position 0 sits (BART keeps 2 rows before it; RoBERTa counts from padding_idx + 1)."""
-    kind, base = blocks.style(model), blocks._base(model)
-    if kind == "gpt2":
-        weight, offset = base.wpe.weight, 0
-    elif kind == "bart":
-        emb = base.encoder.embed_positions
-        weight, offset = emb.weight, getattr(emb, "offset", 2)
+    base = getattr(model, "base_model", model)
+    for path in TABLES:
+        holder, emb = None, base
+        for name in path.split("."):
+            holder, emb = emb, getattr(emb, name, None)
+        if emb is not None and getattr(emb, "weight", None) is not None:
+            break
     else:
-        emb = base.embeddings.position_embeddings
-        weight = emb.weight
-        offset = (model.config.pad_token_id + 1) if model.config.model_type == "roberta" else 0
-    table = weight.detach().float().cpu().numpy()
+        raise anatomy.UnsupportedModel(f"Could not find the position table of {type(model).__name__}.")
+    padding = getattr(holder, "padding_idx", None)
+    offset = getattr(emb, "offset", None) or (padding + 1 if isinstance(padding, int) else 0)
+    table = emb.weight.detach().float().cpu().numpy()
     return table[offset:], offset
 
 
@@ -70,8 +85,10 @@ def rotary_sets(model: Any) -> list[Rotary]:
     """The rotary frequencies per layer type (one set for Llama, two for Gemma 3: local and global)."""
     config = model.config
     params = getattr(config, "rope_parameters", None) or {}
-    types = getattr(config, "layer_types", None) if blocks.style(model) == "gemma3" else None
-    n_layers = config.num_hidden_layers
+    rot = scratch.rotary_module(model)
+    one_set = hasattr(rot, "inv_freq") or hasattr(rot, "embed_positions")
+    types = None if one_set else getattr(config, "layer_types", None)
+    n_layers = anatomy.of(model).n_layers(next(iter(anatomy.of(model).stacks)))
     if not types:
         inv, scale = scratch.rotary_frequencies(model, 0)
         theta = params.get("rope_theta", getattr(config, "rope_theta", None))
@@ -115,11 +132,12 @@ class RelativeBias:
 def t5_relative(model: Any, stack: str, reach: int = 160) -> RelativeBias:
     """T5's bucket of each relative distance in [-reach, reach] and the learned bias per head, read from
     the first block of `stack` (every layer of the stack uses that one table)."""
-    first = blocks.layers(model, stack)[0].layer[0].SelfAttention
+    first = scratch.relative_table(model, stack)
     rel = torch.arange(-reach, reach + 1)
     buckets = scratch.relative_buckets(
-        rel, stack == "encoder", first.relative_attention_num_buckets, first.relative_attention_max_distance
-    )
+        rel, not anatomy.of(model).stacks[stack].causal, first.relative_attention_num_buckets,
+        first.relative_attention_max_distance,
+    )  # fmt: skip
     table = first.relative_attention_bias.weight.detach().float().cpu()  # (bucket, head)
     return RelativeBias(
         stack=stack, distances=rel.numpy(), buckets=buckets.numpy(), bias=table[buckets].T.numpy(),

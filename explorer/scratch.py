@@ -1,22 +1,22 @@
 """Attention computed from scratch: from a layer's input and its weights to each head's attention map,
 step by step, then checked against the map the model itself returned.
 
-One forward pass (`capture`) records, with forward pre-hooks on every self-attention module, the input
-each one received (the layer input after its norm), and the model's own attention maps
-(`output_attentions=True`, eager attention). `heads_from_scratch` then recomputes every head of a layer
-with plain tensor algebra from the module's weights:
+One hooked run (`capture`) records the input each attention module received (the layer input after its
+norm) and the model's own maps (`output_attentions=True`, eager attention). `heads_from_scratch` then
+recomputes every head of a layer with plain tensor algebra from what `explorer.anatomy` names:
 
     X (pos, d_model) -> Q = X W_Q + b_Q (head, pos, d_head), K, V (kv_head, pos, d_head)
-    [Gemma 3: RMS-normalize each q and k vector] -> [rotary models: rotate q and k by position]
-    -> S = Q K^T (head, q, k) -> S * scale [+ T5's relative position bias] [softcap]
+    [q/k norms: per head, or over the whole projection] -> [rotary: turn q and k by position]
+    -> S = Q K^T (head, q, k) -> S * scale [+ bias: T5's relative buckets, ALiBi] [softcap]
     -> mask (causal, sliding window, padding) -> A = softmax(S) -> O = A V (head, q, d_head)
 
-Only the rotary inverse frequencies are read from the model's rotary module (its `inv_freq` buffer, which
-holds the model's rope theta and scaling); cosines, sines and the rotation are computed here.
+The rotary cosines and sines come from the model's own rotary module; the rotation is computed here.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from explorer import blocks
+from explorer import anatomy, hooked
+from explorer.anatomy import UnsupportedModel
 from explorer.tokens import display_tokens
 
 FLOAT32_TOLERANCE = 1e-5
@@ -32,6 +33,10 @@ FLOAT32_TOLERANCE = 1e-5
 # while this computation stays in float32: allow 8 units in the last place of the model's dtype
 # (float16 0.0078, bfloat16 0.0625). Measured on SmolLM2: float16 0.0028, bfloat16 0.017.
 HALF_ULPS = 8
+# How the ALiBi tensor m_h * j of a family's own `build_alibi_tensor` enters the logits, times the scale:
+# Bloom adds it to the scaled scores (0: unscaled); Falcon's code adds it to the scores before scaling and
+# once more, scaled, inside the attention mask it builds.
+ALIBI_SCALED = {"falcon": 2}
 
 
 @dataclass(frozen=True)
@@ -54,22 +59,22 @@ class StackCapture:
 
 @dataclass(frozen=True)
 class HeadsMath:
-    """Every intermediate of one layer's self-attention, all heads, float32 on the CPU."""
+    """Every intermediate of one layer's attention, all heads, float32 on the CPU."""
 
     x: torch.Tensor  # (pos, d_model) layer input after its norm
     q: torch.Tensor  # (head, pos, d_head) X W_Q + b_Q
     k: torch.Tensor  # (kv_head, pos, d_head)
     v: torch.Tensor  # (kv_head, pos, d_head)
-    q_normed: torch.Tensor | None  # (head, pos, d_head) after q_norm (Gemma 3)
+    q_normed: torch.Tensor | None  # (head, pos, d_head) after q_norm
     k_normed: torch.Tensor | None  # (kv_head, pos, d_head)
-    cos: torch.Tensor | None  # (pos, d_head) rotary cos(m theta_i), i repeated over both halves
+    cos: torch.Tensor | None  # (pos, rotary_dim) cos(m theta_i), each theta_i on both dims of its pair
     sin: torch.Tensor | None
     q_rot: torch.Tensor | None  # (head, pos, d_head) after the rotation
     k_rot: torch.Tensor | None  # (kv_head, pos, d_head)
     scores: torch.Tensor  # (head, q, k) Q K^T
     scale: float
     scale_text: str  # LaTeX of the scale, e.g. 1/\sqrt{64}
-    bias: torch.Tensor | None  # (head, q, k) T5's relative position bias
+    bias: torch.Tensor | None  # (head, q, k) position bias added to the scaled scores
     softcap: float | None
     logits: torch.Tensor  # (head, q, k) scaled (+ bias, softcapped), before the mask
     allowed: torch.Tensor  # (q, k) bool: where a query may look
@@ -78,7 +83,15 @@ class HeadsMath:
     out: torch.Tensor  # (head, q, d_head) A V
     n_rep: int  # query heads per key/value head
     w_shape: tuple[int, int]  # (d_model, d_head) of one head's W_Q
-    has_bias: bool
+    has_bias: bool  # the projections have biases
+    causal: bool = False
+    qk_norm: str | None = None  # norm_kind of q_norm: rms | rms1p | layer
+    qk_norm_per_head: bool = True  # False: over all heads' dimensions at once (OLMo 2)
+    rotary_dim: int | None = None  # dimensions of each head that turn (partial rotary: fewer than d_head)
+    interleaved: bool = False  # pairs (0, 1), (2, 3) ... (GPT-J); else halves (i, i + rotary_dim / 2)
+    bias_kind: str | None = None  # relative (T5) | alibi
+    slopes: torch.Tensor | None = None  # alibi: (head,) m_h
+    bias_factor: float = 1.0  # alibi: bias = bias_factor * m_h * j
 
 
 def tolerance(dtype: torch.dtype) -> float:
@@ -87,82 +100,62 @@ def tolerance(dtype: torch.dtype) -> float:
     return HALF_ULPS * torch.finfo(dtype).eps
 
 
-def _first(output: Any) -> Any:
-    return output[0] if isinstance(output, tuple) else output
+def _stack(kind: str) -> str:
+    return "decoder" if kind == "cross" else kind
+
+
+def _call(a: anatomy.Anatomy, kind: str, layer: int) -> int | None:
+    """Which call of a shared module is this layer's (ALBERT reuses one block)."""
+    return layer if a.stacks[_stack(kind)].shared_blocks else None
 
 
 def capture(
     loaded: Any, text: str, limit: int | None = None, layer: int | None = None
 ) -> dict[str, StackCapture]:
-    """One forward pass of `text`: per stack, the attention inputs and the model's attention maps.
+    """One forward pass of `text`: per kind of attention, its inputs and the model's attention maps.
     `layer` keeps that layer's only (the others are None): a page holding a capture per user keeps
     megabytes, not the hundreds that every map of a long text takes.
-    Raises blocks.TextError (empty or too long text) or blocks.UnsupportedModel."""
+    Raises InputError (empty or too long text) or anatomy.UnsupportedModel."""
     model, tokenizer = loaded.model, loaded.tokenizer
-    names = blocks.attention_kinds(model)
-    ids = blocks.encode(model, tokenizer, text, limit)
+    a = anatomy.of(model)
+    ids = hooked.encode(model, tokenizer, text, limit)
     seen: dict[tuple[str, int], torch.Tensor] = {}
-    handles = []
-
-    def hook_for(stack: str, layer: int):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            kv = kwargs.get("key_value_states")
-            seen[(stack, layer)] = (hidden.detach()[0], None if kv is None else kv.detach()[0])
-
-        return hook
-
-    with loaded.lock:
-        try:
-            for stack in names:
-                for i in range(_n_layers(model, stack)):
-                    if layer is not None and i != layer:
-                        continue
-                    attn = blocks.attention_module(model, stack, i)
-                    handles.append(attn.register_forward_pre_hook(hook_for(stack, i), with_kwargs=True))
-            with torch.no_grad():
-                out = model(
-                    **blocks.model_inputs(model, ids, blocks.input_device(model)), output_attentions=True
-                )
-        finally:
-            for handle in handles:
-                handle.remove()
+    hooks = [
+        hooked.keep(seen, (kind, i), a.attention(kind, i).module, "pre", _call(a, kind, i))
+        for kind in a.attention_kinds
+        for i in range(a.n_layers(_stack(kind)))
+        if layer is None or i == layer
+    ]
+    inputs = hooked.inputs(model, ids)
+    out = hooked.run(loaded, inputs, hooks, output_attentions=True, **hooked.options(model))
     dtype = next(model.parameters()).dtype
+    encoded = getattr(out, "encoder_last_hidden_state", None)  # what every cross-attention reads
     result = {}
-    for stack in names:
-        if len(names) > 1:
+    for kind in a.attention_kinds:
+        if len(a.stacks) > 1:
             maps = {
                 "encoder": out.encoder_attentions, "decoder": out.decoder_attentions,
                 "cross": out.cross_attentions,
-            }[stack]  # fmt: skip
-            stack_ids = ids if stack == "encoder" else blocks.decoder_input(model, ids)
+            }[kind]  # fmt: skip
+            kind_ids = ids if kind == "encoder" else inputs["decoder_input_ids"][0].tolist()
         else:
-            maps, stack_ids = out.attentions, ids
-        n = _n_layers(model, stack)
+            maps, kind_ids = out.attentions, ids
+        n, cross = a.n_layers(_stack(kind)), kind == "cross"
         kept = [layer is None or i == layer for i in range(n)]
-        result[stack] = StackCapture(
-            stack=stack,
-            ids=tuple(stack_ids),
-            tokens=tuple(display_tokens(tokenizer, stack_ids)),
-            inputs=tuple(seen[(stack, i)][0] if kept[i] else None for i in range(n)),
+        result[kind] = StackCapture(
+            stack=kind,
+            ids=tuple(kind_ids),
+            tokens=tuple(display_tokens(tokenizer, kind_ids)),
+            inputs=tuple(seen[(kind, i)] if kept[i] else None for i in range(n)),
             attentions=tuple(maps[i][0].detach() if kept[i] else None for i in range(n)),
             dtype=dtype,
-            kv_inputs=tuple(seen[(stack, i)][1] if kept[i] else None for i in range(n))
-            if stack == "cross"
-            else None,
-            key_tokens=tuple(display_tokens(tokenizer, ids)) if stack == "cross" else None,
+            kv_inputs=tuple(encoded[0].detach() if kept[i] else None for i in range(n)) if cross else None,
+            key_tokens=tuple(display_tokens(tokenizer, ids)) if cross else None,
         )
     return result
 
 
-def _n_layers(model: Any, kind: str) -> int:
-    return len(blocks.layers(model, "decoder" if kind == "cross" else kind))
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x W^T + b for an nn.Linear weight (out, in)."""
-    y = x @ weight.float().T
-    return y + bias.float() if bias is not None else y
+# -- the pieces -----------------------------------------------------------------------------------------
 
 
 def _heads(y: torch.Tensor, d_head: int) -> torch.Tensor:
@@ -170,55 +163,103 @@ def _heads(y: torch.Tensor, d_head: int) -> torch.Tensor:
     return y.view(y.shape[0], -1, d_head).transpose(0, 1)
 
 
-def _projections(
-    kind: str, m: Any, x: torch.Tensor, kv: torch.Tensor | None = None
-) -> tuple[torch.Tensor, ...]:
-    """Q (head, pos, d_head), K and V (kv_head, pos, d_head), whether there are biases, d_head.
-    Cross-attention: keys and values from `kv` (src, d_model), the encoder's output."""
-    if kind == "gpt2":  # Conv1D: weight (d_model, 3 d_model), y = x W + b
-        d_head = m.head_dim
-        qkv = x @ m.c_attn.weight.float() + m.c_attn.bias.float()
-        q, k, v = qkv.split(m.split_size, dim=-1)
-        return _heads(q, d_head), _heads(k, d_head), _heads(v, d_head), True, d_head
-    if kind == "bert":
-        names, d_head = ("query", "key", "value"), m.attention_head_size
-    elif kind == "t5":
-        names, d_head = ("q", "k", "v"), m.key_value_proj_dim
-    else:  # llama, gemma3, bart
-        names, d_head = ("q_proj", "k_proj", "v_proj"), m.head_dim
-    lins = [getattr(m, n) for n in names]
-    src = x if kv is None else kv
-    q, k, v = (_heads(_linear(inp, lin.weight, lin.bias), d_head) for inp, lin in zip((x, src, src), lins))
-    return q, k, v, lins[0].bias is not None, d_head
+def norm_kind(norm: Any) -> str:
+    """layer (LayerNorm: mean removed, bias), rms (x / rms(x) * gamma), or rms1p (Gemma: its weight stores
+    gamma - 1, starting at zero)."""
+    if isinstance(norm, torch.nn.LayerNorm) or getattr(norm, "bias", None) is not None:
+        return "layer"
+    return "rms1p" if "Gemma" in type(norm).__name__ else "rms"
 
 
-def _rms_norm(x: torch.Tensor, norm: Any, gemma: bool) -> torch.Tensor:
-    """x / rms(x) * gamma over the last dimension; Gemma stores gamma - 1 (its weight starts at zero)."""
-    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", 1e-6)
-    gamma = norm.weight.float()
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * ((1.0 + gamma) if gemma else gamma)
+def apply_norm(x: torch.Tensor, norm: Any) -> torch.Tensor:
+    """`norm` over the last dimension of x, from its weights, in float32."""
+    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None) or 1e-6
+    kind = norm_kind(norm)
+    weight = norm.weight.detach().float().to(x.device)
+    if kind == "layer":
+        bias = norm.bias.detach().float().to(x.device) if norm.bias is not None else None
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    gamma = 1.0 + weight if kind == "rms1p" else weight
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gamma
+
+
+def _config(model: Any) -> Any:
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _layer_type(model: Any, layer: int) -> str | None:
+    """Gemma 3's 'sliding_attention' or 'full_attention' (each type has its own rotary frequencies)."""
+    a = anatomy.of(model)
+    found = getattr(a.blocks(a.stack_names[0])[layer].attn.module, "layer_type", None)
+    types = getattr(_config(model), "layer_types", None)
+    return found or (types[layer] if types else None)
+
+
+def rotary_module(model: Any) -> Any:
+    """The module holding the rotary frequencies: the base model's `rotary_emb` (Gemma 3: one set per
+    layer type; GPT-J: a table of sines and cosines, `embed_positions`)."""
+    base = getattr(model, "base_model", model)
+    found = getattr(base, "rotary_emb", None)
+    if found is None:
+        found = next((m for m in base.modules() if type(m).__name__.endswith("RotaryEmbedding")), None)
+    if found is None:
+        raise UnsupportedModel(f"Could not find the rotary embedding module of {type(model).__name__}.")
+    return found
 
 
 def rotary_frequencies(model: Any, layer: int) -> tuple[torch.Tensor, float]:
-    """The inverse frequencies theta_i (d_head / 2,) of the layer's rotary embedding and its attention
-    scaling, read from the model's rotary module (Gemma 3 has one set per layer type)."""
-    rot = blocks._base(model).rotary_emb
-    types = getattr(model.config, "layer_types", None)
+    """The inverse frequencies theta_i (rotary_dim / 2,) of the layer's rotary embedding and its attention
+    scaling, read from the model's rotary module."""
+    rot = rotary_module(model)
     if hasattr(rot, "inv_freq"):
         return rot.inv_freq.float().cpu(), float(getattr(rot, "attention_scaling", 1.0))
-    layer_type = types[layer]
+    table = getattr(rot, "embed_positions", None)
+    if table is not None:  # [sin | cos] of m theta_i: position 1 holds theta_i itself
+        half = table.shape[-1] // 2
+        return torch.atan2(table[1, :half], table[1, half:]).float().cpu(), 1.0
+    layer_type = _layer_type(model, layer)
     return (
         getattr(rot, f"{layer_type}_inv_freq").float().cpu(),
         float(getattr(rot, f"{layer_type}_attention_scaling", 1.0)),
     )
 
 
+def rotary_angles(model: Any, layer: int, n: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (pos, rotary_dim) of positions 0..n-1, from the model's rotary module, laid out as the
+    rotation pairs dimensions (halves, or neighbours for GPT-J)."""
+    a = anatomy.of(model)
+    rot = rotary_module(model)
+    pos = torch.arange(n, device=device)
+    table = getattr(rot, "embed_positions", None)
+    if table is not None:  # GPT-J: [sin | cos] per position, one angle per pair
+        sin, cos = table[pos.to(table.device)].float().chunk(2, dim=-1)
+        if a.rotary_interleaved:
+            return cos.repeat_interleave(2, -1).to(device), sin.repeat_interleave(2, -1).to(device)
+        return torch.cat((cos, cos), -1).to(device), torch.cat((sin, sin), -1).to(device)
+    x = torch.zeros(1, n, 1, device=device)  # the module reads only its dtype and device
+    extra = {}
+    if "layer_type" in inspect.signature(rot.forward).parameters:  # Gemma 3: local and global frequencies
+        extra["layer_type"] = _layer_type(model, layer)
+    cos, sin = rot(x, pos[None], **extra)
+    return cos[0].float(), sin[0].float()
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding, halves convention: pairs (x_i, x_{i + d/2}) turn by angle m theta_i.
-    x (n, pos, d_head), cos/sin (pos, d_head)."""
-    half = x.shape[-1] // 2
-    turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + turned * sin
+    """Rotary position embedding, halves convention: pairs (x_i, x_{i + r/2}) turn by angle m theta_i, on
+    the first r = cos.shape[-1] dimensions (the rest pass unchanged). x (n, pos, d_head), cos/sin (pos, r)."""
+    r = cos.shape[-1]
+    x_rot, rest = x[..., :r], x[..., r:]
+    turned = torch.cat((-x_rot[..., r // 2 :], x_rot[..., : r // 2]), dim=-1)
+    return torch.cat((x_rot * cos + turned * sin, rest), dim=-1)
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding, interleaved (GPT-J): pairs (x_{2i}, x_{2i+1}) turn by angle m theta_i."""
+    r = cos.shape[-1]
+    x_rot, rest = x[..., :r], x[..., r:]
+    turned = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
+    return torch.cat((x_rot * cos + turned * sin, rest), dim=-1)
 
 
 def relative_buckets(
@@ -246,27 +287,53 @@ def relative_buckets(
     return bucket + torch.where(dist < exact, dist, log_part)
 
 
+def relative_table(model: Any, stack: str) -> Any:
+    """The attention module of `stack` holding T5's relative position table: its first block's (shared by
+    every layer)."""
+    first = anatomy.of(model).blocks(stack)[0].attn.module
+    if getattr(first, "relative_attention_bias", None) is None:
+        raise UnsupportedModel(
+            f"The first {stack} layer of {type(model).__name__} has no relative_attention_bias."
+        )
+    return first
+
+
 def t5_bias(model: Any, stack: str, n_q: int, n_k: int) -> torch.Tensor:
     """(head, q, k) relative position bias of a T5 stack (learned in its first block, shared by all)."""
-    first = blocks.layers(model, stack)[0].layer[0].SelfAttention
+    first = relative_table(model, stack)
     rel = torch.arange(n_k)[None, :] - torch.arange(n_q)[:, None]
+    bidirectional = not anatomy.of(model).stacks[stack].causal
     buckets = relative_buckets(
-        rel, stack == "encoder", first.relative_attention_num_buckets, first.relative_attention_max_distance
+        rel, bidirectional, first.relative_attention_num_buckets, first.relative_attention_max_distance
     )
-    table = first.relative_attention_bias.weight.float().cpu()  # (bucket, head)
+    table = first.relative_attention_bias.weight.detach().float().cpu()  # (bucket, head)
     return table[buckets].permute(2, 0, 1)
 
 
+def alibi(model: Any, att: anatomy.Attention, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ALiBi from the family's own `build_alibi_tensor`: the slopes m_h (head,) and m_h * j (head, k), j the
+    key's position among the real tokens."""
+    build = getattr(importlib.import_module(type(att.module).__module__), "build_alibi_tensor", None)
+    if build is None:
+        raise UnsupportedModel(
+            f"{type(model).__name__} uses ALiBi, but its modeling code has no build_alibi_tensor."
+        )
+    tensor = build(keep.long()[None], att.n_heads, torch.float32)[:, 0].float()  # (head, k)
+    one = build(torch.ones(1, 2, dtype=torch.long), att.n_heads, torch.float32)[:, 0, 1].float()  # m_h * 1
+    return one, tensor
+
+
 def sliding_window(model: Any, layer: int, stack: str) -> int | None:
-    """The layer's sliding window in tokens, or None for full attention."""
-    config, kind = model.config, blocks.style(model)
-    window = getattr(config, "sliding_window", None)
-    if kind not in ("llama", "gemma3") or not window:
+    """The layer's sliding window in tokens, or None for full attention: the attention module's own
+    `sliding_window` (Qwen2, Gemma 3: per layer type), else the config's (Mistral, Phi-3: every layer)."""
+    if stack == "cross":
         return None
-    types = getattr(config, "layer_types", None)
-    if types is not None:
-        return int(window) if types[layer] == "sliding_attention" else None
-    return int(window) if getattr(config, "model_type", "") == "mistral" else None
+    module = anatomy.of(model).attention(stack, layer).module
+    if hasattr(module, "sliding_window"):
+        window = module.sliding_window
+    else:
+        window = getattr(_config(model), "sliding_window", None)
+    return int(window) if window else None
 
 
 def allowed_positions(
@@ -280,24 +347,62 @@ def allowed_positions(
     if window is not None:
         ok = ok & ((q - k) < window if causal else (q - k).abs() < window)
     if keep is not None:
-        ok = ok & keep.bool()[None, :]
+        ok = ok & keep.bool().cpu()[None, :]
     return ok
 
 
-def _scale(kind: str, model: Any, m: Any, layer: int, d_head: int) -> tuple[float, str]:
-    config = model.config
-    if kind == "t5":
+def _softcap(module: Any) -> float | None:
+    """The cap c of c * tanh(S / c) on the scaled scores, where the module's code applies it: Gemma 2
+    passes its attn_logit_softcapping to the attention function; Gemma 3 keeps the value but does not."""
+    cap = getattr(module, "attn_logit_softcapping", None)
+    if not cap:
+        return None
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):  # no source to read: trust the attribute
+        return float(cap)
+    return float(cap) if "attn_logit_softcapping" in source else None
+
+
+def _scale(att: anatomy.Attention) -> tuple[float, str]:
+    """The module's own scale, and its LaTeX (1/sqrt(s) when it is one)."""
+    scale = att.scale
+    if scale == 1.0:
         return 1.0, "1"
-    if kind == "gemma3":
-        s = config.query_pre_attn_scalar
-        return float(s) ** -0.5, rf"1/\sqrt{{{s}}}"
-    scale, text = d_head**-0.5, rf"1/\sqrt{{{d_head}}}"
-    if kind == "gpt2":
-        if not config.scale_attn_weights:
-            scale, text = 1.0, "1"
-        if config.scale_attn_by_inverse_layer_idx:
-            scale, text = scale / (layer + 1), rf"{text} \cdot 1/{layer + 1}"
-    return scale, text
+    s = 1.0 / scale**2
+    if abs(s - round(s)) <= 1e-6 * s:
+        return scale, rf"1/\sqrt{{{round(s)}}}"
+    return scale, f"{scale:.6g}"
+
+
+def _qk_norms(att: anatomy.Attention, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """q (pos, head * d_head), k (pos, kv_head * d_head) -> normalized (head, pos, d_head), (kv_head, ...)."""
+    if att.q_norm is None:
+        return None, None
+    d = att.d_head
+    if att.qk_norm_per_head:
+        return apply_norm(_heads(q, d), att.q_norm), apply_norm(_heads(k, d), att.k_norm)
+    # OLMo 2: over every head's dimensions at once, before they are split
+    return _heads(apply_norm(q, att.q_norm), d), _heads(apply_norm(k, att.k_norm), d)
+
+
+def _bias(model: Any, stack: str, layer: int, n: int, keep: torch.Tensor | None) -> tuple:
+    """The position bias added to the scaled scores of a self-attention: (kind, (head, q, k) bias, ALiBi
+    slopes (head,), ALiBi factor), or Nones where positions enter elsewhere."""
+    a = anatomy.of(model)
+    if a.position == "relative":
+        return "relative", t5_bias(model, stack, n, n), None, 1.0
+    if a.position != "alibi":
+        return None, None, None, 1.0
+    att = a.attention(stack, layer)
+    real = torch.ones(n, dtype=torch.long) if keep is None else keep.cpu()
+    slopes, per_key = alibi(model, att, real)  # (head,), (head, k)
+    times = ALIBI_SCALED.get(a.model_type)
+    factor = times * att.scale if times else 1.0
+    return "alibi", (factor * per_key)[:, None, :].expand(-1, n, -1), slopes, factor
+
+
+# -- one layer ------------------------------------------------------------------------------------------
 
 
 def heads_from_scratch(
@@ -311,46 +416,46 @@ def heads_from_scratch(
     """Recomputes every head of `layer` from its input `x` (pos, d_model) and the module's weights.
     `keep` (pos,) marks real tokens (False: padding). Cross-attention (`stack` 'cross'): `kv` (src,
     d_model) is the encoder's output, which keys and values read."""
-    kind = blocks.style(model)
-    m = blocks.attention_module(model, stack, layer)
+    a = anatomy.of(model)
+    att = a.attention(stack, layer)
+    cross = stack == "cross"
     x = x.detach().float()
-    kv = None if kv is None else kv.detach().float()
+    src = x if kv is None else kv.detach().float().to(x.device)
+    n, d = x.shape[0], att.d_head
     with torch.no_grad():
-        q, k, v, has_bias, d_head = _projections(kind, m, x, kv)
-        q_normed = k_normed = cos = sin = q_rot = k_rot = None
-        qq, kk = q, k
-        if hasattr(m, "q_norm") and hasattr(m, "k_norm"):
-            gemma = "Gemma" in type(m.q_norm).__name__
-            q_normed, k_normed = _rms_norm(q, m.q_norm, gemma), _rms_norm(k, m.k_norm, gemma)
-            qq, kk = q_normed, k_normed
-        if kind in ("llama", "gemma3"):
-            inv_freq, attention_scaling = rotary_frequencies(model, layer)
-            pos = torch.arange(x.shape[0], device=x.device).float()
-            angles = pos[:, None] * inv_freq.to(x.device)[None, :]  # (pos, d_head / 2)
-            angles = torch.cat((angles, angles), dim=-1)  # (pos, d_head)
-            cos, sin = angles.cos() * attention_scaling, angles.sin() * attention_scaling
-            q_rot, k_rot = rotate(qq, cos, sin), rotate(kk, cos, sin)
+        q, k, v = att.q(x), att.k(src), att.v(src)  # (pos, n_heads * d_head), (src, n_kv * d_head) x 2
+        q_normed, k_normed = _qk_norms(att, q, k)
+        q, k, v = _heads(q, d), _heads(k, d), _heads(v, d)  # (head, pos, d_head), (kv_head, src, d_head) x 2
+        qq = q if q_normed is None else q_normed
+        kk = k if k_normed is None else k_normed
+        cos = sin = q_rot = k_rot = None
+        if a.position == "rope" and not cross:
+            cos, sin = rotary_angles(model, layer, n, x.device)  # (pos, rotary_dim)
+            turn = rotate_pairs if a.rotary_interleaved else rotate
+            q_rot, k_rot = turn(qq, cos, sin), turn(kk, cos, sin)
             qq, kk = q_rot, k_rot
-        n_rep = q.shape[0] // k.shape[0]
+        n_rep = att.group
         k_full = kk.repeat_interleave(n_rep, dim=0)  # query head h reads key/value head h // n_rep
         v_full = v.repeat_interleave(n_rep, dim=0)
         scores = qq @ k_full.transpose(-1, -2)  # (head, q, k)
-        scale, scale_text = _scale(kind, model, m, layer, d_head)
+        scale, scale_text = _scale(att)
         logits = scores * scale
-        bias = None
-        if kind == "t5" and stack != "cross":  # T5's cross-attention has no position bias
-            bias = t5_bias(model, stack, x.shape[0], x.shape[0]).to(x.device)
-            logits = logits + bias
-        softcap = getattr(model.config, "attn_logit_softcapping", None) if kind == "gemma3" else None
+        bias_kind, bias, slopes, factor = (
+            (None, None, None, 1.0) if cross else _bias(model, stack, layer, n, keep)
+        )
+        if bias is not None:
+            logits = logits + bias.to(x.device)
+        softcap = _softcap(att.module)
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         window = sliding_window(model, layer, stack)
-        if stack == "cross":  # every query sees every source token
-            allowed = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=x.device)
+        causal = a.stacks[_stack(stack)].causal and not cross
+        if cross:  # every query sees every source token
+            allowed = torch.ones(n, src.shape[0], dtype=torch.bool)
         else:
-            allowed = allowed_positions(x.shape[0], blocks.causal(model, stack), window, keep).to(x.device)
+            allowed = allowed_positions(n, causal, window, keep)
         # The model adds the dtype's lowest value where a query may not look; so does this.
-        masked = logits + torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+        masked = logits + torch.where(allowed.to(x.device), 0.0, torch.finfo(torch.float32).min)
         probs = torch.softmax(masked, dim=-1)
         out = probs @ v_full
     cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
@@ -359,7 +464,10 @@ def heads_from_scratch(
         cos=cpu(cos), sin=cpu(sin), q_rot=cpu(q_rot), k_rot=cpu(k_rot), scores=scores.cpu(), scale=scale,
         scale_text=scale_text, bias=cpu(bias), softcap=softcap or None, logits=logits.cpu(),
         allowed=allowed.cpu(), window=window, probs=probs.cpu(), out=out.cpu(), n_rep=n_rep,
-        w_shape=(x.shape[1], d_head), has_bias=has_bias,
+        w_shape=(x.shape[1], d), has_bias=att.q.bias() is not None, causal=causal,
+        qk_norm=None if att.q_norm is None else norm_kind(att.q_norm), qk_norm_per_head=att.qk_norm_per_head,
+        rotary_dim=None if cos is None else cos.shape[-1], interleaved=a.rotary_interleaved,
+        bias_kind=bias_kind, slopes=cpu(slopes), bias_factor=factor,
     )  # fmt: skip
 
 
@@ -375,16 +483,12 @@ def max_differences(model: Any, cap: StackCapture) -> list[list[float]]:
 
 
 def verify(loaded: Any, text: str) -> dict:
-    """Every layer and head of every stack against the model's own maps, as a JSON-ready dict."""
+    """Every layer and head of every kind of attention against the model's own maps, as a JSON-ready dict."""
     caps = capture(loaded, text)
     tol = tolerance(next(iter(caps.values())).dtype)
     result: dict[str, Any] = {"model": loaded.card.name, "tolerance": tol}
-    worst = 0.0
-    per_stack = {}
-    for stack, cap in caps.items():
-        rows = max_differences(loaded.model, cap)
-        worst = max([worst] + [d for row in rows for d in row])
-        per_stack[stack] = rows
+    per_stack = {stack: max_differences(loaded.model, cap) for stack, cap in caps.items()}
+    worst = max(d for rows in per_stack.values() for row in rows for d in row)
     result["n_tokens"] = len(next(iter(caps.values())).ids)
     result["max_abs_diff"] = worst
     if len(per_stack) == 1:

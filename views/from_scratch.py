@@ -3,8 +3,9 @@ checked against the attention map the model itself returned."""
 
 import streamlit as st
 
-from explorer import blocks, scratch, session
+from explorer import anatomy, scratch, session
 from explorer.display import md
+from explorer.errors import InputError
 from explorer.learn_figures import heatmap
 from explorer.scratch_steps import KEYS, TOKENS, walkthrough
 from views.common import model_or_stop, share
@@ -26,8 +27,9 @@ st.caption(
 loaded = model_or_stop()
 share()  # the model in the URL: a copied link opens this page on it
 try:
-    stacks = blocks.attention_kinds(loaded.model)
-except blocks.UnsupportedModel as err:
+    parts = anatomy.of(loaded.model)
+    stacks = parts.attention_kinds
+except anatomy.UnsupportedModel as err:
     st.warning(md(err))
     st.stop()
 
@@ -42,7 +44,7 @@ if len(stacks) > 1:
 else:
     stack = stacks[0]
     cols[0].markdown(f"**Stack:** {stack}")
-n_layers = len(blocks.layers(loaded.model, "decoder" if stack == "cross" else stack))
+n_layers = parts.n_layers("decoder" if stack == "cross" else stack)
 if st.session_state.get(LAYER, 0) >= n_layers:  # a choice kept from a model with more layers
     st.session_state.pop(LAYER)
 layer = cols[1].selectbox("Layer", list(range(n_layers)), key=LAYER)
@@ -56,7 +58,7 @@ else:
     try:
         with session.model_turn(loaded, "a run"), st.spinner("Running the model, recording its input …"):
             cap = scratch.capture(loaded, text, limit=MAX_TOKENS, layer=layer)[stack]
-    except blocks.TextError as err:
+    except InputError as err:
         st.error(md(err))
         st.stop()
     st.session_state[CACHE] = (key, cap)

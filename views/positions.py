@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from explorer import blocks, positions, session
+from explorer import anatomy, positions, session
 from explorer.display import md
 from explorer.learn_figures import heatmap, lines
 from views.common import share
@@ -46,7 +46,7 @@ if loaded is None:
 st.subheader(f"{md(loaded.card.name)}: {md(loaded.card.position_encoding)}")
 try:
     kind = positions.scheme(loaded.model)
-except blocks.UnsupportedModel as err:
+except anatomy.UnsupportedModel as err:
     st.warning(md(err))
     st.stop()
 
@@ -126,7 +126,7 @@ else:
         "query–key pair, chosen by the bucket of their relative distance: one bucket per distance up to 8 "
         "(encoder: each direction), then buckets growing logarithmically up to a maximum distance."
     )
-    for stack in blocks.stacks(loaded.model):
+    for stack in anatomy.of(loaded.model).stack_names:
         rb = positions.t5_relative(loaded.model, stack)
         st.markdown(f"**{stack.capitalize()}** ({rb.n_buckets} buckets, max distance {rb.max_distance})")
         left, right = st.columns(2)

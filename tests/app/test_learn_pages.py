@@ -83,10 +83,23 @@ def test_from_scratch_bad_text(tiny_dir):
     assert "matches" in at.success[0].value
 
 
-def test_from_scratch_unsupported_family(tmp_path):
+def test_from_scratch_and_ffn_on_a_family_found_by_the_anatomy(tmp_path):
+    """GPT-NeoX (fused per-head q/k/v, partial rotary, parallel residual) was refused before the anatomy."""
     model = tf.GPTNeoXForCausalLM(
         tf.GPTNeoXConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
     )
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    at = open_page("views/from_scratch.py", tmp_path)
+    assert not at.warning and not at.error
+    assert at.success and "matches the model's own map" in at.success[0].value
+    at.switch_page("views/ffn.py")
+    run(at)
+    assert not at.error and charts(at)
+
+
+def test_from_scratch_unsupported_family(tmp_path):
+    model = tf.XLNetLMHeadModel(tf.XLNetConfig(vocab_size=40, d_model=32, n_layer=1, n_head=4, d_inner=64))
     model.save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
     at = open_page("views/from_scratch.py", tmp_path)

@@ -6,7 +6,8 @@ import pytest
 import torch
 import transformers as tf
 
-from explorer import blocks, scratch
+from explorer import anatomy, hooked, scratch
+from explorer.errors import InputError
 from explorer.loading import LoadRequest, load_model
 from tests.conftest import VOCAB, tiny_tokenizer
 
@@ -106,7 +107,7 @@ def test_steps_are_consistent(kind, loaded):
         assert torch.allclose(m.probs.sum(-1), torch.ones(m.probs.shape[:2]), atol=1e-5)
         assert (m.probs[:, ~m.allowed] == 0).all()
         assert torch.allclose(m.out, m.probs @ m.v.repeat_interleave(m.n_rep, 0), atol=1e-6)
-        if blocks.causal(lm.model, stack):
+        if stack != "cross" and anatomy.of(lm.model).stacks[stack].causal:
             assert not m.allowed.triu(1).any()
         else:
             assert m.allowed.all()
@@ -186,21 +187,13 @@ def test_padding_mask(loaded):
     """Left padding: padded keys get no attention, as in the model's own maps."""
     lm = loaded("llama")
     model = lm.model
-    ids = blocks.encode(model, lm.tokenizer, "the cat sat on the mat")
+    ids = hooked.encode(model, lm.tokenizer, "the cat sat on the mat")
     pad = lm.tokenizer.pad_token_id
     x = torch.tensor([[pad, pad] + ids])
     mask = torch.tensor([[0, 0] + [1] * len(ids)])
     seen = {}
-    attn = blocks.parts(model, "decoder", 1).attn
-
-    def hook(module, args, kwargs):
-        seen["x"] = kwargs["hidden_states"][0]
-
-    handle = attn.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        out = model(input_ids=x, attention_mask=mask, output_attentions=True)
-    finally:
-        handle.remove()
+    keep = hooked.keep(seen, "x", anatomy.of(model).attention("decoder", 1).module, "pre")
+    out = hooked.run(lm, {"input_ids": x, "attention_mask": mask}, [keep], output_attentions=True)
     # Positions count from the first token, padding included, as in the model's forward without position_ids.
     m = scratch.heads_from_scratch(model, "decoder", 1, seen["x"], keep=mask[0])
     real = slice(2, None)
@@ -220,22 +213,20 @@ def test_hooks_are_removed(loaded):
 
 @pytest.mark.parametrize("text", ["", "   \n"])
 def test_empty_text(text, loaded):
-    with pytest.raises(blocks.TextError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         scratch.capture(loaded("gpt2"), text)
 
 
 def test_text_longer_than_the_context(loaded):
     lm = loaded("bert")  # 64 positions
-    with pytest.raises(blocks.TextError, match="at most 64"):
+    with pytest.raises(InputError, match="at most 64"):
         scratch.capture(lm, " ".join(["cat"] * 80))
 
 
 def test_unsupported_family_says_so():
-    model = tf.GPTNeoXForCausalLM(
-        tf.GPTNeoXConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
-    )
-    with pytest.raises(blocks.UnsupportedModel, match="not one of the families"):
-        blocks.style(model)
+    model = tf.XLNetLMHeadModel(tf.XLNetConfig(vocab_size=50, d_model=32, n_layer=1, n_head=4, d_inner=64))
+    with pytest.raises(anatomy.UnsupportedModel, match="not one of the families"):
+        anatomy.of(model)
 
 
 @pytest.mark.slow
@@ -258,14 +249,7 @@ def test_a_wrong_step_is_caught(loaded, monkeypatch):
     result = scratch.verify(lm, TEXT)
     assert not result["ok"] and result["max_abs_diff"] > 1e-3
     monkeypatch.undo()
-    real_scale = scratch._scale
-    monkeypatch.setattr(
-        scratch,
-        "_scale",
-        lambda kind, model, m, layer, d: (
-            (d**-0.5, "") if kind == "gemma3" else real_scale(kind, model, m, layer, d)
-        ),
-    )
+    monkeypatch.setattr(scratch, "_scale", lambda att: (att.d_head**-0.5, ""))
     assert not scratch.verify(loaded("gemma3"), TEXT)["ok"]
 
 
