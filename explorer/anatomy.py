@@ -235,7 +235,8 @@ BERT = Style(
 BART = Style(
     layers={"encoder": "encoder.layers", "decoder": "decoder.layers"}, attn="self_attn",
     o="self_attn.out_proj", attn_norm=None, ffn_norm=None, ffn="fc1", up="fc1", gate=None, down="fc2",
-    act="activation_fn", cross="encoder_attn", cross_entry="encoder_attn", placement="post", position="learned",
+    act="activation_fn", cross="encoder_attn", cross_entry="encoder_attn", placement="post",
+    position="learned",
 )
 FUSED = {"q": None, "k": None, "v": None}  # q, k and v in one matrix (`qkv`, with its `layout`)
 PLAIN_FFN = {"gate": None}  # act(x W_up + b) W_down
