@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer import blocks, flow  # noqa: E402
+from explorer import flow, hooked  # noqa: E402
 from explorer.flow_figures import graph  # noqa: E402
 from explorer.loading import LoadRequest, load_model  # noqa: E402
 
@@ -55,7 +55,7 @@ def fifteen_tokens(tokenizer) -> str:
 
 def ratio(loaded, text: str, clock=time.perf_counter) -> dict:
     model = loaded.model
-    ids = blocks.encode(model, loaded.tokenizer, text)
+    ids = hooked.encode(model, loaded.tokenizer, text)
     x = torch.tensor([ids])
 
     def plain() -> None:

@@ -1,5 +1,5 @@
 """Information flow routes (Ferrando & Voita, 2024): which attention edges and feed-forward networks carry
-the prediction, from one forward pass.
+the prediction, from one forward pass, on every architecture `explorer.anatomy` describes.
 
 Every residual update is a sum of terms. At sub-layer k of a layer, position t receives
 
@@ -7,8 +7,9 @@ Every residual update is a sum of terms. At sub-layer k of a layer, position t r
 
 where x_t is the residual stream entering the sub-layer, u_t what the sub-layer adds, and for attention
 z[h, t, s] = A[h, t, s] * (v[h, s] @ W_O[h]) is what head h moves from source position s (the attention
-weight times the value vector through that head's slice of the output projection). Rotary embeddings do
-not touch values; grouped-query models share a value head among `n_rep` query heads.
+weight times the value vector through that head's slice of the output projection). Values are the
+anatomy's value projection of the attention's own input (cross-attention: of the encoder's output); rotary
+embeddings do not touch them; grouped-query models share a value head among `group` query heads.
 
 Importance (the paper's proximity, from ALTI): a term z_j of the sum y counts by how close it is to y
 in L1 distance,
@@ -21,12 +22,20 @@ of z[h, t, s]) for attention; the residual and the FFN output for the feed-forwa
 - The output projection's bias b_O is not a term of its own: it is shared out as b_O * A[h, t, s] / H to
   each (head, source) pair. The attention rows sum to 1, so these shares add up to b_O exactly and each
   source's term is a vector the layer really adds. The value bias is already inside v.
-- "The sum" y is what is added before any normalization: x + u for pre-norm models (GPT-2, Llama, Gemma,
-  T5), and for post-norm models (BERT, BART) the sum that enters the LayerNorm after the addition.
-- Gemma 3 normalizes each sub-layer's output before adding it (post_attention_layernorm,
-  post_feedforward_layernorm): u = o * r_t * (1 + w) with r_t = 1/rms(o_t), one scale per position
-  computed from the whole output o_t. That map is linear once r_t is fixed, so every term is multiplied
-  by the same r_t * (1 + w) and the terms still add up to u.
+- "The sum" y, by the anatomy's placement of the norms:
+  pre (GPT-2, Llama, T5, mBART ...): x + u, the stream entering the sub-layer plus what it adds.
+  post (BERT, BART, Marian, DistilBERT, ALBERT, OPT without do_layer_norm_before): the sum that enters the
+  LayerNorm after the addition; x is then the sub-layer's own input (the previous LayerNorm's output).
+  sandwich (Gemma 3) and post-out (OLMo 2) normalize each sub-layer's output o before adding it:
+  u = o * r_t * g with r_t = 1/rms(o_t), one scale per position computed from the whole o_t, and g the
+  norm's gain (Gemma stores it as 1 + weight, OLMo 2 as weight: `post_scale` reads it from the norm's own
+  forward). That map is linear once r_t is fixed, so every term is multiplied by the same r_t * g and the
+  terms still add up to u.
+- Parallel blocks (GPT-J, GPT-NeoX with use_parallel_residual, Falcon, Phi): attention and the FFN both
+  read the block's input x, and the block outputs y = x + a + f. They are shown as two sub-layers of that
+  one sum: 'attention' with the terms x and attention's pieces (their sum x + a), then 'ffn' with the terms
+  x + a and f (their sum y, the block's output). The FFN reads x, not x + a: a kept FFN mark leads the
+  routes (`trace`) to the block's input.
 - Edges are token-level, as in the paper: one term per source position, the sum over heads (as ALTI
   sums its heads). The LLM Transparency Tool's code instead scores each (source, head) piece against y
   and adds the heads' scores up; proximity is not additive, so the two differ somewhat.
@@ -39,22 +48,23 @@ of z[h, t, s]) for attention; the residual and the FFN output for the feed-forwa
   position. The encoder's own routes are not traced here.
 - A sum whose terms are all at L1 distance >= ||y||_1 from it (no proximity anywhere, e.g. y = 0) gives
   all its weight to the residual.
+- The model is held to these sums: a block whose output is not its input plus the captured updates, or a
+  post-norm that is not a per-position scale, is refused (UnsupportedModel) rather than decomposed wrongly.
 
 Shapes: (layer, tgt, src) per edge, (layer, head, tgt, src) per head, (layer, pos) per node.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from explorer import blocks, ffn
+from explorer import anatomy, ffn, hooked
+from explorer.anatomy import Attention, Proj, UnsupportedModel
 from explorer.errors import InputError
-from explorer.hidden import final_norm
 from explorer.tokens import display_tokens
 
 MAX_TOKENS = 96  # per sequence; the graph of a longer text is unreadable and its terms grow as pos^2
@@ -63,6 +73,9 @@ CHUNK_ELEMENTS = 500_000
 ROUNDING = 1e-5  # proximities below this share of ||y||_1 are float32 rounding of the L1 distances
 ATTENTION, CROSS, FFN = "attention", "cross", "ffn"
 GENERATE_MAX_TOKENS = 24  # encoder-decoders with no target: the greedy output this long at most
+# the sums recomputed from the captured parts may differ from the model's by rounding (bf16: ~1e-2 of the
+# largest entry); a model that computes something else differs by the size of a whole term
+ADDS_UP = 0.02
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,7 @@ class Flow:
     source_ids: tuple[int, ...] | None = None  # encoder-decoders: the encoder's positions
     source_tokens: tuple[str, ...] | None = None
     target_generated: bool = False  # encoder-decoders: the decoder read the model's own greedy output
+    parallel: bool = False  # attention and FFN read the block's input (see the module docstring)
 
     @property
     def n_layers(self) -> int:
@@ -186,70 +200,81 @@ def _normalized(prox: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, prox / total.clamp(min=1e-30), fallback)
 
 
-def _first(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
-
-# --- where the attention pieces are, per family ---------------------------------------------------------
-
-
-def _value_and_out(kind: str, attn: Any) -> tuple[Any, Any]:
-    """The modules whose outputs are V and the attention output (before any post-norm)."""
-    if kind == "gpt2":
-        return attn.c_attn, attn.c_proj
-    if kind == "bert":
-        raise AssertionError("BERT's output projection sits outside its self-attention module")
-    if kind == "t5":
-        return attn.v, attn.o
-    if kind == "bart":
-        return attn.v_proj, attn.out_proj
-    return attn.v_proj, attn.o_proj  # llama, gemma3
-
-
-def _attention_modules(model: Any, layer: int, which: str) -> tuple[Any, Any]:
-    """(value module, output projection) of the self ('attention') or 'cross' attention of a layer."""
-    kind = blocks.style(model)
-    stack = flow_stack(model)
-    if kind == "bert":
-        block = blocks.layers(model, stack)[layer]
-        return block.attention.self.value, block.attention.output.dense
-    module = blocks.attention_module(model, stack if which == ATTENTION else "cross", layer)
-    return _value_and_out(kind, module)
-
-
-def _out_heads(kind: str, out: Any, n_heads: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The output projection as (head, d_head, d_model) and its bias (d_model,): views of the model's
-    own weight, not copies."""
-    w = out.weight.detach().float()
-    if kind == "gpt2":  # Conv1D: weight (in, out), y = x W + b
-        per = w.view(n_heads, -1, w.shape[1])
-    else:  # nn.Linear: weight (out, in), y = x W^T + b
-        per = w.view(w.shape[0], n_heads, -1).permute(1, 2, 0)
-    bias = out.bias.detach().float() if getattr(out, "bias", None) is not None else None
-    return per, bias
-
-
-def _post_norm(kind: str, model: Any, layer: int, which: str) -> Any:
-    """Gemma's norm between a sub-layer's output and the residual addition; None elsewhere."""
-    if kind != "gemma3":
-        return None
-    block = blocks.layers(model, flow_stack(model))[layer]
-    return block.post_attention_layernorm if which == ATTENTION else block.post_feedforward_layernorm
-
-
-def _post_scale(norm: Any, o: torch.Tensor) -> torch.Tensor:
-    """(pos, d_model): Gemma's RMSNorm as a per-position linear map, r_t * (1 + w), from the whole o."""
-    r = torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + norm.eps)
-    return r * (1.0 + norm.weight.detach().float())
+# --- the stack, its parts and the pieces of an attention output --------------------------------------------
 
 
 def flow_stack(model: Any) -> str:
-    """The stack whose routes the page draws: the decoder when there is one."""
-    return blocks.stacks(model)[-1]
+    """The stack whose routes the page draws: the decoder when there is one. UnsupportedModel for a model
+    the anatomy cannot describe."""
+    return anatomy.of(model).stack_names[-1]
 
 
 def sublayer_names(model: Any) -> tuple[str, ...]:
-    return (ATTENTION, CROSS, FFN) if len(blocks.stacks(model)) == 2 else (ATTENTION, FFN)
+    return (ATTENTION, CROSS, FFN) if CROSS in anatomy.of(model).attention_kinds else (ATTENTION, FFN)
+
+
+def head_terms(att: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-head, per-source pieces of an attention output. x: the attention's input (src, d_model) (for
+    cross-attention, the encoder's output). Returns vo (head, src, d_model) = v[h, s] @ W_O[h] and the output
+    bias (d_model,), so that o[t] = sum_{h,s} A[h,t,s] vo[h,s] + b_O."""
+    v = att.v(x.float())  # (src, kv_head * d_head), with the value bias
+    v = v.view(v.shape[0], att.n_kv_heads, att.d_head).transpose(0, 1)  # (kv_head, src, d_head)
+    v = v.repeat_interleave(att.group, dim=0)  # (head, src, d_head): query heads sharing a kv head
+    out = Proj(att.o)
+    w = out.weight().float().to(v.device)  # (d_model, head * d_head): head h in columns h*d_head ...
+    w_o = w.view(w.shape[0], att.n_heads, att.d_head).permute(1, 2, 0)  # (head, d_head, d_model), a view
+    bias = out.bias()
+    return torch.matmul(v, w_o), None if bias is None else bias.float().to(v.device)
+
+
+def post_scale(norm: Any, o: torch.Tensor) -> torch.Tensor:
+    """An RMSNorm on a sub-layer's output o (..., d_model) as one scale per position: norm(o) = o * scale,
+    scale = r * g with r = 1/sqrt(mean(o^2) + eps) from each position's whole o. The gain g (d_model,) comes
+    from the norm's own forward on a vector of ones (g / sqrt(1 + eps)): Gemma's 1 + weight and OLMo 2's
+    weight alike."""
+    eps = next((float(getattr(norm, n)) for n in ("eps", "variance_epsilon") if hasattr(norm, n)), None)
+    if eps is None:
+        raise UnsupportedModel(
+            f"The norm on a sub-layer's output ({type(norm).__name__}) keeps no eps: it is not an RMSNorm "
+            "that these pages can apply to each term."
+        )
+    with torch.no_grad():
+        ones = torch.ones(1, o.shape[-1], device=norm.weight.device)
+        # forward, not __call__: the probe is no input of the model's, for anyone's hooks
+        g = norm.forward(ones).float()[0] * (1.0 + eps) ** 0.5  # (d_model,)
+    r = torch.rsqrt(o.float().pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
+    return r * g.to(o.device)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """A captured (1, pos, d) tensor, or one flattened to (pos, d) (OPT's FFN), as (pos, d) float32."""
+    return t.reshape(-1, t.shape[-1]).float()
+
+
+def _hooks(a: anatomy.Anatomy, stack: str, subs: tuple[str, ...], seen: dict) -> tuple[list, list[tuple]]:
+    """Hooks that keep, per layer i: the block's input ('x', i) and output ('out', i); per sub-layer its own
+    input ('in', sub, i: after any norm; for attention, what its values are computed from) and what it adds
+    to the residual ('u', sub, i); each attention's output projection ('o', sub, i: before any post-norm)
+    and the FFN's down projection ('down', i). Returns the hooks and the keys they fill."""
+    st = a.stacks[stack]
+    hooks, keys = [], []
+    for b in st.blocks:
+        call = b.index if st.shared_blocks else None  # ALBERT: one module, called once per layer
+        wanted = [
+            (("x",), b.module, "pre"), (("out",), b.module, "post"), (("in", FFN), b.ffn.entry, "pre"),
+            (("u", FFN), b.ffn_out, "post"), (("down",), b.ffn.down, "post"),
+        ]  # fmt: skip
+        for sub in subs[:-1]:  # the attentions
+            att, update = (b.cross, b.cross_out) if sub == CROSS else (b.attn, b.attn_out)
+            wanted += [
+                (("in", sub), att.module, "pre"),
+                (("o", sub), att.o, "post"),
+                (("u", sub), update, "post"),
+            ]
+        for key, module, when in wanted:
+            keys.append(key + (b.index,))
+            hooks.append(hooked.keep(seen, key + (b.index,), module, when, call, batch_row=None))
+    return hooks, keys
 
 
 # --- one forward pass -------------------------------------------------------------------------------------
@@ -261,153 +286,126 @@ def _inputs(
     """Model keyword arguments, the stack's ids, the encoder's ids (encoder-decoders), whether the decoder
     reads the model's own greedy output."""
     model, tokenizer = loaded.model, loaded.tokenizer
-    ids = blocks.encode(model, tokenizer, text, limit)
-    device = blocks.input_device(model)
-    if len(blocks.stacks(model)) == 1:
+    ids = hooked.encode(model, tokenizer, text, limit)
+    if len(anatomy.of(model).stacks) == 1:
         if target:
             raise InputError("A target is for encoder-decoders; this model reads one text.")
-        x = torch.tensor([ids], device=device)
-        return {"input_ids": x, "attention_mask": torch.ones_like(x)}, ids, None, False
-    start = model.config.decoder_start_token_id
-    if start is None:
-        raise InputError("This encoder-decoder's config has no decoder_start_token_id: no decoder input.")
-    src = torch.tensor([ids], device=device)
+        return hooked.inputs(model, ids), ids, None, False
+    start = hooked.decoder_start(model)
     generated = not (target and target.strip())
     if generated:
+        src = hooked.inputs(model, ids)
+        config = model.config
+        cache_ok = getattr(config, "num_decoder_layers", None) in (None, getattr(config, "num_layers", None))
         with loaded.lock, torch.no_grad():
-            config = model.config
-            cache_ok = getattr(config, "num_decoder_layers", None) in (
-                None,
-                getattr(config, "num_layers", None),
-            )
             tgt = model.generate(
-                input_ids=src, max_new_tokens=min(GENERATE_MAX_TOKENS, limit - 1), do_sample=False,
-                num_beams=1, use_cache=cache_ok,
+                input_ids=src["input_ids"], attention_mask=src["attention_mask"],
+                max_new_tokens=min(GENERATE_MAX_TOKENS, limit - 1), do_sample=False, num_beams=1,
+                use_cache=cache_ok,
             )[0].tolist()  # fmt: skip
     else:
         labels = tokenizer(text_target=target)["input_ids"]
         if labels and labels[-1] == tokenizer.eos_token_id:
             labels = labels[:-1]  # a prefix to continue, not a finished output
-        tgt = [int(start), *labels]
+        tgt = [start, *labels]
     if len(tgt) > limit:
         raise InputError(
             f"The target is {len(tgt)} tokens long; this page reads at most {limit}. Shorten it."
         )
-    kwargs = {
-        "input_ids": src,
-        "attention_mask": torch.ones_like(src),
-        "decoder_input_ids": torch.tensor([tgt], device=device),
-    }
-    return kwargs, tgt, ids, generated
+    return hooked.inputs(model, ids, tgt), tgt, ids, generated
 
 
 def compute(loaded: Any, text: str, target: str | None = None, limit: int = MAX_TOKENS) -> Flow:
     """One forward pass of `text` (for encoder-decoders: the source, with `target` the decoder's prefix,
     or the model's greedy output when there is none) and the importance of every term of every residual
-    update of the stack `flow_stack(model)`. Raises InputError (empty, too long) or
-    blocks.UnsupportedModel (a family not decomposed here)."""
+    update of the stack `flow_stack(model)`. Raises InputError (empty, too long) or UnsupportedModel (a
+    model the anatomy cannot describe, or whose blocks are not the sums decomposed here)."""
     model = loaded.model
-    kind = blocks.style(model)
+    a = anatomy.of(model)
     stack = flow_stack(model)
     subs = sublayer_names(model)
-    attn_subs = [s for s in subs if s != FFN]
     kwargs, ids, source_ids, generated = _inputs(loaded, text, target, limit)
-    n = len(blocks.layers(model, stack))
     seen: dict[tuple, torch.Tensor] = {}
-    handles = []
-
-    def keep(name: tuple, pre: bool = False):
-        if pre:
-
-            def hook(module, args, kw):
-                seen[name] = (args[0] if args else kw["hidden_states"]).detach()[0].float()
-
-            return hook
-
-        def post(module, args, output):
-            seen[name] = _first(output).detach()[0].float()
-
-        return post
-
-    def add(module, name, pre=False):
-        if pre:
-            handles.append(module.register_forward_pre_hook(keep(name, True), with_kwargs=True))
-        else:
-            handles.append(module.register_forward_hook(keep(name)))
-
-    with loaded.lock:
-        try:
-            for i in range(n):
-                block = blocks.layers(model, stack)[i]
-                p = blocks.parts(model, stack, i)
-                add(block, ("x", i), pre=True)
-                add(block, ("out", i))
-                add(p.ffn_in, ("ffn_in", i), pre=True)
-                add(p.ffn_down, ("down", i))
-                add(p.ffn_update, ("ffn", i))
-                for sub in attn_subs:
-                    value, out = _attention_modules(model, i, sub)
-                    add(value, ("v", sub, i))
-                    add(out, ("o", sub, i))
-                add(p.attn_update, ("u", ATTENTION, i))
-                if CROSS in subs:
-                    cross = blocks.attention_module(model, CROSS, i)
-                    add(cross, ("u", CROSS, i))
-                    # the stream entering cross-attention: BART's (post-norm) is the module's input; T5
-                    # normalizes inside its cross layer, whose input is the stream
-                    add(cross if kind == "bart" else block.layer[1], ("x", CROSS, i), pre=True)
-            extra = {}
-            params = inspect.signature(model.forward).parameters
-            if "use_cache" in params:
-                extra["use_cache"] = False
-            if "logits_to_keep" in params:
-                extra["logits_to_keep"] = 1  # no logits are read here; Gemma's full [pos, vocab] is large
-            with torch.no_grad():
-                out = model(**kwargs, output_attentions=True, **extra)
-        finally:
-            for handle in handles:
-                handle.remove()
+    hooks, keys = _hooks(a, stack, subs, seen)
+    # no logits are read here (Gemma's full (pos, vocab) is large)
+    out = hooked.run(
+        loaded, kwargs, hooks, output_attentions=True, **hooked.options(model, last_logits_only=True)
+    )
+    lost = [key for key in keys if key not in seen]
+    if lost:
+        raise UnsupportedModel(
+            f"{type(model).__name__}'s forward pass did not run a part that the anatomy names ({lost[0]}): "
+            "it computes this layer another way, which these pages do not decompose."
+        )
     if CROSS in subs:
         maps = {ATTENTION: out.decoder_attentions, CROSS: out.cross_attentions}
     else:
         maps = {ATTENTION: out.attentions}
     if not maps[ATTENTION]:
         raise InputError("The model returned no attention weights: it needs eager attention.")
+    encoder_out = out.encoder_last_hidden_state[0] if CROSS in subs else None  # (src, d_model)
     with torch.no_grad():
-        return _decompose(loaded, kind, stack, subs, seen, maps, n, ids, source_ids, generated)
+        return _decompose(loaded, a, stack, subs, seen, maps, encoder_out, ids, source_ids, generated)
 
 
-def _decompose(loaded, kind, stack, subs, seen, maps, n, ids, source_ids, generated) -> Flow:
+def _held_to(model: Any, got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    """UnsupportedModel when `got` (recomputed from the captured parts) is not `want` (the model's own)."""
+    off = float((got - want).abs().max())
+    if off > ADDS_UP * max(float(want.abs().max()), 1e-6):
+        raise UnsupportedModel(
+            f"In {type(model).__name__}, {what} differs from what the model computed (by up to {off:.3g}): "
+            "its residual updates are not the sums that these pages decompose."
+        )
+
+
+def _decompose(loaded, a, stack, subs, seen, maps, encoder_out, ids, source_ids, generated) -> Flow:
     """Every layer at once per sub-layer: a few batched tensor operations instead of dozens per layer."""
     model = loaded.model
-    post_norm = kind in ("bert", "bart")
+    blocks = a.stacks[stack].blocks
+    n = len(blocks)
+
+    def per_layer(*key) -> torch.Tensor:  # (layer, pos, d_model)
+        return torch.stack([_rows(seen[key + (i,)]) for i in range(n)])
+
     residual = np.zeros((n, len(subs), len(ids)), np.float32)
     edges, heads, visible, weights = {}, {}, {}, {}
-    xs = torch.stack([seen[("x", i)] for i in range(n)])  # (layer, pos, d_model) entering each block
-    stream = xs  # pre-norm: the stream entering the current sub-layer
+    xs = per_layer("x")  # (layer, pos, d_model) entering each block
+    out = per_layer("out")
+    if a.placement != "post":  # post-norm: the block's output is the last LayerNorm's, not a sum
+        _held_to(
+            model, xs + sum(per_layer("u", sub) for sub in subs), out, "each block's input plus its updates"
+        )
+    stream = xs  # the stream entering the current sub-layer (post-norm: its own input instead)
     for k, sub in enumerate(subs):
+        x = per_layer("in", sub) if a.placement == "post" else stream
+        u = per_layer("u", sub)  # what the sub-layer adds
         if sub == FFN:
-            r = torch.stack([seen[("ffn_in", i)] for i in range(n)]) if post_norm else stream
-            f = torch.stack([seen[("ffn", i)] for i in range(n)])
-            imp = _normalized(proximity(torch.stack([r, f], 2), r + f))  # (layer, pos, 2)
+            imp = _normalized(proximity(torch.stack([x, u], 2), x + u))  # (layer, pos, 2)
             residual[:, k], ffn_imp = imp[..., 0].cpu().numpy(), imp[..., 1].cpu().numpy()
-            continue
-        x = torch.stack([seen[("x", CROSS, i)] for i in range(n)]) if sub == CROSS else stream
-        if post_norm and sub == ATTENTION:
-            x = xs
-        a = torch.stack([maps[sub][i][0] for i in range(n)]).float()  # (layer, head, tgt, src)
-        u = torch.stack([seen[("u", sub, i)] for i in range(n)])  # (layer, tgt, d_model) what it adds
-        res_imp, edge_imp, head_imp = _attention_sublayer(model, kind, sub, seen, a, x, u)
-        residual[:, k], edges[sub], heads[sub] = res_imp, edge_imp, head_imp
-        visible[sub] = (a > 0).any(1).cpu().numpy()
-        weights[sub] = a.cpu().numpy()
+        else:
+            w = torch.stack([maps[sub][i][0] for i in range(n)]).float()  # (layer, head, tgt, src)
+            vos = []
+            norms = [b.attn_post_norm if sub == ATTENTION else None for b in blocks]
+            for i, b in enumerate(blocks):
+                att = b.cross if sub == CROSS else b.attn
+                vo, bias = head_terms(att, encoder_out if sub == CROSS else _rows(seen[("in", sub, i)]))
+                # b_O shared by the heads; times A[h,t,s]: by the sources
+                vos.append(vo if bias is None else vo + bias / att.n_heads)
+            scale = None  # (layer, tgt, d_model): the post-norm as a scale of every term
+            if norms[0] is not None:
+                o = per_layer("o", sub)
+                scale = torch.stack([post_scale(norm, o[i]) for i, norm in enumerate(norms)])
+                _held_to(model, o * scale, u, f"the norm on {sub}'s output taken as a scale per position")
+            imps = _attention_sublayer(w, torch.stack(vos), scale, x, u)
+            residual[:, k], edges[sub], heads[sub] = imps
+            visible[sub] = (w > 0).any(1).cpu().numpy()
+            weights[sub] = w.cpu().numpy()
         stream = x + u
-    residuals = torch.cat([xs, seen[("out", n - 1)].unsqueeze(0)])
     tok = loaded.tokenizer
     return Flow(
         model_name=loaded.card.name,
         stack=stack,
-        causal=blocks.causal(model, stack),
+        causal=a.stacks[stack].causal,
         ids=tuple(int(t) for t in ids),
         tokens=tuple(display_tokens(tok, list(ids))),
         sublayers=subs,
@@ -417,49 +415,22 @@ def _decompose(loaded, kind, stack, subs, seen, maps, n, ids, source_ids, genera
         visible=visible,
         weights=weights,
         ffn=ffn_imp,
-        residuals=residuals.cpu().numpy(),
-        ffn_inputs=torch.stack([seen[("ffn_in", i)] for i in range(n)]).cpu().numpy(),
-        ffn_outputs=torch.stack([seen[("down", i)] for i in range(n)]).cpu().numpy(),
+        residuals=torch.cat([xs, out[-1:]]).cpu().numpy(),
+        ffn_inputs=per_layer("in", FFN).cpu().numpy(),
+        ffn_outputs=per_layer("down").cpu().numpy(),
         source_ids=tuple(source_ids) if source_ids is not None else None,
         source_tokens=tuple(display_tokens(tok, list(source_ids))) if source_ids is not None else None,
         target_generated=generated,
+        parallel=a.parallel,
     )
 
 
-def head_terms(
-    model: Any, kind: str, layer: int, sub: str, v: torch.Tensor, a: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-head, per-source pieces of an attention output. v: the value module's output (src, d_v) (GPT-2:
-    the fused QKV output), a: (head, tgt, src). Returns vo (head, src, d_model) = v[h, s] @ W_O[h] and the
-    output bias, so that o[t] = sum_{h,s} a[h,t,s] vo[h,s] + b_O."""
-    _, out = _attention_modules(model, layer, sub)
-    n_heads = a.shape[0]
-    w_o, bias = _out_heads(kind, out, n_heads)  # (head, d_head, d_model)
-    d_head = w_o.shape[1]
-    if kind == "gpt2":
-        v = v[:, -n_heads * d_head :]
-    n_kv = v.shape[-1] // d_head
-    v = v.view(v.shape[0], n_kv, d_head).transpose(0, 1)  # (kv_head, src, d_head)
-    v = v.repeat_interleave(n_heads // n_kv, dim=0)  # (head, src, d_head): query heads sharing a kv head
-    return torch.matmul(v, w_o.to(v.device)), bias  # (head, src, d_model); w_o is a strided view
-
-
-def _attention_sublayer(model, kind, sub, seen, a, x, u):
+def _attention_sublayer(a, vo, scale, x, u):
     """Importances of the residual (layer, tgt), each source (layer, tgt, src) and each head
-    (layer, head, tgt, src), every layer at once. a (layer, head, tgt, src); x, u (layer, tgt, d_model).
-    Only the (layer, tgt, src) triples that some head reads are computed (a causal model's triangle)."""
+    (layer, head, tgt, src), every layer at once. a (layer, head, tgt, src); vo (layer, head, src, d_model)
+    with the bias shares; scale (layer, tgt, d_model) or None; x, u (layer, tgt, d_model). Only the
+    (layer, tgt, src) triples that some head reads are computed (a causal model's triangle)."""
     n_layers, n_heads, n_tgt, n_src = a.shape
-    vos, scales = [], []
-    for i in range(n_layers):
-        vo, bias = head_terms(model, kind, i, sub, seen[("v", sub, i)], a[i])
-        if bias is not None:
-            vo = vo + bias.to(vo.device) / n_heads  # b_O shared by the heads; times A[h,t,s]: by sources
-        vos.append(vo)
-        norm = _post_norm(kind, model, i, sub)
-        if norm is not None:
-            scales.append(_post_scale(norm, seen[("o", sub, i)]))
-    vo = torch.stack(vos)  # (layer, head, src, d_model)
-    scale = torch.stack(scales) if scales else None  # (layer, tgt, d_model)
     y = x + u  # (layer, tgt, d_model): the sums that the terms make up
     ls, ts, ss = torch.nonzero((a > 0).any(1), as_tuple=True)  # (triple,) each
     res_prox = proximity(x.unsqueeze(2), y).squeeze(2)  # (layer, tgt)
@@ -500,7 +471,8 @@ def level_of(flow: Flow, layer: int, k: int) -> int:
 def trace(flow: Flow, position: int, threshold: float) -> Routes:
     """The edges with importance >= threshold (and > 0) that reach `position` at the top, found from the
     top down: a node is kept when a kept edge leaves it. Residual, attention and cross edges, and FFN
-    marks (an FFN reads the stream at its own position, so a kept FFN keeps that node too)."""
+    marks (an FFN reads the stream at its own position, so a kept FFN keeps the node it reads: the stream
+    entering it, or in a parallel block the block's input)."""
     if not 0 <= position < flow.n_pos:
         raise InputError(
             f"Position {position} is out of range: this text has positions 0 to {flow.n_pos - 1}."
@@ -522,7 +494,8 @@ def trace(flow: Flow, position: int, threshold: float) -> Routes:
                     w = float(flow.ffn[layer, t])
                     if w > 0 and w >= threshold:
                         kept.append(Edge("ffn", layer, sub, t, t, w))
-                        reached.add((lvl, t))
+                        # the FFN reads the stream entering it; in a parallel block, the block's input
+                        reached.add((level_of(flow, layer, 0) if flow.parallel else lvl, t))
                     continue
                 row = flow.edges[sub][layer, t]
                 for s in np.flatnonzero((row >= threshold) & (row > 0)):
@@ -539,17 +512,29 @@ def trace(flow: Flow, position: int, threshold: float) -> Routes:
 # --- what a node or an FFN mark holds --------------------------------------------------------------------
 
 
+def has_lens(model: Any) -> bool:
+    """Decoder-only models whose LM head reads the residual stream (through the stack's final norm where
+    there is one): their nodes can be read through the logit lens."""
+    a = anatomy.of(model)
+    if a.stack_names != ("decoder",) or a.unembed is None:
+        return False
+    d_model = Proj(a.blocks("decoder")[0].attn.o).weight().shape[0]
+    return (
+        Proj(a.unembed).weight().shape[1] == d_model
+    )  # not so where the stream is projected first (OPT-350m)
+
+
 def lens_tops(
     loaded: Any, flow: Flow, nodes: list[tuple[int, int]], top: int = 3
 ) -> dict[tuple[int, int], list]:
-    """Decoders with an LM head: for residual nodes (boundary, pos) (boundary b is the stream entering layer
-    b, b = n_layers its output), the `top` tokens the model's final norm and unembedding read from it, as
-    [(token, prob)]. Other models: {}."""
+    """Decoders with an LM head (`has_lens`): for residual nodes (boundary, pos) (boundary b is the stream
+    entering layer b, b = n_layers its output), the `top` tokens the model's final norm and unembedding
+    read from it, as [(token, prob)]. Other models: {}."""
     model = loaded.model
-    head = model.get_output_embeddings()
-    if blocks.style(model) not in ("gpt2", "llama", "gemma3") or head is None or not nodes:
+    if not nodes or not has_lens(model):
         return {}
-    norm = final_norm(model)
+    a = anatomy.of(model)
+    head, norm = a.unembed, a.stacks["decoder"].final_norm
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     found: dict[tuple[int, int], list] = {}
     with loaded.lock, torch.no_grad():
@@ -581,15 +566,17 @@ def top_neurons(loaded: Any, flow: Flow, layer: int, pos: int, k: int = 8) -> li
     projection of a_n w_n on f = sum_n a_n w_n (+ bias), divided by |f|^2 (shares of all neurons and the
     bias add up to 1)."""
     model = loaded.model
-    x = torch.from_numpy(flow.ffn_inputs[layer])
+    net = anatomy.of(model).blocks(flow.stack)[layer].ffn
+    device = Proj(net.down).weight().device
+    x = torch.from_numpy(flow.ffn_inputs[layer, pos : pos + 1]).to(device)  # (1, d_model)
     with loaded.lock:
-        acts = ffn.activations(model, flow.stack, layer, x)[pos]  # (d_ff,)
-        w = ffn.out_vectors(model, flow.stack, layer, list(range(acts.shape[0])))  # (d_ff, d_model)
+        acts = net.activations(x)[0].cpu()  # (d_ff,)
+        w = net.out_vectors(list(range(acts.shape[0])))  # (d_ff, d_model)
     f = torch.from_numpy(flow.ffn_outputs[layer, pos]).float()
     shares = acts * (w @ f) / f.pow(2).sum().clamp(min=1e-30)
     order = shares.argsort(descending=True)[:k].tolist()
     promotes: list[tuple[str, ...]] = [() for _ in order]
-    if ffn.can_unembed(model):
+    if ffn.can_unembed(model, flow.stack):
         with loaded.lock:
             _, ids, _, _ = ffn.promoted(model, w[order] * acts[order].sign().unsqueeze(-1), k=4)
         promotes = [tuple(display_tokens(loaded.tokenizer, row.tolist())) for row in ids]

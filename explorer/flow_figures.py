@@ -3,9 +3,11 @@
 Each position has a node per level (the residual stream entering each sub-layer, and the stream after the
 last layer). Grey vertical lines are residual edges, blue lines attention edges (from the source position
 one level down), purple lines cross-attention edges from the encoder's tokens (drawn as a second row
-below, to the left), orange squares the FFN marks. Width and opacity grow with importance. Every edge has
-an invisible marker at its middle that carries its key (`customdata`), so a click on an edge selects it
-(Streamlit's selection events), and its hover text with the exact numbers. All token text is escaped.
+below, to the left), orange squares the FFN marks. A parallel block's level between its two sub-layers is
+the block's input plus attention's update (see explorer.flow). Width and opacity grow with importance.
+Every edge has an invisible marker at its middle that carries its key (`customdata`), so a click on an
+edge selects it (Streamlit's selection events), and its hover text with the exact numbers. All token text
+is escaped.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def edge_text(flow: Flow, e: Edge, top_heads: int = 4) -> str:
         return f"{where}<br>residual at {_name(flow, e.tgt)}<br>importance {e.importance:.4f}"
     if e.kind == "ffn":
         at = _name(flow, e.tgt)
-        return f"{where}<br>FFN output at {at}<br>importance {e.importance:.4f}<br>click: top neurons"
+        reads = "<br>(parallel block: the FFN read the block's input)" if flow.parallel else ""
+        return f"{where}<br>FFN output at {at}{reads}<br>importance {e.importance:.4f}<br>click: top neurons"
     heads = flow.heads[e.sublayer][e.layer, :, e.tgt, e.src]
     weights = flow.weights[e.sublayer][e.layer, :, e.tgt, e.src]
     order = np.argsort(-heads)[:top_heads]
@@ -78,6 +81,8 @@ def node_text(flow: Flow, level: int, pos: int, lens: dict | None) -> str:
         where = "output of the last layer"
     elif k == 0:
         where = f"stream entering layer {layer}"
+    elif flow.parallel:  # the two sub-layers of a parallel block are steps of one sum
+        where = f"layer {layer}, the block's input + {' + '.join(flow.sublayers[:k])}"
     else:
         where = f"layer {layer}, after {flow.sublayers[k - 1]}"
     text = f"{_name(flow, pos)}<br>{where}"

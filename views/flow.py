@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from explorer import blocks, flow, session
+from explorer import flow, session
+from explorer.anatomy import UnsupportedModel
 from explorer.display import md
 from explorer.errors import InputError
 from explorer.flow_figures import graph
@@ -27,8 +28,8 @@ st.caption(
 )
 loaded = model_or_stop("Load a model in the sidebar to trace its information flow.")
 try:
-    blocks.style(loaded.model)
-except blocks.UnsupportedModel as err:
+    flow.flow_stack(loaded.model)
+except UnsupportedModel as err:
     st.warning(md(err))
     st.stop()
 
@@ -62,6 +63,12 @@ if result.source_tokens is not None:
         f"the encoder's output at its {len(result.source_tokens)} tokens (bottom left). Each decoder layer "
         "has three sub-layers: self-attention, cross-attention, FFN."
     )
+if result.parallel:
+    st.caption(
+        "Parallel blocks: attention and the FFN both read the block's input, and the block adds both to it. "
+        "Each layer is drawn as two steps of that one sum: the input plus attention's terms, then plus the "
+        "FFN's output (the block's output). An FFN square leads the routes to the block's input."
+    )
 
 left, right = st.columns([2, 1])
 positions = list(range(result.n_pos))
@@ -78,7 +85,7 @@ routes = flow.trace(result, position, threshold)
 
 n_sub = len(result.sublayers)
 lens = {}
-if blocks.style(loaded.model) in ("gpt2", "llama", "gemma3"):
+if flow.has_lens(loaded.model):
     known = st.session_state.get(LENS)
     known = known[1] if known is not None and known[0] == key else {}
     wanted = sorted({(lv // n_sub, p) for lv, p in routes.nodes if lv % n_sub == 0} - set(known))
@@ -186,7 +193,9 @@ with st.expander("How this is computed"):
         "(attention weight × value vector × the head's slice of the output projection; the output bias "
         "is shared out by the attention weights). A term z counts by its proximity "
         "max(0, ‖y‖₁ − ‖y − z‖₁), normalized over the terms of y. Post-norm models (BERT, BART): y is the "
-        "sum before the LayerNorm. Gemma 3 normalizes each sub-layer's output before adding it: that "
-        "scaling, fixed per position, is applied to every term. The graph keeps the edges with importance "
-        "≥ the threshold that reach the chosen token, from the top down."
+        "sum before the LayerNorm. Gemma 3 and OLMo 2 normalize each sub-layer's output before adding it: "
+        "that scaling, fixed per position, is applied to every term. Parallel blocks (GPT-J, Pythia, "
+        "Falcon, Phi): the input plus attention, then plus the FFN, add up to the block's output. The "
+        "graph keeps the edges with importance ≥ the threshold that reach the chosen token, from the top "
+        "down."
     )

@@ -167,10 +167,20 @@ def test_tokens_are_escaped():
     assert "&lt;" in hover and "<img" not in hover and "</script>" not in hover and "<b>x" not in hover
 
 
-def test_unsupported_family(tmp_path):
+def test_a_family_found_by_the_anatomy_draws(tmp_path):
+    """GPT-NeoX (parallel residual, fused per-head q/k/v) was refused before the anatomy."""
     model = tf.GPTNeoXForCausalLM(
         tf.GPTNeoXConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
     )
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    at = open_page(tmp_path)
+    assert not at.warning and not at.error
+    assert any(c.proto.spec for c in at.get("plotly_chart"))
+
+
+def test_unsupported_family(tmp_path):
+    model = tf.XLNetLMHeadModel(tf.XLNetConfig(vocab_size=40, d_model=32, n_layer=1, n_head=4, d_inner=64))
     model.save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
     at = open_page(tmp_path)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers as tf
 
-from explorer import blocks, flow
+from explorer import anatomy, flow, hooked
 from explorer.errors import InputError
 from explorer.loading import LoadRequest, load_model
 from tests.unit.test_scratch import TEXT, gemma_config, qwen_config
@@ -82,21 +82,25 @@ def test_importances_are_a_distribution(loaded, kind):
 
 
 def _run_with_hooks(lm, text, target=None):
-    """The reference: what each attention's value module and output projection returned, the weights."""
+    """The reference: what each attention read (its input; for cross-attention, the encoder's output) and
+    what its output projection returned, the weights."""
     model = lm.model
-    kind = blocks.style(model)
+    a = anatomy.of(model)
     subs = [s for s in flow.sublayer_names(model) if s != flow.FFN]
     seen, handles = {}, []
-    n = len(blocks.layers(model, flow.flow_stack(model)))
+    n = a.n_layers(flow.flow_stack(model))
     for i in range(n):
         for sub in subs:
-            value, out = flow._attention_modules(model, i, sub)
-            for name, module in (("v", value), ("o", out)):
+            att = a.attention("cross" if sub == "cross" else flow.flow_stack(model), i)
 
-                def hook(m, a, o, key=(name, sub, i)):
-                    seen[key] = (o[0] if isinstance(o, tuple) else o)[0].detach().float()
+            def read(m, args, kwargs, key=("v", sub, i)):
+                seen[key] = (args[0] if args else kwargs["hidden_states"])[0].detach().float()
 
-                handles.append(module.register_forward_hook(hook))
+            def hook(m, args, o, key=("o", sub, i)):
+                seen[key] = (o[0] if isinstance(o, tuple) else o)[0].detach().float()
+
+            handles.append(att.module.register_forward_pre_hook(read, with_kwargs=True))
+            handles.append(att.o.register_forward_hook(hook))
     kwargs, _, _, _ = flow._inputs(lm, text, target, flow.MAX_TOKENS)
     try:
         with torch.no_grad():
@@ -109,7 +113,10 @@ def _run_with_hooks(lm, text, target=None):
         if len(subs) == 2
         else {"attention": out.attentions}
     )
-    return kind, subs, seen, maps, n
+    for i in range(n):
+        if "cross" in subs:
+            seen[("v", "cross", i)] = out.encoder_last_hidden_state[0].float()
+    return a, subs, seen, maps, n
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -119,7 +126,8 @@ def test_head_and_source_pieces_add_up_to_the_output(loaded, kind):
     for i in range(n):
         for sub in subs:
             a = maps[sub][i][0].float()  # (head, tgt, src)
-            vo, bias = flow.head_terms(lm.model, kind_, i, sub, seen[("v", sub, i)], a)
+            att = kind_.attention("cross" if sub == "cross" else flow.flow_stack(lm.model), i)
+            vo, bias = flow.head_terms(att, seen[("v", sub, i)])
             pieces = a.unsqueeze(-1) * vo.unsqueeze(1)  # (head, tgt, src, d_model)
             total = pieces.sum((0, 2)) + (bias if bias is not None else 0)
             torch.testing.assert_close(total, seen[("o", sub, i)], atol=1e-5, rtol=1e-4)
@@ -153,7 +161,7 @@ def test_residual_stream_adds_up(loaded):
     """Pre-norm: the stream entering layer l+1 is the stream entering l plus both updates (GPT-2)."""
     lm = loaded("gpt2")
     f = flow.compute(lm, TEXT)
-    ids = blocks.encode(lm.model, lm.tokenizer, TEXT)
+    ids = hooked.encode(lm.model, lm.tokenizer, TEXT)
     with torch.no_grad():
         out = lm.model(torch.tensor([ids]), output_hidden_states=True)
     np.testing.assert_allclose(f.residuals[:-1], torch.stack(out.hidden_states[:-1])[:, 0].numpy(), atol=1e-5)
@@ -230,7 +238,7 @@ def test_unsupported_family(loaded):
     lm = loaded("gpt2")
     other = copy.deepcopy(lm.model)
     other.config.model_type = "mamba"
-    with pytest.raises(blocks.UnsupportedModel, match="not one of the families"):
+    with pytest.raises(anatomy.UnsupportedModel, match="not one of the families"):
         flow.compute(replace(lm, model=other), SHORT)
 
 
@@ -244,7 +252,7 @@ def test_neurons_and_lens(loaded):
     lens = flow.lens_tops(lm, f, [(0, 0), (f.n_layers, f.n_pos - 1)])
     assert len(lens[(0, 0)]) == 3 and all(0 <= p <= 1 for _, p in lens[(0, 0)])
     # the last boundary read through the lens is the model's own prediction
-    ids = blocks.encode(lm.model, lm.tokenizer, SHORT)
+    ids = hooked.encode(lm.model, lm.tokenizer, SHORT)
     with torch.no_grad():
         logits = lm.model(torch.tensor([ids])).logits[0, -1]
     best = lm.tokenizer.convert_ids_to_tokens(int(logits.argmax()))
@@ -303,7 +311,7 @@ def test_embedded_checkpoints(name):
     f = flow.compute(lm, text)
     for total in _term_sums(f):
         np.testing.assert_allclose(total, 1.0, atol=1e-5)
-    ids = blocks.encode(lm.model, lm.tokenizer, text)
+    ids = hooked.encode(lm.model, lm.tokenizer, text)
     with torch.no_grad():
         out = lm.model(torch.tensor([ids]), output_hidden_states=True)
     np.testing.assert_allclose(
