@@ -83,13 +83,13 @@ def _prepare(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     """Attention from scratch against the model's own maps, every layer and head; exit 1 when any
     head differs by more than the tolerance."""
-    from explorer import blocks, scratch
+    from explorer import scratch
     from explorer.loading import load_model
 
     loaded = load_model(_request(args))
     try:
         result = scratch.verify(loaded, args.text)
-    except (blocks.TextError, blocks.UnsupportedModel) as err:
+    except InputError as err:  # empty or too long text; a model whose attention is not decomposed
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(result))
@@ -280,19 +280,15 @@ def _patch(args: argparse.Namespace) -> int:
 def _flow(args: argparse.Namespace) -> int:
     """Information flow: one JSON object per (layer, position) with the importance of every term of its
     residual updates; with --position, only the rows on the routes to that position (at --threshold)."""
-    from explorer import blocks, flow
+    from explorer import flow
     from explorer.loading import load_model
 
     loaded = load_model(_request(args))
-    try:
-        result = flow.compute(loaded, args.text, args.target)
-        if args.position is not None:
-            routes = flow.trace(result, args.position, args.threshold)
-            n_sub = len(result.sublayers)
-            on_route = {(lvl // n_sub, p) for lvl, p in routes.nodes if lvl < result.n_layers * n_sub}
-    except blocks.UnsupportedModel as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = flow.compute(loaded, args.text, args.target)  # errors (ExplorerError): one line from main()
+    if args.position is not None:
+        routes = flow.trace(result, args.position, args.threshold)
+        n_sub = len(result.sublayers)
+        on_route = {(lvl // n_sub, p) for lvl, p in routes.nodes if lvl < result.n_layers * n_sub}
     for row in result.rows():
         if args.position is None or (row["layer"], row["position"]) in on_route:
             if args.json:

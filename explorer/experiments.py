@@ -1,12 +1,14 @@
 """Experiments on a loaded model: knock out attention heads, patch activations from a clean run into a
-corrupted one. Every intervention is a hook registered and removed inside one locked region
-(try/finally), so the shared model is left exactly as loaded, also when a run fails.
+corrupted one. Every intervention is a hook of one `hooked.run` (attached and removed inside the model's
+turn), so the shared model is left exactly as loaded, also when a run fails.
 
 What an experiment reads is a `Probe`: one forward pass's inputs and the position whose next-token
-logits count (the last token of a decoder, the decoder's last token of an encoder-decoder given a
-source and a target prefix, the first mask token of a masked language model). Heads are addressed as
-(layer, head) in one stack; a head is knocked out at the input of the attention output projection
-(`blocks.out_proj`), where heads are contiguous slices of d_head.
+logits count (the last token of a decoder, the decoder's next token after a prefix for an
+encoder-decoder, the first mask token of a masked language model). Heads are addressed as (layer, head)
+in one stack; a head is knocked out at the input of the attention output projection (`Attention.o`),
+where heads sit side by side in slices of d_head. The three kinds of activation patched are each block's
+input (the residual stream), and what its attention and its feed-forward network add to the residual
+(`Block.attn_out`, `Block.ffn_out`; with a parallel residual, both read the same input).
 
 Many interventions run as rows of one batch: the input is repeated B times and each row's hook acts
 differently (a per-row mask), which is how a scan of every head costs far less than one pass per head.
@@ -14,14 +16,13 @@ differently (a per-row mask), which is how a scan of every head costs far less t
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from explorer import blocks, devices
+from explorer import anatomy, devices, hooked
 from explorer.errors import InputError
 from explorer.tokens import display_tokens
 
@@ -57,12 +58,16 @@ class Target:
 
 
 def check_model(model: Any) -> None:
-    """ExperimentError unless the model is a decomposed family with next-token logits to read."""
+    """ExperimentError unless the anatomy of the model is known and it has next-token logits to read."""
     try:
-        blocks.style(model)
-    except blocks.UnsupportedModel as err:
-        raise ExperimentError(str(err)) from err
-    if model.get_output_embeddings() is None:
+        found = anatomy.of(model)
+    except anatomy.UnsupportedModel as err:
+        kind = getattr(model.config, "model_type", "?")
+        raise ExperimentError(
+            f"{type(model).__name__} (model type {kind!r}) is not one of the families these experiments "
+            f"take apart: {err}"
+        ) from err
+    if found.unembed is None:
         raise ExperimentError(
             f"{type(model).__name__} has no language-model head: it gives vectors, not next-token "
             "probabilities, so there is no prediction for an experiment to change. Load a decoder (SmolLM2, "
@@ -71,7 +76,23 @@ def check_model(model: Any) -> None:
 
 
 def stacks(model: Any) -> tuple[str, ...]:
-    return blocks.stacks(model)
+    """('encoder',), ('decoder',) or ('encoder', 'decoder')."""
+    return anatomy.of(model).stack_names
+
+
+def n_layers(model: Any, stack: str) -> int:
+    return anatomy.of(model).n_layers(stack)
+
+
+def n_heads(model: Any, stack: str) -> int:
+    """Query heads per layer of `stack`; ExperimentError when layers differ (a scan is a grid)."""
+    found = {b.attn.n_heads for b in anatomy.of(model).blocks(stack)}
+    if len(found) != 1:
+        raise ExperimentError(
+            f"The layers of this model's {stack} have different numbers of heads ({sorted(found)}): head "
+            "experiments address a grid of layers x heads."
+        )
+    return found.pop()
 
 
 def prepare(
@@ -82,21 +103,17 @@ def prepare(
     where the source's words are). Masked LMs: the first mask token is read."""
     model, tok = loaded.model, loaded.tokenizer
     check_model(model)
-    device = blocks.input_device(model)
-    ids = blocks.encode(model, tok, text, limit)
-    both = blocks.stacks(model)
+    ids = hooked.encode(model, tok, text, limit)
+    both = stacks(model)
     stack = stack or both[0]
     if stack not in both:
         raise ExperimentError(f"{type(model).__name__} has no {stack} stack (it has: {', '.join(both)}).")
-    x = torch.tensor([ids], device=device)
-    inputs = {"input_ids": x, "attention_mask": torch.ones_like(x)}
+    dec = None
     if len(both) == 2:
-        dec = blocks.decoder_input(model, [0])[:1]  # the start token
+        dec = [hooked.decoder_start(model)]
         if prefix:
             dec += tok(prefix, add_special_tokens=False)["input_ids"]
-        inputs["decoder_input_ids"] = torch.tensor([dec], device=device)
-        read_ids, read_stack = dec, "decoder"
-        position = len(dec) - 1
+        read_ids, read_stack, position = dec, "decoder", len(dec) - 1
     elif both == ("encoder",):
         mask = tok.mask_token_id
         if mask is None or mask not in ids:
@@ -111,7 +128,7 @@ def prepare(
         read_ids, read_stack, position = ids, "decoder", len(ids) - 1
     stack_ids = ids if stack == both[0] else read_ids
     return Probe(
-        inputs=inputs,
+        inputs=hooked.inputs(model, ids, dec),
         stack=stack,
         ids=tuple(stack_ids),
         tokens=tuple(display_tokens(tok, list(stack_ids))),
@@ -155,18 +172,6 @@ def target_token(loaded: Any, probe: Probe, target: str, what: str = "target") -
 # -- running rows of a batch ---------------------------------------------------------------------------
 
 
-def _forward_options(model: Any, probe: Probe) -> dict:
-    """No KV cache; only the read position's logits when that is the last one (the LM head over every
-    position would cost a fifth of a small model's pass, for nothing)."""
-    names = inspect.signature(model.forward).parameters
-    options = {}
-    if "use_cache" in names:
-        options["use_cache"] = False
-    if "logits_to_keep" in names and probe.position == len(probe.read_tokens) - 1:
-        options["logits_to_keep"] = 1
-    return options
-
-
 def _repeat(inputs: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
     return {k: v.expand(rows, *v.shape[1:]) for k, v in inputs.items()}
 
@@ -177,47 +182,51 @@ def batch_size(model: Any, probe: Probe, free_bytes: int | None = None) -> int:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     d_model = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None) or cfg.n_embd)
     n = sum(int(v.shape[1]) for k, v in probe.inputs.items() if k != "attention_mask")
-    heads = blocks.n_heads(model, probe.stack)
+    heads = n_heads(model, probe.stack)
     vocab = int(model.get_output_embeddings().weight.shape[0])
     per_row = 4 * (n * (24 * d_model + 4 * heads * n) + 2 * vocab * len(probe.read_tokens))
     if free_bytes is None:
-        free_bytes = devices.available_bytes(str(blocks.input_device(model)))
+        free_bytes = devices.available_bytes(str(anatomy.input_device(model)))
     return int(max(1, min(MAX_BATCH, free_bytes // 4 // max(per_row, 1))))
 
 
-def _run_rows(loaded: Any, probe: Probe, hooks: list[tuple[Any, str, Callable]], rows: int) -> torch.Tensor:
-    """One forward pass of `rows` copies of the probe with `hooks` [(module, 'pre'|'post', fn)] attached
-    for this pass only. Returns the read position's logits (rows, vocab), float32 on the CPU."""
+def _call(model: Any, stack: str, layer: int) -> int | None:
+    """Which call of a block's modules is `layer`'s: a block shared by every layer (ALBERT) is called
+    once per layer; any other block once."""
+    return layer if anatomy.of(model).stacks[stack].shared_blocks else None
+
+
+def _logits(loaded: Any, probe: Probe, hooks: list[hooked.Hook], rows: int = 1) -> torch.Tensor:
+    """One hooked run of `rows` copies of the probe; the read position's logits (rows, vocab), float32
+    on the CPU. ExperimentError when a hooked module was never called (a model that computes that part
+    another way would otherwise give the unhooked numbers as if they were the experiment's)."""
     model = loaded.model
-    handles = []
-    with loaded.lock:
-        try:
-            for module, when, fn in hooks:
-                if when == "pre":
-                    handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
-                else:
-                    handles.append(module.register_forward_hook(fn))
-            with torch.no_grad():
-                options = _forward_options(model, probe)
-                out = model(**_repeat(probe.inputs, rows), **options)
-        finally:
-            for h in handles:
-                h.remove()
+    fired: set[int] = set()
+
+    def noted(i: int, fn: hooked.Fn) -> hooked.Fn:
+        def fn_noted(x: torch.Tensor) -> torch.Tensor | None:
+            fired.add(i)
+            return fn(x)
+
+        return fn_noted
+
+    last = probe.position == len(probe.read_tokens) - 1
+    options = hooked.options(model, last_logits_only=last)
+    watched = [replace(h, fn=noted(i, h.fn)) for i, h in enumerate(hooks)]
+    out = hooked.run(loaded, _repeat(probe.inputs, rows), watched, **options)
+    missed = [h for i, h in enumerate(hooks) if i not in fired]
+    if missed:
+        raise ExperimentError(
+            f"{type(model).__name__} never called its {type(missed[0].module).__name__} during the run, so "
+            "the experiment could not act there (this model computes that part another way)."
+        )
     position = -1 if "logits_to_keep" in options else probe.position
     return out.logits[:, position].float().cpu()
 
 
-def _first(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _with_first(output: Any, value: torch.Tensor) -> Any:
-    return (value,) + tuple(output[1:]) if isinstance(output, tuple) else value
-
-
 def clean_logits(loaded: Any, probe: Probe) -> torch.Tensor:
     """The read position's logits of an unhooked pass (vocab,)."""
-    return _run_rows(loaded, probe, [], 1)[0]
+    return _logits(loaded, probe, [])[0]
 
 
 # -- head ablation -------------------------------------------------------------------------------------
@@ -250,37 +259,33 @@ class Scan:
 
 def head_means(loaded: Any, probe: Probe) -> dict[int, torch.Tensor]:
     """Per layer: each head's mean output over the text's positions (head, d_head), from a clean pass."""
-    model, stack = loaded.model, probe.stack
-    heads = blocks.n_heads(model, stack)
-    n = len(blocks.layers(model, stack))
-    means: dict[int, torch.Tensor] = {}
-
-    def keep(layer: int):
-        def hook(module, args, kwargs):
-            x = args[0][0]  # (pos, head * d_head)
-            means[layer] = x.reshape(x.shape[0], heads, -1).mean(0).detach()
-
-        return hook
-
-    _run_rows(loaded, probe, [(blocks.out_proj(model, stack, i), "pre", keep(i)) for i in range(n)], 1)
+    model = loaded.model
+    found = anatomy.of(model).blocks(probe.stack)
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [hooked.keep(seen, b.index, b.attn.o, "pre", _call(model, probe.stack, b.index)) for b in found]
+    _logits(loaded, probe, hooks)
+    means = {}
+    for b in found:
+        x = seen[b.index]  # (pos, head * d_head)
+        means[b.index] = x.reshape(x.shape[0], b.attn.n_heads, b.attn.d_head).mean(0)
     return means
 
 
-def _knockout_hook(heads: int, keep: torch.Tensor, fill: torch.Tensor | None):
-    """A pre-hook on an output projection: row r keeps head h where keep[r, h] is 1, else puts `fill`
-    (head, d_head) there (None: zeros)."""
+def _knockout(attn: anatomy.Attention, keep: torch.Tensor, fill: torch.Tensor | None) -> hooked.Fn:
+    """On the output projection's input (row, pos, head * d_head): row r keeps head h where keep[r, h] is 1,
+    else puts `fill` (head, d_head) there (None: zeros). Where keep is 1 the values are unchanged bit for
+    bit (x * 1 + 0)."""
 
-    def hook(module, args, kwargs):
-        x = args[0]
+    def fn(x: torch.Tensor) -> torch.Tensor:
         b, n, width = x.shape
-        x4 = x.reshape(b, n, heads, width // heads)  # (row, pos, head, d_head)
-        k = keep.to(x.dtype)[:, None, :, None]
+        x4 = x.reshape(b, n, attn.n_heads, attn.d_head)  # (row, pos, head, d_head)
+        k = keep.to(x.device, x.dtype)[:, None, :, None]
         out = x4 * k
         if fill is not None:
-            out = out + (1 - k) * fill.to(x.dtype)[None, None]
-        return (out.reshape(b, n, width),) + tuple(args[1:]), kwargs
+            out = out + (1 - k) * fill.to(x.device, x.dtype)[None, None]
+        return out.reshape(b, n, width)
 
-    return hook
+    return fn
 
 
 def ablated_logits(
@@ -291,26 +296,29 @@ def ablated_logits(
     if mode not in ("zero", "mean"):
         raise ExperimentError(f"Unknown ablation {mode!r}: use 'zero' or 'mean'.")
     model, stack = loaded.model, probe.stack
-    heads = blocks.n_heads(model, stack)
-    n_layers = len(blocks.layers(model, stack))
+    found = anatomy.of(model).blocks(stack)
     rows = [set(r) for r in rows]
     if mode == "mean" and means is None:
         means = head_means(loaded, probe)
     hooks = []
     for layer in sorted({lh[0] for r in rows for lh in r}):
-        if not 0 <= layer < n_layers:
-            raise ExperimentError(f"There is no layer {layer}: the {stack} has layers 0-{n_layers - 1}.")
-        keep = torch.ones(len(rows), heads)
+        if not 0 <= layer < len(found):
+            raise ExperimentError(f"There is no layer {layer}: the {stack} has layers 0-{len(found) - 1}.")
+        attn = found[layer].attn
+        keep = torch.ones(len(rows), attn.n_heads)
         for i, r in enumerate(rows):
             for lay, h in r:
                 if lay == layer:
-                    if not 0 <= h < heads:
-                        raise ExperimentError(f"There is no head {h}: each layer has heads 0-{heads - 1}.")
+                    if not 0 <= h < attn.n_heads:
+                        raise ExperimentError(
+                            f"There is no head {h}: each layer has heads 0-{attn.n_heads - 1}."
+                        )
                     keep[i, h] = 0.0
-        keep = keep.to(blocks.input_device(model))
         fill = means[layer] if mode == "mean" else None
-        hooks.append((blocks.out_proj(model, stack, layer), "pre", _knockout_hook(heads, keep, fill)))
-    return _run_rows(loaded, probe, hooks, len(rows))
+        hooks.append(
+            hooked.Hook(attn.o, "pre", _knockout(attn, keep, fill), _call(model, probe.stack, layer))
+        )
+    return _logits(loaded, probe, hooks, len(rows))
 
 
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -338,10 +346,10 @@ def scan_heads(
     """Knocks out each head of the probe's stack in turn, B heads per batch (one per row); the lock is
     taken per batch so other sessions' runs interleave."""
     model, stack = loaded.model, probe.stack
-    n_layers, heads = len(blocks.layers(model, stack)), blocks.n_heads(model, stack)
+    layers, heads = n_layers(model, stack), n_heads(model, stack)
     before = torch.log_softmax(clean_logits(loaded, probe), -1)
     means = head_means(loaded, probe) if mode == "mean" else None
-    todo = [(layer, h) for layer in range(n_layers) for h in range(heads)]
+    todo = [(layer, h) for layer in range(layers) for h in range(heads)]
     size = rows_per_batch or batch_size(model, probe)
     delta = np.zeros(len(todo), dtype=np.float32)
     kl = np.zeros(len(todo), dtype=np.float32)
@@ -353,7 +361,7 @@ def scan_heads(
         if progress is not None:
             progress(start + len(chunk), len(todo))
         loaded.lock.yield_turn()  # a page holding the model for the scan lets waiting sessions go first
-    shape = (n_layers, heads)
+    shape = (layers, heads)
     return Scan(mode, stack, target, float(before[target.token_id]), delta.reshape(shape), kl.reshape(shape))
 
 
@@ -400,65 +408,44 @@ class Patching:
     restored: dict[str, np.ndarray]  # kind -> [layer, pos]
 
 
-def _modules(model: Any, stack: str, kind: str, layer: int) -> tuple[Any, str]:
+def _hook_point(model: Any, stack: str, kind: str, layer: int) -> tuple[Any, str]:
+    """The module and side where `kind` of `layer` is read or replaced: the block's input (its residual
+    stream), or the output of what attention or the FFN adds to the residual."""
+    block = anatomy.of(model).blocks(stack)[layer]
     if kind == "resid":
-        return blocks.layers(model, stack)[layer], "pre"
-    p = blocks.parts(model, stack, layer)
-    return (p.attn_update if kind == "attn" else p.ffn_update), "post"
+        return block.module, "pre"
+    if kind not in KINDS:
+        raise ExperimentError(f"Unknown activation {kind!r}: use one of {', '.join(KINDS)}.")
+    return (block.attn_out if kind == "attn" else block.ffn_out), "post"
 
 
 def cache_activations(
     loaded: Any, probe: Probe, kinds: Sequence[str] = KINDS
 ) -> dict[str, list[torch.Tensor]]:
     """One clean pass: per kind, per layer, the activation (pos, d_model) of the probe's stack."""
-    model, stack = loaded.model, probe.stack
-    n = len(blocks.layers(model, stack))
-    cache: dict[str, list] = {kind: [None] * n for kind in kinds}
-
-    def store(kind: str, layer: int, when: str):
-        if when == "pre":
-
-            def pre(module, args, kwargs):
-                x = args[0] if args else kwargs["hidden_states"]
-                cache[kind][layer] = x[0].detach().clone()
-
-            return pre
-
-        def post(module, args, output):
-            cache[kind][layer] = _first(output)[0].detach().clone()
-
-        return post
-
-    hooks = []
-    for kind in kinds:
-        for i in range(n):
-            module, when = _modules(model, stack, kind, i)
-            hooks.append((module, when, store(kind, i, when)))
-    _run_rows(loaded, probe, hooks, 1)
-    return cache
+    model = loaded.model
+    layers = n_layers(model, probe.stack)
+    seen: dict[tuple[str, int], torch.Tensor] = {}
+    hooks = [
+        hooked.keep(
+            seen, (kind, i), *_hook_point(model, probe.stack, kind, i), call=_call(model, probe.stack, i)
+        )
+        for kind in kinds
+        for i in range(layers)
+    ]
+    _logits(loaded, probe, hooks)
+    return {kind: [seen[(kind, i)] for i in range(layers)] for kind in kinds}
 
 
-def _patch_hook(when: str, rows: torch.Tensor, positions: torch.Tensor, values: torch.Tensor):
-    """Puts values (n, d_model) at (rows[i], positions[i]) of the activation."""
+def _put(rows: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> hooked.Fn:
+    """Puts values (n, d_model) at (rows[i], positions[i]) of the activation (row, pos, d_model)."""
 
-    def put(x: torch.Tensor) -> torch.Tensor:
+    def fn(x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
-        x[rows, positions] = values.to(x.dtype)
+        x[rows.to(x.device), positions.to(x.device)] = values.to(x.device, x.dtype)
         return x
 
-    if when == "pre":
-
-        def pre(module, args, kwargs):
-            if args:
-                return (put(args[0]),) + tuple(args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": put(kwargs["hidden_states"])}
-
-        return pre
-
-    def post(module, args, output):
-        return _with_first(output, put(_first(output)))
-
-    return post
+    return fn
 
 
 def patched_logits(
@@ -467,16 +454,16 @@ def patched_logits(
 ) -> torch.Tensor:  # fmt: skip
     """One batch on the corrupted probe: row r gets the clean activation of `kind` at layer rows[r][0],
     positions rows[r][1]. Returns logits (rows, vocab)."""
-    model, stack = loaded.model, probe.stack
-    device = blocks.input_device(model)
+    model = loaded.model
     hooks = []
     for layer in sorted({r[0] for r in rows}):
         idx = [(i, p) for i, (lay, ps) in enumerate(rows) if lay == layer for p in ps]
-        r = torch.tensor([i for i, _ in idx], device=device)
-        p = torch.tensor([q for _, q in idx], device=device)
-        module, when = _modules(model, stack, kind, layer)
-        hooks.append((module, when, _patch_hook(when, r, p, cache[kind][layer][p])))
-    return _run_rows(loaded, probe, hooks, len(rows))
+        r = torch.tensor([i for i, _ in idx], dtype=torch.long)
+        p = torch.tensor([q for _, q in idx], dtype=torch.long)
+        module, when = _hook_point(model, probe.stack, kind, layer)
+        values = cache[kind][layer][p.to(cache[kind][layer].device)]
+        hooks.append(hooked.Hook(module, when, _put(r, p, values), _call(model, probe.stack, layer)))
+    return _logits(loaded, probe, hooks, len(rows))
 
 
 def _ld(logits: torch.Tensor, target: Target, foil: Target) -> torch.Tensor:
@@ -522,13 +509,13 @@ def patch(
         )
     cache = cache_activations(loaded, a, kinds)
     model = loaded.model
-    n_layers, n_pos = len(blocks.layers(model, a.stack)), len(a.ids)
+    layers, n_pos = n_layers(model, a.stack), len(a.ids)
     size = rows_per_batch or batch_size(model, b)
-    todo = [(kind, layer, pos) for kind in kinds for layer in range(n_layers) for pos in range(n_pos)]
-    restored = {kind: np.zeros((n_layers, n_pos), dtype=np.float32) for kind in kinds}
+    todo = [(kind, layer, pos) for kind in kinds for layer in range(layers) for pos in range(n_pos)]
+    restored = {kind: np.zeros((layers, n_pos), dtype=np.float32) for kind in kinds}
     done = 0
     for kind in kinds:
-        cells = [(layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
+        cells = [(layer, pos) for layer in range(layers) for pos in range(n_pos)]
         for start in range(0, len(cells), size):
             chunk = cells[start : start + size]
             logits = patched_logits(loaded, b, cache, kind, [(lay, [p]) for lay, p in chunk])

@@ -5,7 +5,8 @@ Supported routers (transformers 5.24, read in its modeling code): Mixtral, Qwen2
 OLMoE. Each has a `...TopKRouter` module (`mlp.gate` / `block_sparse_moe.gate`) whose forward returns
 (router_logits (tokens, experts), top-k weights (tokens, k), top-k expert indices (tokens, k)): the
 logits' softmax, its k largest entries, renormalized to sum to 1 (Mixtral always; the others when
-`norm_topk_prob`). A forward hook reads that output, so the weights shown are the ones the model used.
+`norm_topk_prob`). A hook of one `hooked.run` reads that output, so the weights shown are the ones the
+model used.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from explorer import blocks
+from explorer import hooked
 from explorer.errors import InputError
 from explorer.tokens import display_tokens
 
@@ -70,28 +71,18 @@ def route(loaded: Any, text: str, limit: int = MAX_TOKENS) -> Routing:
         raise NoExperts(
             f"{type(model).__name__} has no experts: routing is for mixture-of-experts models ({SUPPORTED})."
         )
-    ids = blocks.encode(model, tok, text, limit) if _known(model) else _encode(model, tok, text, limit)
+    ids = hooked.encode(model, tok, text, limit)
     kept: dict[int, tuple] = {}
 
-    def hook(i: int):
-        def keep(module, args, output):
-            logits, scores, indices = output[:3]
+    def keep(i: int):
+        def fn(output: tuple) -> None:
+            logits, scores, indices = output[:3]  # (pos, expert), (pos, k), (pos, k)
             kept[i] = (logits.detach().float().cpu(), scores.detach().float().cpu(), indices.detach().cpu())
 
-        return keep
+        return fn
 
-    device = model.get_input_embeddings().weight.device
-    x = torch.tensor([ids], device=device)
-    with loaded.lock:
-        handles = []
-        try:
-            for i, (_, module) in enumerate(found):
-                handles.append(module.register_forward_hook(hook(i)))
-            with torch.no_grad():
-                model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
+    hooks = [hooked.Hook(module, "post", keep(i), whole=True) for i, (_, module) in enumerate(found)]
+    hooked.run(loaded, hooked.inputs(model, ids), hooks, **hooked.options(model, last_logits_only=True))
     n, experts = len(ids), kept[0][0].shape[-1]
     probs = np.zeros((len(found), n, experts), dtype=np.float32)
     weights = np.zeros_like(probs)
@@ -106,23 +97,3 @@ def route(loaded: Any, text: str, limit: int = MAX_TOKENS) -> Routing:
         weights=weights,
         top_k=int(kept[0][2].shape[-1]),
     )
-
-
-def _known(model: Any) -> bool:
-    try:
-        blocks.style(model)
-    except blocks.UnsupportedModel:
-        return False
-    return True
-
-
-def _encode(model: Any, tok: Any, text: str, limit: int) -> list[int]:
-    """blocks.encode's checks for a family blocks.py does not decompose (the MoE decoders)."""
-    if not text or not text.strip():
-        raise InputError("The text is empty: type a sentence to run through the model.")
-    ids = tok(text, add_special_tokens=True)["input_ids"]
-    most = getattr(model.config, "max_position_embeddings", None)
-    for cap, what in ((most, "this model reads at most"), (limit, "this page shows at most")):
-        if isinstance(cap, int) and len(ids) > cap:
-            raise InputError(f"The text is {len(ids):,} tokens long; {what} {cap:,}. Shorten it.")
-    return ids

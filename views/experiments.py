@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import blocks, compare, experiments, routing, session
+from explorer import compare, experiments, routing, session
 from explorer.attention_figures import token_heatmap
 from explorer.display import md
 from explorer.errors import InputError, LoadError
@@ -56,7 +56,7 @@ def progress_bar(what: str):
 
 def stack_choice(key: str, label: str):
     """Encoder-decoders: which stack's heads/positions to act on; None otherwise."""
-    both = blocks.stacks(loaded.model)
+    both = experiments.stacks(loaded.model)
     if len(both) < 2:
         return None
     return kept("radio", label, key, both[0], options=list(both), horizontal=True)
@@ -103,7 +103,7 @@ def ablation() -> None:
         f"{len(probe.ids)} tokens; the prediction read is the next token after {md(where)}. "
         f"Target: {md(tgt.token)} (id {tgt.token_id})."
     )
-    n_layers, n_heads = len(blocks.layers(model, probe.stack)), blocks.n_heads(model, probe.stack)
+    n_layers, n_heads = experiments.n_layers(model, probe.stack), experiments.n_heads(model, probe.stack)
     options = [f"{layer}.{h}" for layer in range(n_layers) for h in range(n_heads)]
     cols = st.columns([3, 1])
     chosen = kept("multiselect", "Heads to knock out (layer.head)", ABL_HEADS, [], cols[0], options=options)
@@ -203,7 +203,7 @@ def patching() -> None:
     if not kinds:
         st.info("Choose at least one kind of activation to patch.")
         return
-    n_layers = len(blocks.layers(loaded.model, pa.stack))
+    n_layers = experiments.n_layers(loaded.model, pa.stack)
     runs = n_layers * len(pa.ids) * len(kinds)
     key = (loaded.request, clean, corrupt, target, foil, prefix, pa.stack, tuple(kinds))
     if st.button(f"Patch {runs:,} (layer, position) activations", type="primary"):

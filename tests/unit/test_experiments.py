@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from explorer import blocks, experiments, routing
+from explorer import anatomy, experiments, routing
 from explorer.errors import InputError
 from explorer.experiments import ExperimentError
 from tests.conftest import VOCAB, tiny_config, tiny_tokenizer
@@ -56,9 +56,9 @@ def test_zero_ablating_a_whole_layer_equals_zero_attention_by_hand(tiny_loaded, 
     loaded = tiny_loaded(kind)
     probe = experiments.prepare(loaded, text_of(kind), stack=stack)
     model, layer = loaded.model, 1
-    heads = blocks.n_heads(model, probe.stack)
+    heads = experiments.n_heads(model, probe.stack)
     ablated = experiments.ablated_logits(loaded, probe, [[(layer, h) for h in range(heads)]])[0]
-    proj = blocks.out_proj(model, probe.stack, layer)
+    proj = anatomy.of(model).blocks(probe.stack)[layer].attn.o
 
     def only_bias(module, args, output):  # the projection of all-zero heads: its bias, or zeros
         bias = getattr(module, "bias", None)
