@@ -46,8 +46,8 @@ $(STAMP): requirements.txt requirements-models.txt
 
 # d3 and jQuery for the bertviz views, from the npm registry (checked by sha512), kept in .venv.
 # Without them the app still runs; the bertviz views say how to fetch them, and the next make tries again.
-$(ASSETS): $(STAMP) explorer/webassets.py
-	@$(PY) -m explorer.webassets && touch $@ || \
+$(ASSETS): $(STAMP) explorer/web/webassets.py
+	@$(PY) -m explorer.web.webassets && touch $@ || \
 		echo "warning: d3/jQuery could not be fetched from the npm registry; the bertviz views will not draw"
 
 # Converts the embedded GGUF models to cached safetensors once (about 20 s and 60 s).

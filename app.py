@@ -5,9 +5,10 @@ Page config, the shared sidebar with the model picker, and the page list.
 
 import streamlit as st
 
-from explorer import devices, session, zoo
-from explorer.display import md
-from explorer.loading import LoadRequest
+from explorer import session
+from explorer.models import devices, zoo
+from explorer.models.loading import LoadRequest
+from explorer.web.display import md
 
 st.set_page_config(page_title="Transformer Explorer", page_icon="🔎", layout="wide")
 

@@ -1,6 +1,6 @@
 """What keeping every attention map costs, and what drawing them costs.
 
-- overhead_N: time of `explorer.capture.capture` on SmolLM2 (eager attention, every attention map and
+- overhead_N: time of `explorer.runs.capture.capture` on SmolLM2 (eager attention, every attention map and
   hidden state copied out) over a plain forward of the same tokens with the default `sdpa` attention,
   at N = 32, 128, 512 tokens (median of several interleaved runs; both compute only the last position's
   logits);
@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer.attention_figures import heads_grid  # noqa: E402
-from explorer.capture import capture  # noqa: E402
-from explorer.loading import LoadRequest, load_model  # noqa: E402
+from explorer.figures.attention import heads_grid  # noqa: E402
+from explorer.models.loading import LoadRequest, load_model  # noqa: E402
+from explorer.runs.capture import capture  # noqa: E402
 
 PROSE = (
     "The history of the printing press begins in the fifteenth century, when craftsmen in Mainz combined "

@@ -1,9 +1,9 @@
 """What the information-flow graph costs on SmolLM2 (the default embedded model).
 
-- flow_ratio: time of `explorer.flow.compute` (one forward pass with hooks, eager attention weights, and
-  the importance of every term of every residual update) for a 15-token text over one plain forward pass
-  of the same tokens (the same loaded model, no hooks, only the last position's logits in both); median
-  of interleaved runs;
+- flow_ratio: time of `explorer.analyses.flow.compute` (one forward pass with hooks, eager attention
+  weights, and the importance of every term of every residual update) for a 15-token text over one plain
+  forward pass of the same tokens (the same loaded model, no hooks, only the last position's logits in
+  both); median of interleaved runs;
 - flow_s, forward_s: the two medians;
 - flow_ratio_cpu_1thread: the same ratio in process CPU time on one thread (robust to other work on the
   machine, which makes two-thread wall times swing);
@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from explorer import flow, hooked  # noqa: E402
-from explorer.flow_figures import graph  # noqa: E402
-from explorer.loading import LoadRequest, load_model  # noqa: E402
+from explorer.figures.flow import graph  # noqa: E402
+from explorer.models.loading import LoadRequest, load_model  # noqa: E402
 
 TEXT = "The Eiffel Tower is in the city of Paris, which is the capital of"
 TOKENS = 15

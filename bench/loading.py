@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, sys, time
-from explorer.loading import LoadRequest, load_model
+from explorer.models.loading import LoadRequest, load_model
 stages = {}
 last = [time.perf_counter(), None]
 def progress(stage, frac):
@@ -42,7 +42,7 @@ def timed_load(name: str, cache: str) -> dict:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
-    from explorer import zoo
+    from explorer.models import zoo
 
     results = {}
     with tempfile.TemporaryDirectory() as cache:

@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.attention import PROSE  # noqa: E402
-from explorer.capture import capture  # noqa: E402
-from explorer.loading import LoadRequest, load_model  # noqa: E402
+from explorer.models.loading import LoadRequest, load_model  # noqa: E402
+from explorer.runs.capture import capture  # noqa: E402
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 SESSIONS = 10

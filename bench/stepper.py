@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.attention import text_of  # noqa: E402
-from explorer.loading import LoadRequest, load_model  # noqa: E402
-from explorer.stepping import Settings, Stepper  # noqa: E402
+from explorer.models.loading import LoadRequest, load_model  # noqa: E402
+from explorer.runs.stepping import Settings, Stepper  # noqa: E402
 
 STEPS = 16
 REPEATS = 3

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from explorer import tasks  # noqa: E402
-from explorer.loading import LoadRequest, load_model  # noqa: E402
+from explorer.models.loading import LoadRequest, load_model  # noqa: E402
 
 NEW_TOKENS = 32
 REPEATS = 3

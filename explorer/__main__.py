@@ -10,8 +10,8 @@ import sys
 import time
 import warnings
 
-from explorer import zoo
 from explorer.errors import ExplorerError, InputError, first_line
+from explorer.models import zoo
 
 
 def _quiet() -> None:
@@ -42,7 +42,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _request(args: argparse.Namespace):
-    from explorer.loading import LoadRequest
+    from explorer.models.loading import LoadRequest
 
     return LoadRequest.parse(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
@@ -50,7 +50,7 @@ def _request(args: argparse.Namespace):
 
 
 def _info(args: argparse.Namespace) -> int:
-    from explorer.loading import load_model
+    from explorer.models.loading import load_model
 
     loaded = load_model(_request(args))
     print(json.dumps(loaded.card.to_dict(), indent=2 if args.pretty else None))
@@ -59,8 +59,8 @@ def _info(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     """Converts the embedded GGUF models once, so that the app starts in seconds."""
-    from explorer import convert, devices
-    from explorer.loading import embedded_weights
+    from explorer.models import convert, devices
+    from explorer.models.loading import embedded_weights
 
     for name in args.names or list(zoo.ZOO):
         item = zoo.entry(name)
@@ -83,8 +83,8 @@ def _prepare(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     """Attention from scratch against the model's own maps, every layer and head; exit 1 when any
     head differs by more than the tolerance."""
-    from explorer import scratch
-    from explorer.loading import load_model
+    from explorer.analyses import scratch
+    from explorer.models.loading import load_model
 
     loaded = load_model(_request(args))
     try:
@@ -98,9 +98,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _trace(args: argparse.Namespace) -> int:
     """Runs MODEL on a text and writes every attention map and hidden state to an .npz file."""
-    from explorer.capture import capture
-    from explorer.export import write_npz
-    from explorer.loading import load_model
+    from explorer.models.loading import load_model
+    from explorer.runs.capture import capture
+    from explorer.runs.export import write_npz
 
     loaded = load_model(_request(args))
     if args.target is not None and loaded.card.family != "encoder-decoder":
@@ -125,7 +125,7 @@ def _trace(args: argparse.Namespace) -> int:
 def _task(args: argparse.Namespace) -> int:
     """Runs one NLP task on MODEL and prints the results as JSON; a task the model cannot do exits 1."""
     from explorer import tasks
-    from explorer.loading import load_model
+    from explorer.models.loading import load_model
 
     try:
         name = tasks.task_name(args.task)
@@ -149,8 +149,8 @@ TASK_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", 
 
 def _generate(args: argparse.Namespace) -> int:
     """Steps through generation; prints one JSON object per step."""
-    from explorer.loading import load_model
-    from explorer.stepping import Settings, Stepper
+    from explorer.models.loading import load_model
+    from explorer.runs.stepping import Settings, Stepper
 
     if args.steps < 1:
         raise InputError("--steps must be 1 or more.")
@@ -192,8 +192,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _ablate(args: argparse.Namespace) -> int:
     """Knocks out heads (--heads) or scans every head in turn; prints the effect on --target."""
-    from explorer import experiments
-    from explorer.loading import load_model
+    from explorer.analyses import experiments
+    from explorer.models.loading import load_model
 
     loaded = load_model(_request(args))
     probe = experiments.prepare(loaded, args.text, args.prefix or "", args.stack)
@@ -242,8 +242,8 @@ def _ablate(args: argparse.Namespace) -> int:
 
 def _patch(args: argparse.Namespace) -> int:
     """Activation patching from --clean into --corrupt; one row per kind, layer and position."""
-    from explorer import experiments
-    from explorer.loading import load_model
+    from explorer.analyses import experiments
+    from explorer.models.loading import load_model
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in experiments.KINDS]
@@ -280,8 +280,8 @@ def _patch(args: argparse.Namespace) -> int:
 def _flow(args: argparse.Namespace) -> int:
     """Information flow: one JSON object per (layer, position) with the importance of every term of its
     residual updates; with --position, only the rows on the routes to that position (at --threshold)."""
-    from explorer import flow
-    from explorer.loading import load_model
+    from explorer.analyses import flow
+    from explorer.models.loading import load_model
 
     loaded = load_model(_request(args))
     result = flow.compute(loaded, args.text, args.target)  # errors (ExplorerError): one line from main()

@@ -8,15 +8,16 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from explorer import links, zoo
-from explorer.capture import Capture, capture
-from explorer.devices import release_freed_memory
-from explorer.display import md
 from explorer.errors import InputError, LoadError
-from explorer.links import Param
-from explorer.loading import LoadedModel, LoadRequest
-from explorer.registry import ModelRegistry
-from explorer.store import CaptureStore
+from explorer.models import zoo
+from explorer.models.devices import release_freed_memory
+from explorer.models.loading import LoadedModel, LoadRequest
+from explorer.models.registry import ModelRegistry
+from explorer.runs.capture import Capture, capture
+from explorer.serving import links
+from explorer.serving.links import Param
+from explorer.serving.store import CaptureStore
+from explorer.web.display import md
 
 # st.session_state keys (per browser session)
 REQUEST = "model_request"  # the LoadRequest this user has loaded
@@ -76,7 +77,7 @@ LINK_KEYS = "link_keys"  # keys set from the link whose values the page has not 
 LINK_PROBLEMS = "link_problems"  # messages about link values that could not be used
 LINK_MODEL = "link_model"  # the LoadRequest a link named, until it has loaded
 
-# What a link carries (explorer.links): query parameter -> session key. The page is the URL's path.
+# What a link carries (explorer.serving.links): query parameter -> session key. The page is the URL's path.
 LINK = (
     Param("text", TEXT, label="text"),
     Param("target", TARGET, label="target prefix"),
@@ -121,7 +122,7 @@ def registry() -> ModelRegistry:
 
 @st.cache_resource
 def store() -> CaptureStore:
-    """One store of captures per server process, within its memory budget (explorer.store)."""
+    """One store of captures per server process, within its memory budget (explorer.serving.store)."""
     return CaptureStore()
 
 
@@ -199,7 +200,7 @@ def current_model() -> LoadedModel | None:
 
 @contextmanager
 def model_turn(loaded: LoadedModel, what: str = "") -> Iterator[None]:
-    """Holds the shared model's lock (explorer.turns.TurnLock) for this session's work on it. Sessions
+    """Holds the shared model's lock (explorer.serving.turns.TurnLock) for this session's work on it. Sessions
     take turns on one model, first come first served (every session's script runs in its own thread);
     one that has to wait is told so while it waits. The lock is reentrant, so explorer code that takes
     it again inside runs as usual."""

@@ -210,9 +210,9 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_dir):
-    """Returns a function kind -> the tiny checkpoint loaded through explorer.loading (once per test
+    """Returns a function kind -> the tiny checkpoint loaded through explorer.models.loading (once per test
     session: like the app's shared models, tests only read them)."""
-    from explorer.loading import LoadRequest, load_model
+    from explorer.models.loading import LoadRequest, load_model
 
     made: dict = {}
 

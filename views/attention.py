@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 
 from explorer import session
-from explorer.attention import (
+from explorer.analyses.attention import (
     SAME_SEQUENCE_ONLY,
     STATISTICS,
     focus,
@@ -13,19 +13,19 @@ from explorer.attention import (
     rollout,
     top_attended,
 )
-from explorer.attention_figures import (
+from explorer.errors import InputError
+from explorer.figures.attention import (
     grid_block,
     heads_grid,
     layer_head_heatmap,
     token_heatmap,
     top_attended_figure,
 )
-from explorer.bertviz_view import bertviz_html, view_height
-from explorer.capture import AttentionSet, Capture
-from explorer.devices import human_bytes
-from explorer.display import md
-from explorer.errors import InputError
-from explorer.export import npz_bytes
+from explorer.models.devices import human_bytes
+from explorer.runs.capture import AttentionSet, Capture
+from explorer.runs.export import npz_bytes
+from explorer.web.bertviz_view import bertviz_html, view_height
+from explorer.web.display import md
 from views.common import capture_page, choice, kept, share
 
 VIEWS = ["One head", "All heads", "Mean and rollout", "Token focus", "Head statistics", "bertviz"]

@@ -5,9 +5,11 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from explorer import links, session, zoo
-from explorer.capture import Capture, Sequence
-from explorer.display import md
+from explorer import session
+from explorer.models import zoo
+from explorer.runs.capture import Capture, Sequence
+from explorer.serving import links
+from explorer.web.display import md
 
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
 LONG = 120  # tokens: more go in an expander

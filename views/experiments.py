@@ -6,18 +6,19 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import compare, experiments, routing, session
-from explorer.attention_figures import token_heatmap
-from explorer.display import md
+from explorer import session
+from explorer.analyses import compare, experiments, routing
 from explorer.errors import InputError, LoadError
-from explorer.experiment_figures import (
+from explorer.figures.attention import token_heatmap
+from explorer.figures.experiments import (
     head_scan_figure,
     paired_bars,
     patching_figure,
     routing_figure,
     usage_figure,
 )
-from explorer.loading import LoadRequest
+from explorer.models.loading import LoadRequest
+from explorer.web.display import md
 from views.common import chips, kept, model_or_stop, share
 
 EXPERIMENT = session.EXPERIMENT
@@ -138,7 +139,7 @@ def ablation() -> None:
     key = (loaded.request, text, prefix, probe.stack, tgt.token_id, mode)
     if st.button(f"Scan all {total} heads", type="primary"):
         bar, report = progress_bar(f"Knocking out each of {total} heads")
-        try:  # the model's turn, given up between batches to sessions that wait (explorer.turns)
+        try:  # the model's turn, given up between batches to sessions that wait (explorer.serving.turns)
             with session.model_turn(loaded, "a head scan"):
                 scan = experiments.scan_heads(loaded, probe, tgt, mode, report)
         except InputError as err:
@@ -208,7 +209,7 @@ def patching() -> None:
     key = (loaded.request, clean, corrupt, target, foil, prefix, pa.stack, tuple(kinds))
     if st.button(f"Patch {runs:,} (layer, position) activations", type="primary"):
         bar, report = progress_bar("Patching clean activations into the corrupted run")
-        try:  # the model's turn, given up between batches to sessions that wait (explorer.turns)
+        try:  # the model's turn, given up between batches to sessions that wait (explorer.serving.turns)
             with session.model_turn(loaded, "activation patching"):
                 result = experiments.patch(loaded, clean, corrupt, target, foil, kinds, report, prefix, stack)
         except InputError as err:
@@ -242,7 +243,7 @@ def patching() -> None:
 
 
 def chips_of(probe) -> str:
-    from explorer.capture import Sequence
+    from explorer.runs.capture import Sequence
 
     return chips(Sequence(probe.ids, probe.tokens, tuple(False for _ in probe.ids)))
 
@@ -253,7 +254,7 @@ def second_model():
     source = kept("selectbox", "Second model from", CMP_SOURCE, "embedded", cols[0], options=list(SOURCES),
                   format_func=SOURCES.get)  # fmt: skip
     if source == "embedded":
-        from explorer import zoo
+        from explorer.models import zoo
 
         ref = kept("selectbox", "Embedded model", CMP_REF, "gemma-3-270m", cols[1], options=list(zoo.ZOO),
                    format_func=lambda n: f"{zoo.ZOO[n].title} · {zoo.ZOO[n].family}")  # fmt: skip

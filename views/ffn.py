@@ -5,11 +5,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import anatomy, ffn, session
-from explorer.display import md
+from explorer import session
+from explorer.analyses import ffn
+from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError
-from explorer.learn_figures import bars, stacked_shares
-from explorer.tokens import display_tokens
+from explorer.figures.learn import bars, stacked_shares
+from explorer.models import anatomy
+from explorer.web.display import md
 from views.common import model_or_stop, share
 
 TEXT = "ffn_text"

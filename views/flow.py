@@ -3,11 +3,12 @@
 import pandas as pd
 import streamlit as st
 
-from explorer import flow, session
-from explorer.anatomy import UnsupportedModel
-from explorer.display import md
+from explorer import session
+from explorer.analyses import flow
 from explorer.errors import InputError
-from explorer.flow_figures import graph
+from explorer.figures.flow import graph
+from explorer.models.anatomy import UnsupportedModel
+from explorer.web.display import md
 from views.common import kept, model_or_stop, share, text_inputs
 
 SEEN = "flow_seen"  # the (model, text, target) key this user's page last showed

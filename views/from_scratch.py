@@ -3,11 +3,13 @@ checked against the attention map the model itself returned."""
 
 import streamlit as st
 
-from explorer import anatomy, scratch, session
-from explorer.display import md
+from explorer import session
+from explorer.analyses import scratch
+from explorer.analyses.scratch_steps import KEYS, TOKENS, walkthrough
 from explorer.errors import InputError
-from explorer.learn_figures import heatmap
-from explorer.scratch_steps import KEYS, TOKENS, walkthrough
+from explorer.figures.learn import heatmap
+from explorer.models import anatomy
+from explorer.web.display import md
 from views.common import model_or_stop, share
 
 TEXT = "scratch_text"

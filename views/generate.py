@@ -2,12 +2,13 @@
 
 import streamlit as st
 
-from explorer import session, zoo
-from explorer.attention_figures import layer_position_heatmap
-from explorer.display import md
+from explorer import session
 from explorer.errors import InputError
-from explorer.step_figures import candidates_figure, sequence_html, tree_figure
-from explorer.stepping import Settings, Stepper, templated
+from explorer.figures.attention import layer_position_heatmap
+from explorer.figures.steps import candidates_figure, sequence_html, tree_figure
+from explorer.models import zoo
+from explorer.runs.stepping import Settings, Stepper, templated
+from explorer.web.display import md
 from views.common import DEFAULT_TEXT, default_text, kept, share
 
 DEFAULT_PROMPT = "The capital of France is"  # a base model continues it

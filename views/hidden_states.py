@@ -4,10 +4,10 @@ what each layer would predict (logit lens)."""
 import streamlit as st
 
 from explorer import session
-from explorer.attention_figures import layer_position_heatmap, logit_lens_figure
-from explorer.display import md
+from explorer.analyses.hidden import LENS_MAX_POSITIONS, consecutive_cosine, logit_lens, norms
 from explorer.errors import InputError
-from explorer.hidden import LENS_MAX_POSITIONS, consecutive_cosine, logit_lens, norms
+from explorer.figures.attention import layer_position_heatmap, logit_lens_figure
+from explorer.web.display import md
 from views.common import capture_page, kept, share
 
 VIEWS = ["Norms", "Change per layer", "Logit lens"]

@@ -2,10 +2,11 @@
 
 import streamlit as st
 
-from explorer import devices, session
-from explorer.card import parameter_groups
-from explorer.display import md
-from explorer.figures import architecture_diagram, parameter_chart
+from explorer import session
+from explorer.figures.model import architecture_diagram, parameter_chart
+from explorer.models import devices
+from explorer.models.card import parameter_groups
+from explorer.web.display import md
 from views.common import share
 
 loaded = session.current_model()

@@ -3,9 +3,11 @@
 import numpy as np
 import streamlit as st
 
-from explorer import anatomy, positions, session
-from explorer.display import md
-from explorer.learn_figures import heatmap, lines
+from explorer import session
+from explorer.analyses import positions
+from explorer.figures.learn import heatmap, lines
+from explorer.models import anatomy
+from explorer.web.display import md
 from views.common import share
 
 SINE_POSITIONS = "positions_sine_n"

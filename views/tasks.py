@@ -7,8 +7,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from explorer import session, task_figures, task_models, tasks
-from explorer.display import md
+from explorer import session, tasks
+from explorer.figures import tasks as task_figures
+from explorer.tasks import models as task_models
+from explorer.web.display import md
 from views.common import kept, model_or_stop, share
 
 TASK = "tasks_task"

@@ -3,9 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from explorer import token_table, zoo
-from explorer.display import md
+from explorer.analyses import token_table
 from explorer.errors import LoadError
+from explorer.models import zoo
+from explorer.web.display import md
 from views.common import model_or_stop, share
 
 TEXT = "tokens_text"

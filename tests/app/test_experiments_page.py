@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explorer import experiments, session
-from explorer.loading import LoadRequest, load_model
+from explorer import session
+from explorer.analyses import experiments
+from explorer.models.loading import LoadRequest, load_model
 from tests.app.helpers import app, charts, load_folder, numbers, run
 from views import experiments as page
 

@@ -146,7 +146,7 @@ def test_tokens_page_counts_and_escapes():
     at = open_page("views/tokens.py")
     at.text_area(key="tokens_text").set_value(HOSTILE)
     run(at)
-    from explorer.loading import LoadRequest
+    from explorer.models.loading import LoadRequest
 
     tok = session.registry().get(LoadRequest("embedded", "smollm2-135m-instruct")).tokenizer
     n = len(tok(HOSTILE)["input_ids"])

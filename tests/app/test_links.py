@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from explorer import capture as capture_module
 from explorer import session
+from explorer.runs import capture as capture_module
 from tests.app.helpers import APP, app, charts, load_folder, numbers, run
 
 ATTENTION = "views/attention.py"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
-from explorer.capture import capture
-from explorer.loading import LoadRequest, load_model
+from explorer.models.loading import LoadRequest, load_model
+from explorer.runs.capture import capture
 from tests.e2e.conftest import screenshot, wait_for_app_run
 
 pytestmark = pytest.mark.e2e

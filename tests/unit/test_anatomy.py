@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer import anatomy, hooked
+from explorer.models import anatomy
+from explorer.runs import hooked
 from tests.conftest import ARCHITECTURES, FAMILIES, no_hooks
 
 IDS = [2, 7, 8, 9, 10, 11, 7, 12, 13, 3]  # "[CLS] the cat sat on mat the because it [SEP]"

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import attention as A
-from explorer.attention_figures import grid_image, heads_grid, token_heatmap
-from explorer.bertviz_view import bertviz_html, numbers_json, script_json
-from explorer.capture import AttentionSet, Sequence, capture
-from explorer.hidden import consecutive_cosine, logit_lens, norms
-from explorer.loading import LoadRequest, load_model
-from explorer.tokens import BYTE_LEVEL, SENTENCEPIECE, WORDPIECE, readable
+from explorer.analyses import attention as A
+from explorer.analyses.hidden import consecutive_cosine, logit_lens, norms
+from explorer.analyses.tokens import BYTE_LEVEL, SENTENCEPIECE, WORDPIECE, readable
+from explorer.figures.attention import grid_image, heads_grid, token_heatmap
+from explorer.models.loading import LoadRequest, load_model
+from explorer.runs.capture import AttentionSet, Sequence, capture
+from explorer.web.bertviz_view import bertviz_html, numbers_json, script_json
 
 HOSTILE = ["</script><b>x</b>", "<img src=x onerror=alert(1)>", "plain", "&amp;"]
 

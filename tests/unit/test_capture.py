@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.capture import capture
 from explorer.errors import InputError
-from explorer.export import write_npz
+from explorer.runs.capture import capture
+from explorer.runs.export import write_npz
 
 TEXT = "the cat sat on the mat because it was tired"
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bench.attention import text_of
-from explorer.capture import capture
-from explorer.hidden import logit_lens
-from explorer.loading import LoadRequest, load_model
+from explorer.analyses.hidden import logit_lens
+from explorer.models.loading import LoadRequest, load_model
+from explorer.runs.capture import capture
 
 pytestmark = pytest.mark.slow
 

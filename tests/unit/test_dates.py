@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from explorer import __main__ as cli
-from explorer import dates, zoo
+from explorer.dates import data as dates
+from explorer.dates.train import TEST_SIZE, accuracy, held_out, year_attention
 from explorer.errors import LoadError
-from explorer.loading import LoadRequest, load_model
-from explorer.train_dates import TEST_SIZE, accuracy, held_out, year_attention
+from explorer.models import zoo
+from explorer.models.loading import LoadRequest, load_model
 
 FOLDER = zoo.REPO_ROOT / "explorer" / "weights" / "date-normalizer"
 
@@ -168,7 +169,7 @@ def test_missing_repository_folder_says_how_to_rebuild(tmp_path):
         name="gone", title="Gone", family="encoder-decoder", package=None, module=None, summary="",
         locate=zoo.entry("date-normalizer").locate, converts=False, folder=str(tmp_path / "nothing"),
     )  # fmt: skip
-    with pytest.raises(LoadError, match="explorer.train_dates"):
+    with pytest.raises(LoadError, match="explorer.dates.train"):
         item.package_dir()
 
 

@@ -1,4 +1,4 @@
-from explorer.display import md
+from explorer.web.display import md
 
 
 def test_markdown_characters_are_escaped():

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer import convert, zoo
-from explorer.loading import LoadRequest, load_model
+from explorer.models import convert, zoo
+from explorer.models.loading import LoadRequest, load_model
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from explorer.errors import LoadError
-from explorer.loading import LoadRequest, _probe_hub, load_model
+from explorer.models.loading import LoadRequest, _probe_hub, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from explorer import anatomy, experiments, routing
+from explorer.analyses import experiments, routing
+from explorer.analyses.experiments import ExperimentError
 from explorer.errors import InputError
-from explorer.experiments import ExperimentError
+from explorer.models import anatomy
 from tests.conftest import VOCAB, tiny_config, tiny_tokenizer
 
 KINDS = ["gpt2", "llama", "t5", "bart", "bert"]
@@ -298,7 +299,7 @@ def test_ablate_and_patch_commands(tiny_dir, tiny_loaded):
 def test_comparison_matches_tokens_by_text(tiny_loaded):
     import numpy as np
 
-    from explorer import compare
+    from explorer.analyses import compare
 
     a, b = tiny_loaded("gpt2"), tiny_loaded("llama")
     la, lb = np.zeros(len(VOCAB)), np.zeros(len(VOCAB))
@@ -315,7 +316,7 @@ def test_comparison_matches_tokens_by_text(tiny_loaded):
 def test_figures_escape_tokens_and_centre_deltas_at_zero():
     import numpy as np
 
-    from explorer import experiment_figures as figs
+    from explorer.figures import experiments as figs
 
     hostile = ["<img src=x onerror=alert(1)>", "a&b"]
     fig = figs.patching_figure(np.array([[0.5, -2.0]]), hostile, "Restored <b>")

@@ -1,5 +1,5 @@
 """Head ablation, the head scan and activation patching on a tiny model of every architecture, checked
-against forwards with hooks written by hand (plain `register_forward_pre_hook`, not explorer.hooked)."""
+against forwards with hooks written by hand (plain `register_forward_pre_hook`, not explorer.runs.hooked)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from explorer import anatomy, experiments
+from explorer.analyses import experiments
+from explorer.models import anatomy
 from tests.conftest import ARCHITECTURES, FAMILIES, no_hooks, tiny_config, tiny_tokenizer
 
 # (kind, stack acted on): both stacks of every encoder-decoder

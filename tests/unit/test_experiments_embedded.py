@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import experiments
-from explorer.loading import LoadRequest, load_model
+from explorer.analyses import experiments
+from explorer.models.loading import LoadRequest, load_model
 
 pytestmark = pytest.mark.slow
 

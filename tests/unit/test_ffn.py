@@ -8,9 +8,11 @@ import pytest
 import torch
 import transformers as tf
 
-from explorer import anatomy, ffn, hooked
+from explorer.analyses import ffn
 from explorer.errors import InputError
-from explorer.loading import LoadRequest, load_model
+from explorer.models import anatomy
+from explorer.models.loading import LoadRequest, load_model
+from explorer.runs import hooked
 from tests.unit.test_scratch import TEXT, gemma_config
 
 KINDS = ["bert", "gpt2", "llama", "t5", "bart"]

@@ -8,7 +8,9 @@ import pytest
 import torch
 import transformers as tf
 
-from explorer import anatomy, ffn, hidden, hooked
+from explorer.analyses import ffn, hidden
+from explorer.models import anatomy
+from explorer.runs import hooked
 from tests.conftest import ARCHITECTURES, FAMILIES, MODEL_CLASSES, no_hooks, tiny_config
 
 TEXT = "the cat sat on the mat because it was tired"

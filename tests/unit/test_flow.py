@@ -16,9 +16,11 @@ import pytest
 import torch
 import transformers as tf
 
-from explorer import anatomy, flow, hooked
+from explorer.analyses import flow
 from explorer.errors import InputError
-from explorer.loading import LoadRequest, load_model
+from explorer.models import anatomy
+from explorer.models.loading import LoadRequest, load_model
+from explorer.runs import hooked
 from tests.unit.test_scratch import TEXT, gemma_config, qwen_config
 
 KINDS = ["bert", "gpt2", "llama", "t5", "bart", "gemma3", "qwen2"]

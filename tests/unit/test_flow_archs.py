@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import anatomy, flow, hooked
-from explorer.flow_figures import graph
+from explorer.analyses import flow
+from explorer.figures.flow import graph
+from explorer.models import anatomy
+from explorer.runs import hooked
 from tests.conftest import ARCHITECTURES, FAMILIES
 
 TEXT = "the cat sat on the mat because it was tired"

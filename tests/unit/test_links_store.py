@@ -1,4 +1,5 @@
-"""Shareable links (explorer.links) and the server's capture store (explorer.store), without a browser."""
+"""Shareable links (explorer.serving.links) and the server's capture store (explorer.serving.store),
+without a browser."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from explorer import links
-from explorer.links import Param
-from explorer.loading import LoadRequest
-from explorer.store import CaptureStore
-from explorer.turns import TurnLock
+from explorer.models.loading import LoadRequest
+from explorer.serving import links
+from explorer.serving.links import Param
+from explorer.serving.store import CaptureStore
+from explorer.serving.turns import TurnLock
 
 SCHEMA = (
     Param("text", "t"),

@@ -6,8 +6,8 @@ import pytest
 import torch
 import transformers as tf
 
-from explorer.card import build_card, detect_family, parameter_groups
-from explorer.loading import LoadRequest, estimate_bytes
+from explorer.models.card import build_card, detect_family, parameter_groups
+from explorer.models.loading import LoadRequest, estimate_bytes
 from tests.conftest import FAMILIES, MODEL_CLASSES, VOCAB, tiny_config, tiny_tokenizer
 
 KINDS = list(MODEL_CLASSES)

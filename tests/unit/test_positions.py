@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from explorer import positions, token_table
+from explorer.analyses import positions, token_table
 from tests.unit.test_scratch import gemma_config
 
 

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from explorer import __main__ as cli
-from explorer import registry as registry_module
 from explorer.errors import LoadError
-from explorer.loading import LoadRequest, load_model
-from explorer.registry import ModelRegistry
+from explorer.models import registry as registry_module
+from explorer.models.loading import LoadRequest, load_model
+from explorer.models.registry import ModelRegistry
 
 REQUIRED_INFO_KEYS = {
     "name", "family", "architecture", "n_params", "n_layers", "n_heads", "n_kv_heads", "d_model",

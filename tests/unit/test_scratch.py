@@ -6,9 +6,11 @@ import pytest
 import torch
 import transformers as tf
 
-from explorer import anatomy, hooked, scratch
+from explorer.analyses import scratch
 from explorer.errors import InputError
-from explorer.loading import LoadRequest, load_model
+from explorer.models import anatomy
+from explorer.models.loading import LoadRequest, load_model
+from explorer.runs import hooked
 from tests.conftest import VOCAB, tiny_tokenizer
 
 TEXT = "the cat sat on the mat because it was tired and then the dog ran to the park"

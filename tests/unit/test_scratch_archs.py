@@ -14,8 +14,9 @@ import pytest
 import torch
 import transformers as tf
 
-from explorer import anatomy, scratch
-from explorer.loading import LoadRequest, load_model
+from explorer.analyses import scratch
+from explorer.models import anatomy
+from explorer.models.loading import LoadRequest, load_model
 from tests.conftest import ARCHITECTURES, FAMILIES, MODEL_CLASSES, VOCAB, tiny_config, tiny_tokenizer
 
 # 18 tokens: longer than the sliding windows of the tiny Mistral and Gemma 3 (4 tokens)
@@ -204,7 +205,7 @@ def test_verify_command(tiny_dir, capsys, kind):
 @pytest.mark.parametrize("name", MODELS)
 def test_the_page_steps_on_every_architecture(sharp, name):
     """The walkthrough the page shows: every kind of attention, its last layer, its last head."""
-    from explorer.scratch_steps import walkthrough
+    from explorer.analyses.scratch_steps import walkthrough
 
     lm = sharp(name)
     a = anatomy.of(lm.model)
@@ -222,7 +223,7 @@ def test_the_page_steps_on_every_architecture(sharp, name):
 
 @pytest.mark.parametrize("kind", ARCHITECTURES)
 def test_positions_page_data_on_every_architecture(tiny_loaded, kind):
-    from explorer import positions
+    from explorer.analyses import positions
 
     model = tiny_loaded(kind).model
     a = anatomy.of(model)

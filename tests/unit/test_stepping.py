@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from explorer.errors import InputError
-from explorer.loading import LoadRequest, load_model
-from explorer.stepping import Settings, Stepper, eos_ids
+from explorer.models.loading import LoadRequest, load_model
+from explorer.runs.stepping import Settings, Stepper, eos_ids
 from tests.conftest import VOCAB
 
 PROMPT = "the cat sat on"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.loading import LoadRequest, load_model
-from explorer.stepping import Settings, Stepper, templated
+from explorer.models.loading import LoadRequest, load_model
+from explorer.runs.stepping import Settings, Stepper, templated
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,11 @@ import json
 import pytest
 import torch
 
-from explorer import task_figures, tasks
-from explorer.loading import LoadRequest, load_model
+from explorer import tasks
+from explorer.figures import tasks as task_figures
+from explorer.models.loading import LoadRequest, load_model
 from explorer.tasks import TaskError, TaskInput
+from explorer.tasks import common as task_common
 from tests.conftest import tiny_config, tiny_tokenizer
 
 CHAT_TEMPLATE = (
@@ -99,8 +101,8 @@ def test_support_follows_the_family_and_the_head(tiny):
 def test_a_missing_head_is_refused_not_initialized(tiny, monkeypatch):
     base = tiny("base")  # BertModel weights: no cls.* and no classifier
     loads = []
-    real = tasks._load_head
-    monkeypatch.setattr(tasks, "_load_head", lambda *a: loads.append(a[2]) or real(*a))
+    real = task_common._load_head
+    monkeypatch.setattr(task_common, "_load_head", lambda *a: loads.append(a[2]) or real(*a))
     for _ in range(2):
         with pytest.raises(TaskError, match="cls.predictions") as err:
             tasks.head_model(base, "AutoModelForMaskedLM")
@@ -176,7 +178,7 @@ def _brute_force_best(start_probs, end_probs, longest):
 
 
 def test_question_answering_span_lies_inside_the_context(tiny):
-    from explorer.task_models import QA_MAX_ANSWER_TOKENS
+    from explorer.tasks.models import QA_MAX_ANSWER_TOKENS
 
     loaded = tiny("qa")
     context = "the cat sat on the mat because it was tired"
@@ -241,7 +243,7 @@ def test_zero_shot_by_nli_sums_to_one(tiny):
 
 
 def test_zero_shot_by_embeddings_gives_cosines(tiny):
-    from explorer.task_models import embed
+    from explorer.tasks.models import embed
 
     loaded = tiny("bert")
     item = run(loaded, "zero-shot-classification", ["the cat sat"], labels=["dog", "park"]).items[0]

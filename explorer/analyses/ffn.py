@@ -1,0 +1,183 @@
+"""Feed-forward memory: which neurons of a layer's FFN fire on a token, what each one writes into the
+residual stream (its column of the down projection), which tokens that vector promotes through the
+unembedding, and how much of each layer's update comes from attention and how much from the FFN.
+
+Every architecture is read through its anatomy (`explorer.models.anatomy`) in one hooked run: the FFN's input
+(its entry module's input, after the sub-layer's norm), the neuron activations (the down projection's
+input, exactly what the model computed) and the size of both residual updates of every layer.
+`activations` recomputes the neurons from the FFN input and the weights: act(x W_in + b) for plain
+FFNs, act(x W_gate) * (x W_up) for gated ones (Llama, Gemma, Phi-3, T5 v1.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from explorer.analyses.tokens import display_tokens
+from explorer.models import anatomy
+from explorer.models.anatomy import UnsupportedModel
+from explorer.runs import hooked
+
+
+@dataclass(frozen=True)
+class FfnCapture:
+    stack: str
+    ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    inputs: tuple[torch.Tensor | None, ...]  # per layer: (pos, d_model) the FFN input after its norm
+    activations: tuple[torch.Tensor | None, ...]  # per layer: (pos, d_ff) float32, what `down` reads
+    attn_norms: np.ndarray  # (layer, pos) |what attention adds to the residual|
+    ffn_norms: np.ndarray  # (layer, pos) |what the FFN adds to the residual|
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.inputs)
+
+
+def ffn_stack(model: Any) -> str:
+    """The stack this page reads: the decoder when there is one (it reads the text shifted right)."""
+    return anatomy.of(model).stack_names[-1]
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(pos, features) of a batch of one: OPT flattens (batch, pos) into one dimension before its FFN."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def _size(store: dict, key: Any):
+    def fn(y: torch.Tensor) -> None:
+        store[key] = _rows(y.detach()).float().norm(dim=-1).cpu()  # (pos,)
+
+    return fn
+
+
+def capture(loaded: Any, text: str, limit: int | None = None, layer: int | None = None) -> FfnCapture:
+    """One forward pass: every layer's FFN input and neuron activations (only `layer`'s when given; the
+    others are None) and the sizes of both residual updates of every layer, per token."""
+    model = loaded.model
+    stack = ffn_stack(model)
+    found = anatomy.of(model).stacks[stack]
+    ids = hooked.encode(model, loaded.tokenizer, text, limit)
+    seen: dict = {}
+    hooks = []
+    for b in found.blocks:
+        call = b.index if found.shared_blocks else None  # ALBERT: one module, called once per layer
+        if layer is None or b.index == layer:
+            hooks.append(hooked.keep(seen, ("x", b.index), b.ffn.entry, "pre", call, batch_row=None))
+            hooks.append(hooked.keep(seen, ("a", b.index), b.ffn.down, "pre", call, batch_row=None))
+        hooks.append(hooked.Hook(b.attn_out, "post", _size(seen, ("attn", b.index)), call))
+        hooks.append(hooked.Hook(b.ffn_out, "post", _size(seen, ("ffn", b.index)), call))
+    hooked.run(loaded, hooked.inputs(model, ids), hooks, **hooked.options(model, last_logits_only=True))
+    n = len(found.blocks)
+    missing = [i for i in range(n) if ("ffn", i) not in seen or ("attn", i) not in seen]
+    missing += [i for i in range(n) if (layer is None or i == layer) and ("a", i) not in seen]
+    if missing:
+        raise UnsupportedModel(
+            f"Layer {missing[0]} of {type(model).__name__} did not call the parts its anatomy names (its "
+            "attention output, FFN entry or down projection): this model computes its FFN another way."
+        )
+    stack_ids = hooked.shifted(model, ids) if len(anatomy.of(model).stacks) == 2 else ids
+    x = [_rows(seen[("x", i)]) if ("x", i) in seen else None for i in range(n)]
+    a = [_rows(seen[("a", i)]).float().cpu() if ("a", i) in seen else None for i in range(n)]
+    return FfnCapture(
+        stack=stack,
+        ids=tuple(stack_ids),
+        tokens=tuple(display_tokens(loaded.tokenizer, stack_ids)),
+        inputs=tuple(x),
+        activations=tuple(a),
+        attn_norms=torch.stack([seen[("attn", i)] for i in range(n)]).numpy(),
+        ffn_norms=torch.stack([seen[("ffn", i)] for i in range(n)]).numpy(),
+    )
+
+
+def activations(model: Any, stack: str, layer: int, x: torch.Tensor) -> torch.Tensor:
+    """(pos, d_ff): each neuron's activation, the input of the down projection, from the FFN's input x
+    (pos, d_model), computed from the weights."""
+    return anatomy.of(model).blocks(stack)[layer].ffn.activations(x).cpu()
+
+
+def formula(model: Any) -> str:
+    """LaTeX of the activation the page shows: gated or plain, from the anatomy of the FFN."""
+    if anatomy.of(model).blocks(ffn_stack(model))[0].ffn.gated:
+        return r"a = \mathrm{act}(x W_{gate}) \odot (x W_{up})"
+    return r"a = \mathrm{act}(x W_{in} + b_{in})"
+
+
+def out_vectors(model: Any, stack: str, layer: int, neurons: list[int]) -> torch.Tensor:
+    """(len(neurons), d_model): what each neuron writes per unit of activation (down projection columns)."""
+    return anatomy.of(model).blocks(stack)[layer].ffn.out_vectors(neurons)
+
+
+def _norm_scale(norm: Any) -> tuple[torch.Tensor, str]:
+    """gamma (d_model,) of a final norm y = gamma * normalize(x) (+ beta), read from what it computes: run
+    on a vector with mean 0 and RMS 1, both LayerNorm and RMSNorm return gamma * x (+ beta), so the
+    difference of its outputs on s x and -s x is 2 gamma x; the weight is then matched to gamma or to
+    1 + gamma (Gemma stores gamma - 1). A shift of the input changes nothing for LayerNorm only."""
+    weight = getattr(norm, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise UnsupportedModel(f"The final norm {type(norm).__name__} has no scale weight to read.")
+    w = weight.detach().float().cpu()  # (d_model,)
+    x = torch.ones_like(w)
+    x[1::2] = -1
+    x = x - x.mean()
+    x = x / x.pow(2).mean().sqrt()  # mean 0, RMS 1, no zero entry
+    s = 8.0  # large enough that the norm's epsilon is negligible
+    probe = torch.stack([s * x, -s * x, s * x + s]).to(weight.device, weight.dtype)
+    with torch.no_grad():
+        y = norm.forward(probe).float().cpu()  # forward, not __call__: hooks of another user's run stay out
+    gamma = (y[0] - y[1]) / (2 * x)
+    for found, kept in ((w, "weight"), (1.0 + w, "1 + weight")):
+        if (gamma - found).abs().max() <= 1e-2 * (1.0 + found.abs().max()):
+            centered = (y[2] - y[0]).abs().max() <= 1e-3 * (1.0 + y[0].abs().max())
+            kind = "LayerNorm" if centered else "RMSNorm"
+            return found, f"final {kind} scale" + (f" ({kept})" if kept != "weight" else "")
+    raise UnsupportedModel(
+        f"The final norm {type(norm).__name__} does not compute weight * normalize(x) or (1 + weight) * "
+        "normalize(x): its scale is not read here."
+    )
+
+
+def final_norm_scale(model: Any) -> tuple[torch.Tensor | None, str]:
+    """The decoder's final norm scale gamma (d_model,) and its name; (None, "") when the stack read here
+    ends without a norm (post-norm models: every block ends in its own)."""
+    norm = anatomy.of(model).stacks[ffn_stack(model)].final_norm
+    if norm is None:
+        return None, ""
+    return _norm_scale(norm)
+
+
+def can_unembed(model: Any, stack: str | None = None) -> bool:
+    """Models whose stack (default: the one this page reads) is a causal decoder with an LM head: its FFN
+    outputs can be read as next-token logits. Encoders are not: their masked-LM head transforms a vector
+    (dense, activation, LayerNorm) before its unembedding, and it predicts masked tokens, not next ones."""
+    found = anatomy.of(model)
+    name = stack or found.stack_names[-1]
+    return found.unembed is not None and name == "decoder" and found.stacks[name].causal
+
+
+def _logit_scale(model: Any) -> float:
+    """T5 multiplies the decoder's output by d_model^-0.5 before its LM head (scale_decoder_outputs)."""
+    config = model.config
+    return float(config.d_model) ** -0.5 if getattr(config, "scale_decoder_outputs", False) else 1.0
+
+
+def promoted(
+    model: Any, vectors: torch.Tensor, k: int = 8, through_norm: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each vector w (n, d_model): the logits W_U (gamma * w) (or W_U w), top-k and bottom-k.
+    Returns (top values, top ids, bottom values, bottom ids), each (n, k)."""
+    w_u = anatomy.Proj(anatomy.of(model).unembed).weight()  # (vocab, d_model)
+    v = vectors.float() * _logit_scale(model)
+    if through_norm:
+        gamma, _ = final_norm_scale(model)
+        if gamma is not None:
+            v = v * gamma
+    with torch.no_grad():
+        logits = (w_u.float() @ v.T.to(w_u.device)).T.cpu()  # (n, vocab)
+    top = logits.topk(k, dim=-1)
+    bottom = logits.topk(k, dim=-1, largest=False)
+    return top.values, top.indices, bottom.values, bottom.indices

@@ -1,0 +1,1 @@
+"""Plotly figures: pure functions from arrays to figures, testable without a browser."""

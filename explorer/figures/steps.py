@@ -1,0 +1,101 @@
+"""Pictures of generation: the next-token candidates before and after shaping, the text coloured by
+the probability each token had, and the tree of undone branches. Pure functions."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Sequence
+
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+
+from explorer.runs.stepping import Branch, Candidate, Step
+
+RAW, SHAPED = "#94a3b8", "#2563eb"
+
+
+def candidates_figure(cands: Sequence[Candidate], title: str, chosen: int | None = None) -> go.Figure:
+    """Top candidates as horizontal bars: probability under the raw logits and after the settings."""
+    labels = [
+        f"{i + 1}. {escape(c.token)}" + (" ◀" if c.token_id == chosen else "") for i, c in enumerate(cands)
+    ]
+    ids = [c.token_id for c in cands]
+    fig = go.Figure(
+        [
+            go.Bar(
+                y=labels, x=[c.prob for c in cands], orientation="h", name="raw logits", marker_color=RAW,
+                customdata=ids, hovertemplate="%{y}<br>id %{customdata}<br>raw p %{x:.5f}<extra></extra>",
+            ),
+            go.Bar(
+                y=labels, x=[c.prob_processed for c in cands], orientation="h", name="after your settings",
+                marker_color=SHAPED, customdata=ids,
+                hovertemplate="%{y}<br>id %{customdata}<br>shaped p %{x:.5f}<extra></extra>",
+            ),
+        ]
+    )  # fmt: skip
+    fig.update_layout(
+        title=dict(text=escape(title), font_size=15),
+        barmode="group",
+        yaxis=dict(autorange="reversed", type="category"),
+        xaxis=dict(title="probability", range=[0, 1]),
+        height=120 + 38 * len(cands),
+        width=640,
+        legend=dict(orientation="h", y=-0.12),
+        margin=dict(l=10, r=10, t=50, b=40),
+    )
+    return fig
+
+
+def prob_colour(p: float) -> str:
+    """Low probability red, high green: the colour of a token chosen with probability p."""
+    return sample_colorscale("RdYlGn", [max(0.0, min(1.0, p))])[0]
+
+
+def sequence_html(prompt: Sequence[str], steps: Sequence[Step]) -> str:
+    """The prompt in grey, then each generated token on the colour of the probability it had when it
+    was chosen (raw logits); hover gives the numbers. Every token is escaped."""
+    chip = "display:inline; padding:1px 1px; border-radius:3px; white-space:pre; font-family:monospace;"
+
+    def after(token: str) -> str:  # a line break after a newline token, else a place the line may wrap
+        return "<br>" if token.endswith("↵") else "<wbr>"
+
+    parts = [f'<span style="{chip} color:#64748b">{escape(t)}</span>{after(t)}' for t in prompt]
+    for s in steps:
+        tip = f"step {s.index + 1}: p={s.prob:.4f} (shaped {s.prob_processed:.4f}), rank {s.rank}, {s.how}"
+        ink = "#ffffff" if s.prob < 0.2 or s.prob > 0.8 else "#111827"  # the scale's ends are dark
+        style = f"{chip} background:{prob_colour(s.prob)}; color:{ink}"
+        parts.append(f'<span title="{escape(tip)}" style="{style}">{escape(s.token)}</span>{after(s.token)}')
+    return '<div style="line-height:1.9; font-size:14px; overflow-wrap:anywhere">' + "".join(parts) + "</div>"
+
+
+def tree_figure(steps: Sequence[Step], branches: Sequence[Branch]) -> go.Figure:
+    """The current continuation on the top row and every undone branch below it, each starting at the
+    step where it forked. Tokens written on the nodes."""
+    rows = [(0, steps, "current")] + [(b.at, b.steps, f"branch {i + 1}") for i, b in enumerate(branches)]
+    fig = go.Figure()
+    for y, (start, seq, name) in enumerate(rows):
+        xs = [start + i + 1 for i in range(len(seq))]
+        fig.add_trace(
+            go.Scatter(
+                x=xs, y=[-y] * len(xs), mode="lines+markers+text", text=[escape(s.token) for s in seq],
+                textposition="top center", name=name, marker=dict(size=9),
+                customdata=[[s.prob, s.rank, s.how] for s in seq],
+                hovertemplate=f"{name}, step %{{x}}: %{{text}}<br>p %{{customdata[0]:.4f}}, rank "
+                "%{customdata[1]}, %{customdata[2]}<extra></extra>",
+            )
+        )  # fmt: skip
+        if y and start:
+            fig.add_trace(
+                go.Scatter(
+                    x=[start, start + 1], y=[0, -y], mode="lines", line=dict(dash="dot", color="#94a3b8"),
+                    showlegend=False, hoverinfo="skip",
+                )
+            )  # fmt: skip
+    fig.update_layout(
+        title=dict(text="Steps and the branches you undid", font_size=15),
+        xaxis=dict(title="step", dtick=1),
+        yaxis=dict(showticklabels=False, zeroline=False, range=[-len(rows) + 0.4, 0.8]),
+        height=140 + 60 * len(rows),
+        margin=dict(l=10, r=10, t=50, b=40),
+    )
+    return fig

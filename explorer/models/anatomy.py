@@ -1,0 +1,626 @@
+"""The anatomy of a loaded model: for each stack and layer, where its parts are and how they connect.
+
+Every page that computes from the weights (from-scratch attention, FFN memory, flow, ablation,
+patching) reads the model through one `Anatomy`, computed once per model object (`of(model)`) and kept
+beside it. The knowledge is data: `STYLES` maps a model type to the names its modeling code in
+transformers uses (paths relative to one block), and models that follow the common naming (Llama's,
+used by most recent decoders) are found by `discover`. Numbers come from what transformers itself
+says: the config, and the attention module's own `scaling`, head counts and head size.
+
+Conventions for every `Proj`: y = x W^T + b with W (out, in), whatever the module stores (GPT-2's
+Conv1D keeps (in, out)); a fused projection (q, k and v in one matrix) is described by the rows of its
+output that one of q, k, v takes, so that consumers never see the fusion.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from explorer.errors import InputError
+
+
+class UnsupportedModel(InputError):
+    """A part of this model could not be found, or the model does something these pages do not compute
+    (`str(err)` names the part)."""
+
+
+# -- the values -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proj:
+    """A linear map as y = x W^T + b, W (out, in); `rows` picks output features of a fused projection."""
+
+    module: Any
+    rows: torch.Tensor | None = None  # (out,) indices into the module's output features
+
+    def weight(self) -> torch.Tensor:
+        w = self.module.weight.detach()
+        if type(self.module).__name__ == "Conv1D":  # GPT-2 stores (in, out)
+            w = w.T
+        return w if self.rows is None else w[self.rows.to(w.device)]
+
+    def bias(self) -> torch.Tensor | None:
+        b = getattr(self.module, "bias", None)
+        if b is None:
+            return None
+        b = b.detach()
+        return b if self.rows is None else b[self.rows.to(b.device)]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) float32 -> (..., out) float32, from the weights."""
+        y = x @ self.weight().float().T.to(x.device)
+        b = self.bias()
+        return y if b is None else y + b.float().to(x.device)
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One attention sub-layer. `module`'s forward input is the sub-layer input after its norm (its
+    `hidden_states`); `o`'s forward input is the heads' outputs side by side (pos, head * d_head), head h
+    in columns h*d_head:(h+1)*d_head."""
+
+    module: Any
+    q: Proj
+    k: Proj
+    v: Proj
+    o: Any
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    scale: float  # what Q K^T is multiplied by
+    q_norm: Any = None  # a norm of each query (Qwen3, Gemma 3: per head; OLMo 2: the whole projection)
+    k_norm: Any = None
+    qk_norm_per_head: bool = True
+    cross: bool = False  # keys and values from the encoder's output
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head (grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+
+@dataclass(frozen=True)
+class Ffn:
+    """One feed-forward sub-layer: a = act(x W_up) [* (x W_gate) gated], out = a W_down^T. `entry`'s forward
+    input is the sub-layer input after its norm; `down`'s forward input is the neuron activations."""
+
+    entry: Any
+    up: Proj
+    down: Any
+    act: Any  # a callable on tensors
+    gate: Proj | None = None  # gated (SwiGLU, GeGLU): act(x W_gate) * (x W_up)
+
+    @property
+    def gated(self) -> bool:
+        return self.gate is not None
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """(pos, d_ff) neuron activations from the FFN input x (pos, d_model), from the weights."""
+        x = x.detach().float()
+        with torch.no_grad():
+            if self.gate is not None:
+                return self.act(self.gate(x)) * self.up(x)
+            return self.act(self.up(x))
+
+    def out_vectors(self, neurons: list[int]) -> torch.Tensor:
+        """(len(neurons), d_model): what each neuron writes per unit of activation."""
+        return Proj(self.down).weight().float()[:, neurons].T.cpu()
+
+
+@dataclass(frozen=True)
+class Block:
+    """One layer of a stack. The residual updates are the outputs of `attn_out` and `ffn_out` (the output
+    projection or, where the model normalizes a sub-layer's output before adding it, that norm)."""
+
+    module: Any
+    index: int
+    attn: Attention
+    ffn: Ffn
+    attn_norm: Any  # before attention (None: post-norm or none)
+    ffn_norm: Any
+    attn_out: Any  # output = what attention adds to the residual (post-norm: before the norm)
+    ffn_out: Any
+    attn_post_norm: Any = None  # Gemma's sandwich and OLMo 2: a norm on the sub-layer's output
+    ffn_post_norm: Any = None
+    cross: Attention | None = None
+    cross_norm: Any = None
+    cross_out: Any = None
+    cross_entry: Any = None  # forward input = the stream entering cross-attention (before its norm)
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str  # encoder | decoder
+    blocks: tuple[Block, ...]
+    causal: bool
+    final_norm: Any  # None: no norm after the last block (post-norm models)
+    shared_blocks: bool = False  # one module reused by every layer (ALBERT)
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Where everything is (see the module docstring)."""
+
+    model_type: str
+    style: str  # the STYLES key followed, or "discovered"
+    stacks: dict[str, Stack]
+    placement: str  # pre | post | sandwich | post-out (OLMo 2: norms on sub-layer outputs only)
+    parallel: bool  # attention and FFN read the same input and both add to it (GPT-J, NeoX, Falcon, Phi)
+    position: str  # learned | sinusoidal | rope | alibi | relative | none
+    rotary_dim: int | None  # rope: dimensions rotated per head (partial rotary: fewer than d_head)
+    rotary_interleaved: bool  # GPT-J: pairs (0,1), (2,3) ...; else halves (i, i + d/2)
+    unembed: Any  # the LM head, or None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def stack_names(self) -> tuple[str, ...]:
+        return tuple(self.stacks)
+
+    def blocks(self, stack: str) -> tuple[Block, ...]:
+        if stack not in self.stacks:
+            raise InputError(f"This model has no {stack} stack (it has: {', '.join(self.stacks)}).")
+        return self.stacks[stack].blocks
+
+    def n_layers(self, stack: str) -> int:
+        return len(self.blocks(stack))
+
+    def attention(self, kind: str, layer: int) -> Attention:
+        """The self-attention of stack `kind`, or 'cross' (the decoder's cross-attention)."""
+        if kind == "cross":
+            found = self.blocks("decoder")[layer].cross
+            if found is None:
+                raise InputError("This model has no cross-attention.")
+            return found
+        return self.blocks(kind)[layer].attn
+
+    @property
+    def attention_kinds(self) -> tuple[str, ...]:
+        """The stacks' self-attentions, and 'cross' for encoder-decoders."""
+        names = tuple(self.stacks)
+        return names + ("cross",) if len(names) == 2 else names
+
+
+# -- the knowledge, as data ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Style:
+    """Names in one family's modeling code. Paths are dotted, relative to a block unless said otherwise;
+    None: the family has no such part."""
+
+    layers: dict[str, str]  # stack -> path from the model's base (`model.base_model`) to its blocks
+    attn: str
+    q: str | None = "q_proj"
+    k: str | None = "k_proj"
+    v: str | None = "v_proj"
+    qkv: str | None = None  # a fused projection, with `layout`
+    layout: str = "concat"  # concat [q|k|v] | per-head (head, 3, d_head) | grouped (kv, group+2, d_head)
+    o: str = "self_attn.o_proj"  # relative to the block (BERT's sits outside the attention module)
+    attn_norm: str | None = "input_layernorm"
+    ffn_norm: str | None = "post_attention_layernorm"
+    attn_post_norm: str | None = None
+    ffn_post_norm: str | None = None
+    ffn: str = "mlp"  # the module whose forward input is the FFN input
+    up: str = "mlp.up_proj"
+    gate: str | None = "mlp.gate_proj"
+    gate_up: str | None = None  # fused [gate|up] (Phi-3)
+    down: str = "mlp.down_proj"
+    act: str = "mlp.act_fn"
+    q_norm: str | None = None
+    k_norm: str | None = None
+    qk_norm_per_head: bool = True
+    cross: str | None = None
+    cross_norm: str | None = None
+    cross_entry: str | None = None
+    placement: str = "pre"
+    parallel: bool = False
+    position: str = "rope"
+    final_norm: dict[str, str] = field(default_factory=dict)  # stack -> path from the base model
+    scale: str | None = None  # the attention module's attribute holding its scale (default `scaling`)
+
+
+# fmt: off
+LLAMA = Style(layers={"decoder": "layers"}, attn="self_attn", final_norm={"decoder": "norm"})
+BERT = Style(
+    layers={"encoder": "encoder.layer"}, attn="attention.self", q="query", k="key", v="value",
+    o="attention.output.dense", attn_norm=None, ffn_norm=None, ffn="intermediate",
+    up="intermediate.dense", gate=None, down="output.dense", act="intermediate.intermediate_act_fn",
+    placement="post", position="learned",
+)
+BART = Style(
+    layers={"encoder": "encoder.layers", "decoder": "decoder.layers"}, attn="self_attn",
+    o="self_attn.out_proj", attn_norm=None, ffn_norm=None, ffn="fc1", up="fc1", gate=None, down="fc2",
+    act="activation_fn", cross="encoder_attn", cross_entry="encoder_attn", placement="post",
+    position="learned",
+)
+FUSED = {"q": None, "k": None, "v": None}  # q, k and v in one matrix (`qkv`, with its `layout`)
+PLAIN_FFN = {"gate": None}  # act(x W_up + b) W_down
+STYLES: dict[str, Style] = {
+    "llama": LLAMA,
+    "mistral": LLAMA,
+    "qwen2": LLAMA,
+    "qwen3": replace(LLAMA, q_norm="self_attn.q_norm", k_norm="self_attn.k_norm"),
+    "olmo2": replace(
+        LLAMA, attn_norm=None, ffn_norm=None, attn_post_norm="post_attention_layernorm",
+        ffn_post_norm="post_feedforward_layernorm", q_norm="self_attn.q_norm", k_norm="self_attn.k_norm",
+        qk_norm_per_head=False, placement="post-out",
+    ),
+    "gemma3_text": replace(
+        LLAMA, ffn_norm="pre_feedforward_layernorm", attn_post_norm="post_attention_layernorm",
+        ffn_post_norm="post_feedforward_layernorm", q_norm="self_attn.q_norm", k_norm="self_attn.k_norm",
+        placement="sandwich",
+    ),
+    "phi3": replace(LLAMA, **FUSED, qkv="self_attn.qkv_proj", up="mlp.gate_up_proj", gate=None,
+                    gate_up="mlp.gate_up_proj", act="mlp.activation_fn"),
+    "gpt2": Style(
+        layers={"decoder": "h"}, attn="attn", **FUSED, qkv="attn.c_attn", o="attn.c_proj", attn_norm="ln_1",
+        ffn_norm="ln_2", up="mlp.c_fc", **PLAIN_FFN, down="mlp.c_proj", act="mlp.act", position="learned",
+        final_norm={"decoder": "ln_f"},
+    ),
+    # parallel or sequential: config.use_parallel_residual (see _adjust)
+    "gpt_neox": Style(
+        layers={"decoder": "layers"}, attn="attention", **FUSED, qkv="attention.query_key_value",
+        layout="per-head", o="attention.dense", up="mlp.dense_h_to_4h", **PLAIN_FFN, down="mlp.dense_4h_to_h",
+        act="mlp.act", final_norm={"decoder": "final_layer_norm"},
+    ),
+    "gptj": Style(
+        layers={"decoder": "h"}, attn="attn", o="attn.out_proj", attn_norm="ln_1", ffn_norm="ln_1",
+        up="mlp.fc_in", **PLAIN_FFN, down="mlp.fc_out", act="mlp.act", parallel=True,
+        final_norm={"decoder": "ln_f"},
+    ),
+    "phi": Style(
+        layers={"decoder": "layers"}, attn="self_attn", o="self_attn.dense", ffn_norm="input_layernorm",
+        up="mlp.fc1", **PLAIN_FFN, down="mlp.fc2", act="mlp.activation_fn", parallel=True,
+        q_norm="self_attn.q_layernorm", k_norm="self_attn.k_layernorm",
+        final_norm={"decoder": "final_layernorm"},
+    ),
+    # parallel or not, its norms, its fused layout and ALiBi or rotary: from the config (see _adjust)
+    "falcon": Style(
+        layers={"decoder": "h"}, attn="self_attention", **FUSED, qkv="self_attention.query_key_value",
+        layout="falcon", o="self_attention.dense", up="mlp.dense_h_to_4h", **PLAIN_FFN,
+        down="mlp.dense_4h_to_h", act="mlp.act", final_norm={"decoder": "ln_f"}, scale="inv_norm_factor",
+    ),
+    "bloom": Style(
+        layers={"decoder": "h"}, attn="self_attention", **FUSED, qkv="self_attention.query_key_value",
+        layout="per-head", o="self_attention.dense", up="mlp.dense_h_to_4h", **PLAIN_FFN,
+        down="mlp.dense_4h_to_h", act="mlp.gelu_impl", position="alibi", final_norm={"decoder": "ln_f"},
+        scale="inv_norm_factor",
+    ),
+    # do_layer_norm_before False (OPT-350m): post-norm (see _adjust)
+    "opt": Style(
+        layers={"decoder": "decoder.layers"}, attn="self_attn", o="self_attn.out_proj",
+        attn_norm="self_attn_layer_norm", ffn_norm="final_layer_norm", ffn="fc1", up="fc1", **PLAIN_FFN,
+        down="fc2", act="activation_fn", position="learned",
+        final_norm={"decoder": "decoder.final_layer_norm"},
+    ),
+    "bert": BERT,
+    "roberta": BERT,
+    "electra": BERT,
+    "albert": replace(BERT, layers={"encoder": "encoder.albert_layer_groups"}, attn="attention",
+                      o="attention.dense", ffn="ffn", up="ffn", down="ffn_output", act="activation"),
+    "distilbert": replace(BERT, layers={"encoder": "transformer.layer"}, attn="attention", q="q_lin",
+                          k="k_lin", v="v_lin", o="attention.out_lin", ffn="ffn", up="ffn.lin1",
+                          down="ffn.lin2", act="ffn.activation"),
+    "bart": BART,
+    "mbart": replace(
+        BART, attn_norm="self_attn_layer_norm", ffn_norm="final_layer_norm",
+        cross_norm="encoder_attn_layer_norm",
+        placement="pre", final_norm={"encoder": "encoder.layer_norm", "decoder": "decoder.layer_norm"},
+    ),
+    "marian": replace(BART, position="sinusoidal"),
+    "t5": Style(
+        layers={"encoder": "encoder.block", "decoder": "decoder.block"}, attn="layer.0.SelfAttention",
+        q="q", k="k", v="v", o="layer.0.SelfAttention.o", attn_norm="layer.0.layer_norm",
+        ffn_norm="layer.-1.layer_norm", ffn="layer.-1.DenseReluDense", up="layer.-1.DenseReluDense.wi",
+        **PLAIN_FFN, down="layer.-1.DenseReluDense.wo", act="layer.-1.DenseReluDense.act",
+        cross="layer.1.EncDecAttention", cross_norm="layer.1.layer_norm", cross_entry="layer.1",
+        position="relative",
+        final_norm={"encoder": "encoder.final_layer_norm", "decoder": "decoder.final_layer_norm"},
+    ),
+}
+# fmt: on
+STYLES["mt5"] = STYLES["umt5"] = STYLES["t5"]
+STYLES["xlm-roberta"] = STYLES["camembert"] = STYLES["roberta"]
+STYLES["qwen2_moe"] = STYLES["qwen3_moe"] = STYLES["qwen3"]  # routing pages; their FFN is a mixture
+
+
+# -- finding the parts ------------------------------------------------------------------------------------
+
+
+def _get(root: Any, path: str | None) -> Any:
+    """The module at a dotted path ('layer.-1.DenseReluDense'); None for no path or a missing part."""
+    if path is None:
+        return None
+    found = root
+    for name in path.split("."):
+        if found is None:
+            return None
+        if name.lstrip("-").isdigit():
+            try:
+                found = found[int(name)]
+            except (IndexError, TypeError):
+                return None
+        else:
+            found = getattr(found, name, None)
+    return found
+
+
+def _need(root: Any, path: str, what: str, where: str) -> Any:
+    found = _get(root, path)
+    if found is None:
+        raise UnsupportedModel(f"Could not find the {what} ({path!r}) in {where}.")
+    return found
+
+
+def _text_config(model: Any) -> Any:
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _first_int(module: Any, config: Any, names: tuple[str, ...]) -> int | None:
+    for holder in (module, config):
+        for name in names:
+            value = getattr(holder, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def _fused_rows(layout: str, n_heads: int, n_kv: int, d_head: int) -> tuple[torch.Tensor, ...]:
+    """The output features that q, k and v take in a fused projection."""
+    j = torch.arange(d_head)
+    if layout == "concat":  # [q (heads) | k (kv heads) | v (kv heads)]
+        q = torch.arange(n_heads * d_head)
+        k = n_heads * d_head + torch.arange(n_kv * d_head)
+        return q, k, k + n_kv * d_head
+    if layout == "per-head":  # (head, 3, d_head)
+        h = torch.arange(n_heads)[:, None] * 3 * d_head
+        return ((h + j).flatten(), (h + d_head + j).flatten(), (h + 2 * d_head + j).flatten())
+    if layout == "grouped":  # (kv head, group + 2, d_head): the group's queries, then its key and value
+        group = n_heads // n_kv
+        width = (group + 2) * d_head
+        g = torch.arange(n_kv)[:, None, None] * width
+        q = (g + torch.arange(group)[None, :, None] * d_head + j).flatten()
+        k = (torch.arange(n_kv)[:, None] * width + group * d_head + j).flatten()
+        return q, k, k + d_head
+    if layout == "multi-query":  # (head + 2, d_head): every query, one key, one value
+        return torch.arange(n_heads * d_head), n_heads * d_head + j, (n_heads + 1) * d_head + j
+    raise ValueError(f"unknown fused layout {layout!r}")
+
+
+def _attention(model: Any, style: Style, block: Any, where: str, cross: bool = False) -> Attention:
+    config = _text_config(model)
+    path = style.cross if cross else style.attn
+    module = _need(block, path, "cross-attention" if cross else "attention module", where)
+    n_heads = _first_int(
+        module, config, ("num_heads", "num_attention_heads", "n_heads", "n_head", "n_heads_")
+    )
+    if cross or style.cross is not None:  # encoder-decoders keep per-stack head counts in the config
+        n_heads = _first_int(module, config, ("num_heads", "n_heads")) or n_heads
+    d_head = _first_int(
+        module, config, ("head_dim", "head_size", "attention_head_size", "key_value_proj_dim", "head_dim_")
+    )
+    o_path = (
+        (style.cross + ".out_proj" if style.o.endswith("out_proj") else style.cross + ".o")
+        if cross
+        else style.o
+    )
+    o = _need(block, o_path, "attention output projection", where)
+    width = Proj(o).weight().shape[1]  # the heads side by side
+    if n_heads is None and d_head is not None:
+        n_heads = width // d_head
+    if n_heads is None:
+        raise UnsupportedModel(f"Could not find the number of attention heads of {where}.")
+    d_head = d_head or width // n_heads
+    n_kv = _first_int(module, None, ("num_key_value_heads", "num_kv_heads", "n_kv_heads"))
+    if n_kv is None:
+        groups = getattr(module, "num_key_value_groups", None)
+        n_kv = n_heads // groups if isinstance(groups, int) and groups > 0 else None
+    if n_kv is None:
+        n_kv = (
+            _first_int(None, config, ("num_key_value_heads", "num_kv_heads")) if style.cross is None else None
+        )
+    n_kv = n_kv or n_heads
+    if style.qkv is not None and not cross:
+        fused = _need(block, style.qkv, "fused q/k/v projection", where)
+        layout = style.layout
+        if layout == "falcon":
+            layout = "grouped" if config.new_decoder_architecture else (
+                "multi-query" if config.multi_query else "per-head")  # fmt: skip
+            n_kv = n_kv if layout == "grouped" else (1 if layout == "multi-query" else n_heads)
+        rows = _fused_rows(layout, n_heads, n_kv, d_head)
+        q, k, v = (Proj(fused, r) for r in rows)
+    else:
+        q, k, v = (
+            Proj(_need(module, name, f"{name} projection", where)) for name in (style.q, style.k, style.v)
+        )
+    if Proj(o).weight().shape[1] != n_heads * d_head:
+        raise UnsupportedModel(
+            f"The attention output projection of {where} reads {width} features, not {n_heads} heads x "
+            f"{d_head}: its heads are not side by side."
+        )
+    scale = getattr(module, style.scale or "scaling", None)
+    if not isinstance(scale, (int, float)):
+        scale = d_head**-0.5
+    q_norm = None if cross else _get(block, style.q_norm)
+    k_norm = None if cross else _get(block, style.k_norm)
+    return Attention(
+        module, q, k, v, o, n_heads, n_kv, d_head, float(scale), q_norm, k_norm, style.qk_norm_per_head, cross
+    )
+
+
+def _ffn(style: Style, block: Any, where: str) -> Ffn:
+    entry = _need(block, style.ffn, "feed-forward network", where)
+    down = _need(block, style.down, "feed-forward down projection", where)
+    act = _need(block, style.act, "feed-forward activation", where)
+    if style.gate_up is not None:  # [gate | up] in one matrix
+        fused = _need(block, style.gate_up, "fused gate/up projection", where)
+        d_ff = Proj(fused).weight().shape[0] // 2
+        return Ffn(
+            entry, Proj(fused, torch.arange(d_ff, 2 * d_ff)), down, act, Proj(fused, torch.arange(d_ff))
+        )
+    t5_gated = _get(block, style.up + "_0") is not None  # T5 v1.1's gated-gelu: wi_0 (gate), wi_1 (up)
+    if t5_gated:
+        return Ffn(entry, Proj(_get(block, style.up + "_1")), down, act, Proj(_get(block, style.up + "_0")))
+    up = Proj(_need(block, style.up, "feed-forward up projection", where))
+    gate = _get(block, style.gate)
+    return Ffn(entry, up, down, act, Proj(gate) if gate is not None else None)
+
+
+def _adjust(model_type: str, style: Style, config: Any) -> Style:
+    """The few choices a config makes inside one family's code."""
+    if model_type == "gpt_neox":
+        return replace(style, parallel=bool(config.use_parallel_residual))
+    if model_type == "falcon":
+        parallel = bool(config.parallel_attn or config.new_decoder_architecture)
+        two = config.new_decoder_architecture and getattr(config, "num_ln_in_parallel_attn", 2) == 2
+        return replace(
+            style, parallel=parallel, attn_norm="ln_attn" if two else "input_layernorm",
+            ffn_norm="ln_mlp" if two else ("input_layernorm" if parallel else "post_attention_layernorm"),
+            position="alibi" if config.alibi else "rope",
+        )  # fmt: skip
+    if model_type == "opt" and not config.do_layer_norm_before:
+        return replace(style, attn_norm=None, ffn_norm=None, placement="post")
+    if model_type == "distilbert" and getattr(config, "sinusoidal_pos_embds", False):
+        return replace(style, position="sinusoidal")
+    return style
+
+
+def discover(model: Any) -> Style:
+    """A style for a model type not in STYLES that is built the common way (Llama's names: `layers`,
+    `self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj` or `mlp.{fc1,fc2}`, input and post-attention
+    norms); UnsupportedModel naming the first part that is not there."""
+    base = getattr(model, "base_model", model)
+    model_type = getattr(_text_config(model), "model_type", "?")
+    if _get(base, "layers") is None or len(_get(base, "layers")) == 0:
+        raise UnsupportedModel(
+            f"{type(model).__name__} (model type {model_type!r}) is not one of the families described in "
+            "explorer/models/anatomy.py and its blocks are not in `layers` (the common naming): add a Style."
+        )
+    block = _get(base, "layers")[0]
+    style = LLAMA
+    if _get(block, "mlp.gate_proj") is None:
+        if _get(block, "mlp.fc1") is not None:
+            style = replace(style, up="mlp.fc1", gate=None, down="mlp.fc2", act="mlp.activation_fn")
+        elif _get(block, "mlp.gate_up_proj") is not None:
+            style = replace(style, up="mlp.gate_up_proj", gate=None, gate_up="mlp.gate_up_proj")
+    if _get(block, "self_attn.q_norm") is not None:
+        style = replace(style, q_norm="self_attn.q_norm", k_norm="self_attn.k_norm")
+    if _get(block, "self_attn.qkv_proj") is not None:
+        style = replace(style, q=None, k=None, v=None, qkv="self_attn.qkv_proj")
+    if _get(block, "mlp.act_fn") is None and _get(block, "mlp.activation_fn") is not None:
+        style = replace(style, act="mlp.activation_fn")
+    final = next(
+        (n for n in ("norm", "final_layernorm", "final_layer_norm", "ln_f") if _get(base, n) is not None),
+        None,
+    )
+    return replace(style, final_norm={"decoder": final} if final else {})
+
+
+def _position(style: Style, model_type: str, config: Any, attn: Attention) -> tuple[str, int | None, bool]:
+    if style.position != "rope":
+        return style.position, None, False
+    d = attn.d_head
+    if model_type == "gptj":
+        return "rope", int(config.rotary_dim or d), True
+    factor = getattr(config, "partial_rotary_factor", None)
+    if factor is None:
+        factor = getattr(config, "rotary_pct", None)
+    if factor is None:
+        params = getattr(config, "rope_parameters", None) or {}
+        factor = params.get("partial_rotary_factor", 1.0) if isinstance(params, dict) else 1.0
+    return "rope", int(d * float(factor)), False
+
+
+def build(model: Any) -> Anatomy:
+    """The anatomy of `model` (see the module docstring); UnsupportedModel naming a part not found."""
+    config = _text_config(model)
+    model_type = getattr(config, "model_type", "?")
+    base = getattr(model, "base_model", model)
+    if model_type == "deberta" or model_type == "deberta-v2":
+        raise UnsupportedModel(
+            "DeBERTa's disentangled attention adds content-to-position and position-to-content scores "
+            "computed from relative position embeddings: its heads are not softmax(QK^T) of one projection, "
+            "so these pages do not decompose it."
+        )
+    style = STYLES.get(model_type)
+    name = model_type if style is not None else "discovered"
+    if style is None:
+        style = discover(model)
+    style = _adjust(model_type, style, config)
+    stacks: dict[str, Stack] = {}
+    for stack, path in style.layers.items():
+        layers = _need(base, path, f"{stack} blocks", type(model).__name__)
+        shared = False
+        if model_type == "albert":  # one block (per group) reused by every layer
+            groups = list(layers)
+            per = config.num_hidden_layers // config.num_hidden_groups
+            layers = [groups[i // per].albert_layers[0] for i in range(config.num_hidden_layers)]
+            shared = True
+        found = []
+        for i, block in enumerate(layers):
+            where = f"{stack} layer {i} ({type(block).__name__})"
+            is_dec = stack == "decoder" and style.cross is not None
+            cross = _attention(model, style, block, where, cross=True) if is_dec else None
+            attn = _attention(model, style, block, where)
+            attn_post = _get(block, style.attn_post_norm)
+            ffn_post = _get(block, style.ffn_post_norm)
+            found.append(
+                Block(
+                    module=block,
+                    index=i,
+                    attn=attn,
+                    ffn=_ffn(style, block, where),
+                    attn_norm=_get(block, style.attn_norm),
+                    ffn_norm=_get(block, style.ffn_norm),
+                    attn_out=attn_post if attn_post is not None else attn.o,
+                    ffn_out=ffn_post if ffn_post is not None else _need(block, style.down, "down", where),
+                    attn_post_norm=attn_post,
+                    ffn_post_norm=ffn_post,
+                    cross=cross,
+                    cross_norm=_get(block, style.cross_norm) if cross else None,
+                    cross_out=cross.o if cross else None,
+                    cross_entry=_get(block, style.cross_entry) if cross else None,
+                )
+            )
+        causal = stack == "decoder" and not getattr(config, "use_bidirectional_attention", False)
+        final = _get(base, style.final_norm.get(stack))
+        stacks[stack] = Stack(stack, tuple(found), causal, final, shared)
+    if not stacks or not any(s.blocks for s in stacks.values()):
+        raise UnsupportedModel(f"{type(model).__name__} has no transformer blocks that could be found.")
+    first = next(iter(stacks.values())).blocks[0].attn
+    position, rotary_dim, interleaved = _position(style, model_type, config, first)
+    get_head = getattr(model, "get_output_embeddings", None)
+    return Anatomy(
+        model_type=model_type,
+        style=name,
+        stacks=stacks,
+        placement=style.placement,
+        parallel=style.parallel,
+        position=position,
+        rotary_dim=rotary_dim,
+        rotary_interleaved=interleaved,
+        unembed=get_head() if get_head is not None else None,
+    )
+
+
+_KEPT: "weakref.WeakKeyDictionary[Any, Anatomy]" = weakref.WeakKeyDictionary()
+
+
+def of(model: Any) -> Anatomy:
+    """The anatomy of `model`, built on first use and kept beside the model object (not on it: a shared
+    model carries no per-analysis attributes)."""
+    found = _KEPT.get(model)
+    if found is None:
+        found = _KEPT[model] = build(model)
+    return found
+
+
+def input_device(model: Any) -> torch.device:
+    """Where the model's input ids go: its input embedding's device."""
+    return model.get_input_embeddings().weight.device

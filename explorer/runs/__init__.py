@@ -1,0 +1,1 @@
+"""Runs of a model: the one hooked forward pass, captures, generation step by step, export."""

@@ -1,0 +1,202 @@
+"""One hooked run: every analysis that reads or changes what happens inside the model goes through `run`.
+
+`run` takes the model's turn (its lock), attaches the given hooks to parts of the anatomy, runs the
+model once (under `no_grad` unless gradients are asked for), and removes every hook in `finally`, so
+that a shared model is left exactly as loaded, also when a hook raises.
+
+A hook sees one tensor and may return a replacement: for `pre`, the module's input (its first
+positional argument, or `hidden_states` when passed by keyword); for `post`, its output (the first
+element when it returns a tuple). A module reused by several layers (ALBERT) is called once per layer:
+`call` picks the call a hook acts on (None: every call).
+
+The inputs of a forward pass are built here too (`encode`, `decoder_start`, `inputs`), once for every
+analysis.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+from explorer.errors import InputError
+from explorer.models.anatomy import input_device
+
+Fn = Callable[[torch.Tensor], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class Hook:
+    module: Any
+    when: str  # pre | post
+    fn: Fn  # the tensor in, a replacement (or None: unchanged) out
+    call: int | None = None  # which call of a module reused by several layers (None: every call)
+    whole: bool = False  # post only: fn reads the whole output (every element of a tuple); no replacement
+
+
+def _pre(hooks: list[Hook], calls: dict[int, int]):
+    def hook(module, args, kwargs):
+        n = calls[id(module)]
+        x = args[0] if args else kwargs.get("hidden_states")
+        changed = False
+        for h in hooks:
+            if h.call is None or h.call == n:
+                y = h.fn(x)
+                if y is not None:
+                    x, changed = y, True
+        if not changed:
+            return None
+        if args:
+            return (x,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": x}
+
+    return hook
+
+
+def _post(hooks: list[Hook], calls: dict[int, int]):
+    def hook(module, args, output):
+        n = calls[id(module)]
+        calls[id(module)] = n + 1
+        y = output[0] if isinstance(output, tuple) else output
+        changed = False
+        for h in hooks:
+            if h.whole and (h.call is None or h.call == n):
+                h.fn(output)
+            elif h.call is None or h.call == n:
+                z = h.fn(y)
+                if z is not None:
+                    y, changed = z, True
+        if not changed:
+            return None
+        return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
+
+    return hook
+
+
+def attach(hooks: Iterable[Hook]) -> list[Any]:
+    """Registers `hooks` (grouped per module, so that a module's calls are counted once); returns the
+    handles to remove. Prefer `run`, which removes them."""
+    by_module: dict[int, tuple[Any, list[Hook], list[Hook]]] = {}
+    for h in hooks:
+        if h.when not in ("pre", "post"):
+            raise ValueError(f"a hook is 'pre' or 'post', not {h.when!r}")
+        entry = by_module.setdefault(id(h.module), (h.module, [], []))
+        entry[1 if h.when == "pre" else 2].append(h)
+    calls = {key: 0 for key in by_module}
+    handles = []
+    try:
+        for module, pre, post in by_module.values():
+            if pre:
+                handles.append(module.register_forward_pre_hook(_pre(pre, calls), with_kwargs=True))
+            # the post hook also counts the calls, so every hooked module gets one
+            handles.append(module.register_forward_hook(_post(post, calls)))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return handles
+
+
+def run(
+    loaded: Any, inputs: dict[str, torch.Tensor], hooks: Iterable[Hook] = (), grad: bool = False, **options
+):
+    """One forward pass of `loaded.model` on `inputs` with `hooks` attached for this pass only, holding
+    the model's turn. Returns the model's output."""
+    model = loaded.model
+    with loaded.lock:
+        handles = attach(hooks)
+        try:
+            with torch.set_grad_enabled(grad):
+                return model(**inputs, **options)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def keep(
+    store: dict, key: Any, module: Any, when: str, call: int | None = None, batch_row: int | None = 0
+) -> Hook:
+    """A hook that keeps a detached copy of what it sees under store[key] (row `batch_row` of the batch,
+    or the whole batch for None)."""
+
+    def fn(x: torch.Tensor) -> None:
+        # a copy: some models add to a sub-layer's output in place afterwards (Falcon's mlp_output +=)
+        store[key] = (x if batch_row is None else x[batch_row]).detach().clone()
+
+    return Hook(module, when, fn, call)
+
+
+# -- inputs ---------------------------------------------------------------------------------------------
+
+
+def context_limit(model: Any) -> int | None:
+    """The most positions the model reads (learned position tables, rotary's trained length); None when
+    it has no fixed limit (T5's relative buckets)."""
+    config = model.config
+    if getattr(config, "model_type", None) in ("t5", "mt5", "umt5"):
+        return None
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def encode(model: Any, tokenizer: Any, text: str, limit: int | None = None) -> list[int]:
+    """Token ids of `text` with the tokenizer's special tokens; InputError for empty or too long text.
+    `limit` lowers the model's own context limit (a page drawing every position)."""
+    if not text or not text.strip():
+        raise InputError("The text is empty: type a sentence to run through the model.")
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    most = context_limit(model)
+    if most is not None and len(ids) > most:
+        raise InputError(
+            f"The text is {len(ids):,} tokens long and this model reads at most {most:,} (its context "
+            "length). Shorten the text."
+        )
+    if limit is not None and len(ids) > limit:
+        raise InputError(
+            f"The text is {len(ids):,} tokens long; this page shows at most {limit:,}. Shorten it."
+        )
+    return ids
+
+
+def decoder_start(model: Any) -> int:
+    """The token an encoder-decoder's decoder starts from; InputError when its config has none."""
+    start = getattr(model.config, "decoder_start_token_id", None)
+    if start is None:
+        raise InputError(
+            "This encoder-decoder's config has no decoder_start_token_id, so it has no decoder input."
+        )
+    return int(start)
+
+
+def shifted(model: Any, ids: list[int]) -> list[int]:
+    """Teacher forcing: the decoder reads `ids` shifted right behind its start token."""
+    return [decoder_start(model)] + list(ids[:-1])
+
+
+def inputs(model: Any, ids: list[int], decoder_ids: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Keyword arguments for one forward pass of `ids` (batch 1), with the decoder's input for
+    encoder-decoders (default: `shifted(ids)`)."""
+    device = input_device(model)
+    x = torch.tensor([ids], device=device)
+    found = {"input_ids": x, "attention_mask": torch.ones_like(x)}
+    if getattr(model.config, "is_encoder_decoder", False):
+        dec = shifted(model, ids) if decoder_ids is None else decoder_ids
+        found["decoder_input_ids"] = torch.tensor([dec], device=device)
+    return found
+
+
+def options(model: Any, last_logits_only: bool = False) -> dict[str, Any]:
+    """Forward options: no KV cache; only the last position's logits when that is all that is read (the
+    LM head over every position costs much on a large vocabulary, Gemma's 262k words)."""
+    names = inspect.signature(model.forward).parameters
+    found: dict[str, Any] = {}
+    if "use_cache" in names:
+        found["use_cache"] = False
+    if last_logits_only and "logits_to_keep" in names:
+        found["logits_to_keep"] = 1
+    return found
