@@ -111,9 +111,7 @@ def prepare(
         raise ExperimentError(f"{type(model).__name__} has no {stack} stack (it has: {', '.join(both)}).")
     dec = None
     if len(both) == 2:
-        dec = [hooked.decoder_start(model)]
-        if prefix:
-            dec += tok(prefix, add_special_tokens=False)["input_ids"]
+        dec = hooked.decoder_prefix(model, tok, prefix)
         read_ids, read_stack, position = dec, "decoder", len(dec) - 1
     elif both == ("encoder",):
         mask = tok.mask_token_id

@@ -293,23 +293,11 @@ def _inputs(
         if target:
             raise InputError("A target is for encoder-decoders; this model reads one text.")
         return hooked.inputs(model, ids), ids, None, False
-    start = hooked.decoder_start(model)
     generated = not (target and target.strip())
     if generated:
-        src = hooked.inputs(model, ids)
-        config = model.config
-        cache_ok = getattr(config, "num_decoder_layers", None) in (None, getattr(config, "num_layers", None))
-        with loaded.lock, torch.no_grad():
-            tgt = model.generate(
-                input_ids=src["input_ids"], attention_mask=src["attention_mask"],
-                max_new_tokens=min(GENERATE_MAX_TOKENS, limit - 1), do_sample=False, num_beams=1,
-                use_cache=cache_ok,
-            )[0].tolist()  # fmt: skip
+        tgt = hooked.greedy_decoder_ids(loaded, ids, min(GENERATE_MAX_TOKENS, limit - 1))
     else:
-        labels = tokenizer(text_target=target)["input_ids"]
-        if labels and labels[-1] == tokenizer.eos_token_id:
-            labels = labels[:-1]  # a prefix to continue, not a finished output
-        tgt = [start, *labels]
+        tgt = hooked.decoder_prefix(model, tokenizer, target)
     if len(tgt) > limit:
         raise InputError(
             f"The target is {len(tgt)} tokens long; this page reads at most {limit}. Shorten it."

@@ -166,7 +166,7 @@ def capture(
             kwargs["use_cache"] = False
             if "logits_to_keep" in inspect.signature(model.forward).parameters:
                 kwargs["logits_to_keep"] = 1  # the full [pos, vocab] logits are large (Gemma: 262k words)
-        out = model(input_ids=ids.to(device), **kwargs)
+        out = hooked.run(loaded, {"input_ids": ids.to(device)}, **kwargs)
         attentions = _stack(out.attentions, "attentions")
         logits = getattr(out, "logits", None)
         last = logits[0, -1].float().cpu().numpy() if logits is not None and logits.ndim == 3 else None
@@ -185,27 +185,17 @@ def _capture_seq2seq(loaded, source, target, limit, device, free_bytes, max_byte
     model, tokenizer, card = loaded.model, loaded.tokenizer, loaded.card
     src = tokenizer(source, return_tensors="pt")["input_ids"]
     _check_length(src.shape[1], limit, "source text")
-    start = hooked.decoder_start(model)
     generated = not (target and target.strip())
     if generated:
         budget = GENERATE_MAX_TOKENS if limit is None else min(GENERATE_MAX_TOKENS, limit - 1)
-        # transformers 5.24 sizes T5's generation cache by the encoder's layer count: a decoder of another
-        # depth fails on an index error, so such models generate without the cache.
-        config = model.config
-        cache_ok = getattr(config, "num_decoder_layers", None) in (None, getattr(config, "num_layers", None))
-        tgt = model.generate(
-            input_ids=src.to(device), max_new_tokens=budget, do_sample=False, num_beams=1, use_cache=cache_ok
-        ).cpu()
+        tgt = torch.tensor([hooked.greedy_decoder_ids(loaded, src[0].tolist(), budget)])
     else:
-        label_ids = tokenizer(text_target=target)["input_ids"]
-        if label_ids and label_ids[-1] == tokenizer.eos_token_id:
-            label_ids = label_ids[:-1]  # a prefix to continue, not a finished output
-        tgt = torch.tensor([[start, *label_ids]])
+        tgt = torch.tensor([hooked.decoder_prefix(model, tokenizer, target)])
     _check_length(tgt.shape[1], limit, "target prefix")
     _check_memory(card, src.shape[1], tgt.shape[1], free_bytes, max_bytes)
-    out = model(
-        input_ids=src.to(device),
-        decoder_input_ids=tgt.to(device),
+    out = hooked.run(
+        loaded,
+        {"input_ids": src.to(device), "decoder_input_ids": tgt.to(device)},
         output_attentions=True,
         output_hidden_states=True,
         use_cache=False,

@@ -9,8 +9,9 @@ positional argument, or `hidden_states` when passed by keyword); for `post`, its
 element when it returns a tuple). A module reused by several layers (ALBERT) is called once per layer:
 `call` picks the call a hook acts on (None: every call).
 
-The inputs of a forward pass are built here too (`encode`, `decoder_start`, `inputs`), once for every
-analysis.
+The inputs of a forward pass are built here too, once for every analysis: `encode` (with the length
+checks), and for encoder-decoders the decoder's input (`shifted` for teacher forcing, `decoder_prefix` for
+a typed prefix, `greedy_decoder_ids` for the model's own output), then `inputs`.
 """
 
 from __future__ import annotations
@@ -176,6 +177,36 @@ def decoder_start(model: Any) -> int:
 def shifted(model: Any, ids: list[int]) -> list[int]:
     """Teacher forcing: the decoder reads `ids` shifted right behind its start token."""
     return [decoder_start(model)] + list(ids[:-1])
+
+
+def decoder_prefix(model: Any, tokenizer: Any, target: str | None) -> list[int]:
+    """An encoder-decoder's decoder input for a typed target prefix: its start token, then the target's
+    tokens as the tokenizer makes training labels (BART's begin with <s>), without the closing end token
+    (a prefix to continue, not a finished output)."""
+    ids = [decoder_start(model)]
+    if target and target.strip():
+        labels = tokenizer(text_target=target)["input_ids"]
+        if labels and labels[-1] == tokenizer.eos_token_id:
+            labels = labels[:-1]
+        ids += labels
+    return ids
+
+
+def greedy_decoder_ids(loaded: Any, source_ids: list[int], most: int) -> list[int]:
+    """The decoder input an encoder-decoder writes itself for `source_ids`: its greedy output, at most
+    `most` new tokens, behind its start token."""
+    model = loaded.model
+    src = inputs(model, source_ids, [decoder_start(model)])
+    config = model.config
+    # transformers 5.24 sizes T5's generation cache by the encoder's layer count: a decoder of another
+    # depth fails on an index error, so such models generate without the cache.
+    cache_ok = getattr(config, "num_decoder_layers", None) in (None, getattr(config, "num_layers", None))
+    with loaded.lock, torch.no_grad():
+        out = model.generate(
+            input_ids=src["input_ids"], attention_mask=src["attention_mask"], max_new_tokens=most,
+            do_sample=False, num_beams=1, use_cache=cache_ok,
+        )  # fmt: skip
+    return [int(i) for i in out[0].tolist()]
 
 
 def inputs(model: Any, ids: list[int], decoder_ids: list[int] | None = None) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from transformers import DynamicCache, EncoderDecoderCache, LogitsProcessorList
 
 from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError
+from explorer.models.anatomy import input_device
 from explorer.runs import hooked
 from explorer.runs.capture import layer_windows
 
@@ -126,9 +127,7 @@ class Stepper:
             if not source or not source.strip():
                 raise InputError("Type a source text: the encoder reads it, the decoder writes from it.")
             source_ids = tok(source)["input_ids"]
-            prompt_ids = [hooked.decoder_start(loaded.model)]
-            if prompt and prompt.strip():
-                prompt_ids += tok(text_target=prompt, add_special_tokens=False)["input_ids"]
+            prompt_ids = hooked.decoder_prefix(loaded.model, tok, prompt)
             me = cls(
                 loaded,
                 prompt_ids,
@@ -283,7 +282,7 @@ class Stepper:
                 self._state = _State(self._first_logits, cache)
 
     def _device(self):
-        return self.loaded.model.get_input_embeddings().weight.device
+        return input_device(self.loaded.model)
 
     def _new_cache(self):
         if self.source_ids is not None:
