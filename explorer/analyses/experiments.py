@@ -17,7 +17,7 @@ differently (a per-row mask), which is how a scan of every head costs far less t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError
 from explorer.models import anatomy, devices
 from explorer.runs import hooked
+
+if TYPE_CHECKING:  # the loaded model's type, for annotations only
+    from explorer.models.loading import LoadedModel
 
 MAX_TOKENS = 256  # experiments run the text many times over
 MAX_BATCH = 64
@@ -97,7 +100,7 @@ def n_heads(model: Any, stack: str) -> int:
 
 
 def prepare(
-    loaded: Any, text: str, prefix: str = "", stack: str | None = None, limit: int = MAX_TOKENS
+    loaded: LoadedModel, text: str, prefix: str = "", stack: str | None = None, limit: int = MAX_TOKENS
 ) -> Probe:
     """The probe for `text`. Encoder-decoders: `text` is the source and `prefix` the decoder's start
     (its next token is read); `stack` picks whose heads/positions are acted on (default: the encoder's,
@@ -138,7 +141,7 @@ def prepare(
     )
 
 
-def target_token(loaded: Any, probe: Probe, target: str, what: str = "target") -> Target:
+def target_token(loaded: LoadedModel, probe: Probe, target: str, what: str = "target") -> Target:
     """The token id of `target` as the continuation of the probe's text: the tokens of text + target
     after the text's own (so ' Paris' after 'is' is the token the model would write), else the target
     alone. A target of several tokens uses its first one and says so; an unknown one is refused."""
@@ -195,7 +198,7 @@ def _call(model: Any, stack: str, layer: int) -> int | None:
     return layer if anatomy.of(model).stacks[stack].shared_blocks else None
 
 
-def _logits(loaded: Any, probe: Probe, hooks: list[hooked.Hook], rows: int = 1) -> torch.Tensor:
+def _logits(loaded: LoadedModel, probe: Probe, hooks: list[hooked.Hook], rows: int = 1) -> torch.Tensor:
     """One hooked run of `rows` copies of the probe; the read position's logits (rows, vocab), float32
     on the CPU. ExperimentError when a hooked module was never called (a model that computes that part
     another way would otherwise give the unhooked numbers as if they were the experiment's)."""
@@ -223,7 +226,7 @@ def _logits(loaded: Any, probe: Probe, hooks: list[hooked.Hook], rows: int = 1) 
     return out.logits[:, position].float().cpu()
 
 
-def clean_logits(loaded: Any, probe: Probe) -> torch.Tensor:
+def clean_logits(loaded: LoadedModel, probe: Probe) -> torch.Tensor:
     """The read position's logits of an unhooked pass (vocab,)."""
     return _logits(loaded, probe, [])[0]
 
@@ -256,7 +259,7 @@ class Scan:
     kl: np.ndarray  # [layer, head]
 
 
-def head_means(loaded: Any, probe: Probe) -> dict[int, torch.Tensor]:
+def head_means(loaded: LoadedModel, probe: Probe) -> dict[int, torch.Tensor]:
     """Per layer: each head's mean output over the text's positions (head, d_head), from a clean pass."""
     model = loaded.model
     found = anatomy.of(model).blocks(probe.stack)
@@ -288,7 +291,7 @@ def _knockout(attn: anatomy.Attention, keep: torch.Tensor, fill: torch.Tensor | 
 
 
 def ablated_logits(
-    loaded: Any, probe: Probe, rows: Sequence[Iterable[Head]], mode: str = "zero",
+    loaded: LoadedModel, probe: Probe, rows: Sequence[Iterable[Head]], mode: str = "zero",
     means: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """One batch: row r runs with the heads rows[r] knocked out. Returns logits (rows, vocab)."""
@@ -326,7 +329,7 @@ def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 
 def ablate(
-    loaded: Any, probe: Probe, heads: Sequence[Head], mode: str = "zero", target: Target | None = None
+    loaded: LoadedModel, probe: Probe, heads: Sequence[Head], mode: str = "zero", target: Target | None = None
 ) -> Ablation:
     """Knocks out `heads` together; the distribution before and after."""
     before = torch.log_softmax(clean_logits(loaded, probe), -1)
@@ -339,7 +342,7 @@ def ablate(
 
 
 def scan_heads(
-    loaded: Any, probe: Probe, target: Target, mode: str = "zero", progress: Progress | None = None,
+    loaded: LoadedModel, probe: Probe, target: Target, mode: str = "zero", progress: Progress | None = None,
     rows_per_batch: int | None = None,
 ) -> Scan:  # fmt: skip
     """Knocks out each head of the probe's stack in turn, B heads per batch (one per row); the lock is
@@ -377,7 +380,7 @@ def parse_heads(spec: str) -> list[Head]:
     return found
 
 
-def top_tokens(loaded: Any, logprobs: np.ndarray, k: int) -> list[tuple[int, str, float]]:
+def top_tokens(loaded: LoadedModel, logprobs: np.ndarray, k: int) -> list[tuple[int, str, float]]:
     """The k most likely tokens: (id, readable token, probability)."""
     order = np.argsort(-logprobs)[:k]
     shown = display_tokens(loaded.tokenizer, [int(i) for i in order])
@@ -419,7 +422,7 @@ def _hook_point(model: Any, stack: str, kind: str, layer: int) -> tuple[Any, str
 
 
 def cache_activations(
-    loaded: Any, probe: Probe, kinds: Sequence[str] = KINDS
+    loaded: LoadedModel, probe: Probe, kinds: Sequence[str] = KINDS
 ) -> dict[str, list[torch.Tensor]]:
     """One clean pass: per kind, per layer, the activation (pos, d_model) of the probe's stack."""
     model = loaded.model
@@ -448,7 +451,7 @@ def _put(rows: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> h
 
 
 def patched_logits(
-    loaded: Any, probe: Probe, cache: dict[str, list[torch.Tensor]], kind: str,
+    loaded: LoadedModel, probe: Probe, cache: dict[str, list[torch.Tensor]], kind: str,
     rows: Sequence[tuple[int, Sequence[int]]],
 ) -> torch.Tensor:  # fmt: skip
     """One batch on the corrupted probe: row r gets the clean activation of `kind` at layer rows[r][0],
@@ -470,7 +473,7 @@ def _ld(logits: torch.Tensor, target: Target, foil: Target) -> torch.Tensor:
 
 
 def patch_probes(
-    loaded: Any, clean: str, corrupt: str, prefix: str = "", stack: str | None = None
+    loaded: LoadedModel, clean: str, corrupt: str, prefix: str = "", stack: str | None = None
 ) -> tuple[Probe, Probe]:
     """The two probes, checked to have the same number of tokens in the patched stack."""
     a = prepare(loaded, clean, prefix, stack)
@@ -485,7 +488,7 @@ def patch_probes(
 
 
 def patch(
-    loaded: Any, clean: str, corrupt: str, target: str, foil: str, kinds: Sequence[str] = KINDS,
+    loaded: LoadedModel, clean: str, corrupt: str, target: str, foil: str, kinds: Sequence[str] = KINDS,
     progress: Progress | None = None, prefix: str = "", stack: str | None = None,
     rows_per_batch: int | None = None,
 ) -> Patching:  # fmt: skip

@@ -12,7 +12,7 @@ FFNs, act(x W_gate) * (x W_up) for gated ones (Llama, Gemma, Phi-3, T5 v1.1).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from explorer.analyses.tokens import display_tokens
 from explorer.models import anatomy
 from explorer.models.anatomy import UnsupportedModel
 from explorer.runs import hooked
+
+if TYPE_CHECKING:  # the loaded model's type, for annotations only
+    from explorer.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def _size(store: dict, key: Any):
     return fn
 
 
-def capture(loaded: Any, text: str, limit: int | None = None, layer: int | None = None) -> FfnCapture:
+def capture(loaded: LoadedModel, text: str, limit: int | None = None, layer: int | None = None) -> FfnCapture:
     """One forward pass: every layer's FFN input and neuron activations (only `layer`'s when given; the
     others are None) and the sizes of both residual updates of every layer, per token."""
     model = loaded.model

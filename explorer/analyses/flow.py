@@ -57,7 +57,7 @@ Shapes: (layer, tgt, src) per edge, (layer, head, tgt, src) per head, (layer, po
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -68,6 +68,9 @@ from explorer.errors import InputError
 from explorer.models import anatomy
 from explorer.models.anatomy import Attention, Proj, UnsupportedModel
 from explorer.runs import hooked
+
+if TYPE_CHECKING:  # the loaded model's type, for annotations only
+    from explorer.models.loading import LoadedModel
 
 MAX_TOKENS = 96  # per sequence; the graph of a longer text is unreadable and its terms grow as pos^2
 # float32 elements of (triple, head, d_model) terms computed at a time: small chunks stay in the CPU cache
@@ -283,7 +286,7 @@ def _hooks(a: anatomy.Anatomy, stack: str, subs: tuple[str, ...], seen: dict) ->
 
 
 def _inputs(
-    loaded: Any, text: str, target: str | None, limit: int
+    loaded: LoadedModel, text: str, target: str | None, limit: int
 ) -> tuple[dict, list[int], list[int] | None, bool]:
     """Model keyword arguments, the stack's ids, the encoder's ids (encoder-decoders), whether the decoder
     reads the model's own greedy output."""
@@ -305,7 +308,7 @@ def _inputs(
     return hooked.inputs(model, ids, tgt), tgt, ids, generated
 
 
-def compute(loaded: Any, text: str, target: str | None = None, limit: int = MAX_TOKENS) -> Flow:
+def compute(loaded: LoadedModel, text: str, target: str | None = None, limit: int = MAX_TOKENS) -> Flow:
     """One forward pass of `text` (for encoder-decoders: the source, with `target` the decoder's prefix,
     or the model's greedy output when there is none) and the importance of every term of every residual
     update of the stack `flow_stack(model)`. Raises InputError (empty, too long) or UnsupportedModel (a
@@ -515,7 +518,7 @@ def has_lens(model: Any) -> bool:
 
 
 def lens_tops(
-    loaded: Any, flow: Flow, nodes: list[tuple[int, int]], top: int = 3
+    loaded: LoadedModel, flow: Flow, nodes: list[tuple[int, int]], top: int = 3
 ) -> dict[tuple[int, int], list]:
     """Decoders with an LM head (`has_lens`): for residual nodes (boundary, pos) (boundary b is the stream
     entering layer b, b = n_layers its output), the `top` tokens the model's final norm and unembedding
@@ -551,7 +554,7 @@ class Neuron:
     promotes: tuple[str, ...]  # decoders with an LM head: the tokens its output vector raises most
 
 
-def top_neurons(loaded: Any, flow: Flow, layer: int, pos: int, k: int = 8) -> list[Neuron]:
+def top_neurons(loaded: LoadedModel, flow: Flow, layer: int, pos: int, k: int = 8) -> list[Neuron]:
     """The neurons that write most of the FFN output at (layer, pos): ranked by their share of it, the
     projection of a_n w_n on f = sum_n a_n w_n (+ bias), divided by |f|^2 (shares of all neurons and the
     bias add up to 1)."""

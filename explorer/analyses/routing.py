@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ import torch
 from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError
 from explorer.runs import hooked
+
+if TYPE_CHECKING:  # the loaded model's type, for annotations only
+    from explorer.models.loading import LoadedModel
 
 ROUTERS = ("MixtralTopKRouter", "Qwen2MoeTopKRouter", "Qwen3MoeTopKRouter", "OlmoeTopKRouter")
 SUPPORTED = "Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE"
@@ -62,7 +65,7 @@ def has_experts(model: Any) -> bool:
     return bool(routers(model))
 
 
-def route(loaded: Any, text: str, limit: int = MAX_TOKENS) -> Routing:
+def route(loaded: LoadedModel, text: str, limit: int = MAX_TOKENS) -> Routing:
     """One forward pass of `text`, recording every router's output; NoExperts for a model without
     supported routers."""
     model, tok = loaded.model, loaded.tokenizer

@@ -19,7 +19,7 @@ import importlib
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from explorer.analyses.tokens import display_tokens
 from explorer.models import anatomy
 from explorer.models.anatomy import UnsupportedModel
 from explorer.runs import hooked
+
+if TYPE_CHECKING:  # the loaded model's type, for annotations only
+    from explorer.models.loading import LoadedModel
 
 FLOAT32_TOLERANCE = 1e-5
 # A float16 / bfloat16 model rounds every step (scores of size ~10 included) to 11 / 8 significant bits,
@@ -111,7 +114,7 @@ def _call(a: anatomy.Anatomy, kind: str, layer: int) -> int | None:
 
 
 def capture(
-    loaded: Any, text: str, limit: int | None = None, layer: int | None = None
+    loaded: LoadedModel, text: str, limit: int | None = None, layer: int | None = None
 ) -> dict[str, StackCapture]:
     """One forward pass of `text`: per kind of attention, its inputs and the model's attention maps.
     `layer` keeps that layer's only (the others are None): a page holding a capture per user keeps
@@ -483,7 +486,7 @@ def max_differences(model: Any, cap: StackCapture) -> list[list[float]]:
     return rows
 
 
-def verify(loaded: Any, text: str) -> dict:
+def verify(loaded: LoadedModel, text: str) -> dict:
     """Every layer and head of every kind of attention against the model's own maps, as a JSON-ready dict."""
     caps = capture(loaded, text)
     tol = tolerance(next(iter(caps.values())).dtype)

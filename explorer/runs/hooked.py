@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
 from explorer.errors import InputError
 from explorer.models.anatomy import input_device
+
+if TYPE_CHECKING:  # the loaded model's type, for annotations only
+    from explorer.models.loading import LoadedModel
 
 Fn = Callable[[torch.Tensor], torch.Tensor | None]
 
@@ -101,7 +104,11 @@ def attach(hooks: Iterable[Hook]) -> list[Any]:
 
 
 def run(
-    loaded: Any, inputs: dict[str, torch.Tensor], hooks: Iterable[Hook] = (), grad: bool = False, **options
+    loaded: LoadedModel,
+    inputs: dict[str, torch.Tensor],
+    hooks: Iterable[Hook] = (),
+    grad: bool = False,
+    **options,
 ):
     """One forward pass of `loaded.model` on `inputs` with `hooks` attached for this pass only, holding
     the model's turn. Returns the model's output."""
@@ -192,7 +199,7 @@ def decoder_prefix(model: Any, tokenizer: Any, target: str | None) -> list[int]:
     return ids
 
 
-def greedy_decoder_ids(loaded: Any, source_ids: list[int], most: int) -> list[int]:
+def greedy_decoder_ids(loaded: LoadedModel, source_ids: list[int], most: int) -> list[int]:
     """The decoder input an encoder-decoder writes itself for `source_ids`: its greedy output, at most
     `most` new tokens, behind its start token."""
     model = loaded.model
