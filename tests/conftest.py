@@ -133,6 +133,33 @@ def tiny_config(kind: str):
             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
             decoder_start_token_id=0, forced_eos_token_id=6, pad_token_id=0, eos_token_id=6,
         ),
+        # Found by anatomy.discover (not in its STYLES), or a STYLES line added after the first wave
+        "gemma2": tf.Gemma2Config(  # sandwich norms, attention softcap, a sliding layer
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=8, intermediate_size=64, max_position_embeddings=128, sliding_window=4,
+            query_pre_attn_scalar=16, attn_logit_softcapping=5.0, **ids,
+        ),
+        "cohere": tf.CohereConfig(  # one norm, attention and MLP in parallel, rotary on interleaved pairs
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=128, **ids,
+        ),
+        "starcoder2": tf.Starcoder2Config(  # mlp.c_fc / c_proj, LayerNorm, biases
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=128, sliding_window=None, **ids,
+        ),
+        "gpt_bigcode": tf.GPTBigCodeConfig(  # fused c_attn with one key/value head (multi-query)
+            vocab_size=v, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128, multi_query=True,
+            **ids,
+        ),
+        "biogpt": tf.BioGptConfig(  # a BART-like decoder: out_proj, fc1/fc2, learned positions
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=128, **ids,
+        ),
+        "pegasus": tf.PegasusConfig(  # pre-norm encoder-decoder, sinusoidal positions
+            vocab_size=v, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
+            decoder_start_token_id=0, forced_eos_token_id=6, pad_token_id=0, eos_token_id=6,
+        ),
     }  # fmt: skip
     return configs[kind]
 
@@ -161,6 +188,12 @@ MODEL_CLASSES = {
     "albert": "AlbertForMaskedLM",
     "mbart": "MBartForConditionalGeneration",
     "marian": "MarianMTModel",
+    "gemma2": "Gemma2ForCausalLM",
+    "cohere": "CohereForCausalLM",
+    "starcoder2": "Starcoder2ForCausalLM",
+    "gpt_bigcode": "GPTBigCodeForCausalLM",
+    "biogpt": "BioGptForCausalLM",
+    "pegasus": "PegasusForConditionalGeneration",
 }
 FAMILIES = {
     "bert": "encoder",
@@ -170,17 +203,18 @@ FAMILIES = {
     "bart": "encoder-decoder",
     **dict.fromkeys(
         ("gpt_neox", "opt", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma3_text", "bloom", "gptj",
-         "falcon", "phi"),
+         "falcon", "phi", "gemma2", "cohere", "starcoder2", "gpt_bigcode", "biogpt"),
         "decoder",
     ),
     **dict.fromkeys(("roberta", "distilbert", "electra", "albert"), "encoder"),
-    **dict.fromkeys(("mbart", "marian"), "encoder-decoder"),
+    **dict.fromkeys(("mbart", "marian", "pegasus"), "encoder-decoder"),
 }  # fmt: skip
 # Every kind tiny_config builds (each key is the config's model_type).
 ARCHITECTURES = (
     "bert", "gpt2", "llama", "t5", "bart",
     "gpt_neox", "opt", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma3_text", "bloom", "gptj", "falcon",
     "phi", "roberta", "distilbert", "electra", "albert", "mbart", "marian",
+    "gemma2", "cohere", "starcoder2", "gpt_bigcode", "biogpt", "pegasus",
 )  # fmt: skip
 
 
@@ -232,3 +266,37 @@ def no_hooks(model) -> bool:
         return [h for h in hooks.values() if getattr(h, "__name__", "") != "output_capturing_hook"]
 
     return all(not ours(m._forward_hooks) and not ours(m._forward_pre_hooks) for m in model.modules())
+
+
+MOE_KINDS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+
+
+def tiny_moe(kind: str):
+    """A tiny mixture-of-experts decoder (mixtral, qwen2_moe, qwen3_moe, olmoe) with the tiny tokenizer and a
+    lock, as the analyses read a loaded model."""
+    import threading
+    from types import SimpleNamespace
+
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    if kind == "mixtral":
+        model = tf.MixtralForCausalLM(tf.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **common))
+    elif kind == "qwen2_moe":
+        config = tf.Qwen2MoeConfig(
+            num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24,
+            shared_expert_intermediate_size=24, norm_topk_prob=False, **common,
+        )  # fmt: skip
+        model = tf.Qwen2MoeForCausalLM(config)
+    elif kind == "qwen3_moe":
+        config = tf.Qwen3MoeConfig(
+            num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24, norm_topk_prob=True, **common
+        )
+        model = tf.Qwen3MoeForCausalLM(config)
+    else:
+        model = tf.OlmoeForCausalLM(tf.OlmoeConfig(num_experts=5, num_experts_per_tok=2, **common))
+    model.eval()
+    return SimpleNamespace(model=model, tokenizer=tiny_tokenizer(), lock=threading.RLock())

@@ -64,6 +64,7 @@ def capture(loaded: LoadedModel, text: str, limit: int | None = None, layer: int
     model = loaded.model
     stack = ffn_stack(model)
     found = anatomy.of(model).stacks[stack]
+    found.blocks[0].ffn.dense()  # a mixture of experts has no one set of neurons to show
     ids = hooked.encode(model, loaded.tokenizer, text, limit)
     seen: dict = {}
     hooks = []

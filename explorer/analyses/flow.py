@@ -560,6 +560,7 @@ def top_neurons(loaded: LoadedModel, flow: Flow, layer: int, pos: int, k: int = 
     bias add up to 1)."""
     model = loaded.model
     net = anatomy.of(model).blocks(flow.stack)[layer].ffn
+    net.dense()  # a mixture of experts has no one set of neurons
     device = Proj(net.down).weight().device
     x = torch.from_numpy(flow.ffn_inputs[layer, pos : pos + 1]).to(device)  # (1, d_model)
     with loaded.lock:

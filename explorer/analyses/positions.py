@@ -16,7 +16,10 @@ from explorer.models import anatomy
 LEARNED, ROTARY, RELATIVE = "learned", "rotary", "relative"
 # Where a learned table of position vectors sits, from the base model; `offset` on the module, or the
 # embeddings' `padding_idx` + 1 (RoBERTa counts positions from there), is the row of position 0.
-TABLES = ("wpe", "embeddings.position_embeddings", "encoder.embed_positions", "decoder.embed_positions")
+TABLES = (
+    "wpe", "embeddings.position_embeddings", "embed_positions", "encoder.embed_positions",
+    "decoder.embed_positions",
+)  # fmt: skip
 NOT_DRAWN = {
     "alibi": "This model adds no position vectors: with ALiBi, each head subtracts from its scores a fixed "
     "slope times the query–key distance (the bias step on the Attention from scratch page).",

@@ -90,17 +90,28 @@ class Ffn:
     input is the sub-layer input after its norm; `down`'s forward input is the neuron activations."""
 
     entry: Any
-    up: Proj
-    down: Any
+    up: Proj | None
+    down: Any  # for a mixture of experts: the whole mixture (its output is what the sub-layer adds)
     act: Any  # a callable on tensors
     gate: Proj | None = None  # gated (SwiGLU, GeGLU): act(x W_gate) * (x W_up)
+    experts: bool = False  # a mixture of experts: no one set of neurons
 
     @property
     def gated(self) -> bool:
         return self.gate is not None
 
+    def dense(self) -> None:
+        """UnsupportedModel for a mixture of experts, where there is no one FFN's neurons to read."""
+        if self.experts:
+            raise UnsupportedModel(
+                f"This model's feed-forward layers are a mixture of experts ({type(self.entry).__name__}): "
+                "each token goes through a few experts chosen by a router, so there is no one set of neurons "
+                "to read here. Its attention, routing and residual stream can be examined on the other pages."
+            )
+
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """(pos, d_ff) neuron activations from the FFN input x (pos, d_model), from the weights."""
+        self.dense()
         x = x.detach().float()
         with torch.no_grad():
             if self.gate is not None:
@@ -109,6 +120,7 @@ class Ffn:
 
     def out_vectors(self, neurons: list[int]) -> torch.Tensor:
         """(len(neurons), d_model): what each neuron writes per unit of activation."""
+        self.dense()
         return Proj(self.down).weight().float()[:, neurons].T.cpu()
 
 
@@ -313,6 +325,7 @@ STYLES: dict[str, Style] = {
         placement="pre", final_norm={"encoder": "encoder.layer_norm", "decoder": "decoder.layer_norm"},
     ),
     "marian": replace(BART, position="sinusoidal"),
+    "plbart": BART,
     "t5": Style(
         layers={"encoder": "encoder.block", "decoder": "decoder.block"}, attn="layer.0.SelfAttention",
         q="q", k="k", v="v", o="layer.0.SelfAttention.o", attn_norm="layer.0.layer_norm",
@@ -325,6 +338,8 @@ STYLES: dict[str, Style] = {
 }
 # fmt: on
 STYLES["mt5"] = STYLES["umt5"] = STYLES["t5"]
+STYLES["blenderbot"] = STYLES["mbart"]  # pre-norm BART-like encoder-decoders with a final norm per stack
+STYLES["pegasus"] = STYLES["m2m_100"] = replace(STYLES["mbart"], position="sinusoidal")
 STYLES["xlm-roberta"] = STYLES["camembert"] = STYLES["roberta"]
 STYLES["qwen2_moe"] = STYLES["qwen3_moe"] = STYLES["qwen3"]  # routing pages; their FFN is a mixture
 
@@ -449,13 +464,19 @@ def _attention(model: Any, style: Style, block: Any, where: str, cross: bool = F
         scale = d_head**-0.5
     q_norm = None if cross else _get(block, style.q_norm)
     k_norm = None if cross else _get(block, style.k_norm)
-    return Attention(
-        module, q, k, v, o, n_heads, n_kv, d_head, float(scale), q_norm, k_norm, style.qk_norm_per_head, cross
-    )
+    per_head = style.qk_norm_per_head
+    weight = getattr(q_norm, "weight", None)
+    if isinstance(weight, torch.Tensor):  # its size says: one head's d_head (Qwen3) or every head's (OLMo 2)
+        per_head = weight.numel() == d_head
+    return Attention(module, q, k, v, o, n_heads, n_kv, d_head, float(scale), q_norm, k_norm, per_head, cross)
 
 
 def _ffn(style: Style, block: Any, where: str) -> Ffn:
     entry = _need(block, style.ffn, "feed-forward network", where)
+    if _get(block, style.down or None) is None and _get(entry, "experts") is not None:  # Mixtral, OLMoE
+        return Ffn(entry, None, entry, None, experts=True)
+    if not style.down:
+        raise UnsupportedModel(f"Could not find the feed-forward down projection in {where}.")
     down = _need(block, style.down, "feed-forward down projection", where)
     act = _need(block, style.act, "feed-forward activation", where)
     if style.gate_up is not None:  # [gate | up] in one matrix
@@ -491,43 +512,131 @@ def _adjust(model_type: str, style: Style, config: Any) -> Style:
     return style
 
 
+# Names tried, in order, for a model type that is not in STYLES (paths relative to one block).
+ATTENTIONS = ("self_attn", "attn", "attention", "self_attention")
+OUTPUTS = ("o_proj", "out_proj", "dense", "c_proj", "o")
+FUSED_QKV = ("qkv_proj", "Wqkv", "c_attn")  # [q | k | v] side by side
+FFNS = (  # (entry, up, gate, down, activation)
+    ("mlp", "mlp.up_proj", "mlp.gate_proj", "mlp.down_proj", "mlp.act_fn"),
+    ("mlp", "mlp.fc1", None, "mlp.fc2", "mlp.activation_fn"),
+    ("mlp", "mlp.c_fc", None, "mlp.c_proj", "mlp.act"),
+    ("mlp", "mlp.dense_h_to_4h", None, "mlp.dense_4h_to_h", "mlp.act"),
+    ("fc1", "fc1", None, "fc2", "activation_fn"),
+    ("ffn", "ffn.up_proj", None, "ffn.down_proj", "ffn.act"),
+    ("mlp", None, None, None, None),  # a mixture of experts (an `experts` list inside), or refused
+    ("block_sparse_moe", None, None, None, None),
+)
+NORMS = (("input_layernorm", "post_attention_layernorm"), ("self_attn_layer_norm", "final_layer_norm"),
+         ("ln_1", "ln_2"), ("norm1", "norm2"), ("norm_1", "norm_2"),
+         ("attention_layernorm", "feedforward_layernorm"))  # fmt: skip
+FINAL_NORMS = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f", "layer_norm")
+
+
+def _first_path(root: Any, names: tuple[str | None, ...]) -> str | None:
+    return next((n for n in names if n is not None and _get(root, n) is not None), None)
+
+
+def _discovered_position(base: Any, config: Any) -> str:
+    """The position scheme of a model found by `discover`, from what its base model holds."""
+    names = {type(m).__name__.lower() for m in base.modules()}
+    if any("rotary" in n for n in names):
+        return "rope"
+    if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
+        return "alibi"
+    if any("sinusoidal" in n for n in names):
+        return "sinusoidal"
+    if any(_get(base, n) is not None for n in ("wpe", "embed_positions", "position_embeddings")):
+        return "learned"
+    return "none"
+
+
 def discover(model: Any) -> Style:
-    """A style for a model type not in STYLES that is built the common way (Llama's names: `layers`,
-    `self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj` or `mlp.{fc1,fc2}`, input and post-attention
-    norms); UnsupportedModel naming the first part that is not there."""
+    """A style for a model type not in STYLES, from the common names of a block's parts (ATTENTIONS,
+    OUTPUTS, FFNS, NORMS) and where its norms are: input and post-attention norms (pre-norm); those plus
+    pre- and post-feed-forward norms (Gemma 2's sandwich); post-attention and post-feed-forward norms only
+    (post-out, as OLMo 2); one input norm for both (parallel, as Cohere, StableLM). A block's output is
+    checked against these sums where it matters (the Flow page). UnsupportedModel naming the first part
+    that is not there."""
     base = getattr(model, "base_model", model)
-    model_type = getattr(_text_config(model), "model_type", "?")
-    if _get(base, "layers") is None or len(_get(base, "layers")) == 0:
+    config = _text_config(model)
+    model_type = getattr(config, "model_type", "?")
+    n = getattr(config, "num_hidden_layers", None)
+    lists = [(name, m) for name, m in base.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    layers = next((name for name, m in lists if n is None or len(m) == n), None)
+    if layers is None or getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModel(
             f"{type(model).__name__} (model type {model_type!r}) is not one of the families described in "
-            "explorer/models/anatomy.py and its blocks are not in `layers` (the common naming): add a Style."
+            "explorer/models/anatomy.py, and its blocks could not be found by the common names: add a Style."
         )
-    block = _get(base, "layers")[0]
-    style = LLAMA
-    if _get(block, "mlp.gate_proj") is None:
-        if _get(block, "mlp.fc1") is not None:
-            style = replace(style, up="mlp.fc1", gate=None, down="mlp.fc2", act="mlp.activation_fn")
-        elif _get(block, "mlp.gate_up_proj") is not None:
-            style = replace(style, up="mlp.gate_up_proj", gate=None, gate_up="mlp.gate_up_proj")
-    if _get(block, "self_attn.q_norm") is not None:
-        style = replace(style, q_norm="self_attn.q_norm", k_norm="self_attn.k_norm")
-    if _get(block, "self_attn.qkv_proj") is not None:
-        style = replace(style, q=None, k=None, v=None, qkv="self_attn.qkv_proj")
-    if _get(block, "mlp.act_fn") is None and _get(block, "mlp.activation_fn") is not None:
-        style = replace(style, act="mlp.activation_fn")
-    final = next(
-        (n for n in ("norm", "final_layernorm", "final_layer_norm", "ln_f") if _get(base, n) is not None),
-        None,
+    block = _get(base, layers)[0]
+    where = f"{type(block).__name__} (model type {model_type!r})"
+    attn = _first_path(block, ATTENTIONS)
+    if attn is None:
+        raise UnsupportedModel(f"Could not find the attention module of {where} by the common names.")
+    style = replace(LLAMA, layers={"decoder": layers}, attn=attn, final_norm={})
+    has = lambda name: _get(block, name) is not None  # noqa: E731
+    fused = _first_path(block, tuple(f"{attn}.{q}" for q in FUSED_QKV))
+    if fused is not None:
+        style = replace(style, **FUSED, qkv=fused)
+    o = _first_path(block, tuple(f"{attn}.{name}" for name in OUTPUTS))
+    style = replace(style, o=o or f"{attn}.o_proj")
+    ffn = next((f for f in FFNS if has(f[0]) and (f[1] is None or has(f[1]))), None)
+    if ffn is None:
+        raise UnsupportedModel(f"Could not find the feed-forward network of {where} by the common names.")
+    entry, up, gate, down, act = ffn
+    if _get(block, f"{entry}.gate_up_proj") is not None:
+        up, gate = f"{entry}.gate_up_proj", None
+        style = replace(style, gate_up=up)
+    act = _first_path(
+        block, (act, f"{entry}.act_fn", f"{entry}.activation_fn", f"{entry}.act", "activation_fn")
     )
-    return replace(style, final_norm={"decoder": final} if final else {})
+    style = replace(
+        style, ffn=entry, up=up or "", gate=_first_path(block, (gate,)), down=down or "", act=act or ""
+    )
+    if _get(block, f"{attn}.q_norm") is not None:
+        style = replace(style, q_norm=f"{attn}.q_norm", k_norm=f"{attn}.k_norm")
+    elif _get(block, f"{attn}.q_layernorm") is not None:
+        style = replace(style, q_norm=f"{attn}.q_layernorm", k_norm=f"{attn}.k_layernorm")
+    if has("pre_feedforward_layernorm") and has("post_feedforward_layernorm"):
+        style = replace(
+            style, attn_norm="input_layernorm", attn_post_norm="post_attention_layernorm",
+            ffn_norm="pre_feedforward_layernorm", ffn_post_norm="post_feedforward_layernorm",
+            placement="sandwich",
+        )  # fmt: skip
+    elif not has("input_layernorm") and has("post_attention_layernorm") and has("post_feedforward_layernorm"):
+        style = replace(
+            style, attn_norm=None, ffn_norm=None, attn_post_norm="post_attention_layernorm",
+            ffn_post_norm="post_feedforward_layernorm", placement="post-out",
+        )  # fmt: skip
+    else:
+        pair = next((p for p in NORMS if has(p[0])), None)
+        if pair is None:
+            raise UnsupportedModel(
+                f"Could not find the norm before the attention of {where} by common names."
+            )
+        second = pair[1] if has(pair[1]) else None
+        style = replace(style, attn_norm=pair[0], ffn_norm=second or pair[0], parallel=second is None)
+    style = replace(style, position=_discovered_position(base, config))
+    parent = layers.rpartition(".")[0]
+    holder = _get(base, parent) if parent else base
+    final = _first_path(holder, FINAL_NORMS)
+    if final is not None:
+        style = replace(style, final_norm={"decoder": f"{parent}.{final}" if parent else final})
+    return style
+
+
+# Rotary on neighbouring pairs (x_2i, x_2i+1) instead of halves (x_i, x_i+d/2); GPT-J rotates its first
+# config.rotary_dim dimensions only.
+INTERLEAVED_ROTARY = {"gptj", "cohere", "cohere2"}
 
 
 def _position(style: Style, model_type: str, config: Any, attn: Attention) -> tuple[str, int | None, bool]:
+    """(scheme, rotary dimensions per head, interleaved) from the style and what the config says."""
     if style.position != "rope":
         return style.position, None, False
     d = attn.d_head
-    if model_type == "gptj":
-        return "rope", int(config.rotary_dim or d), True
+    if model_type in INTERLEAVED_ROTARY:
+        return "rope", int(getattr(config, "rotary_dim", None) or d), True
     factor = getattr(config, "partial_rotary_factor", None)
     if factor is None:
         factor = getattr(config, "rotary_pct", None)
@@ -568,6 +677,7 @@ def build(model: Any) -> Anatomy:
             is_dec = stack == "decoder" and style.cross is not None
             cross = _attention(model, style, block, where, cross=True) if is_dec else None
             attn = _attention(model, style, block, where)
+            ffn = _ffn(style, block, where)
             attn_post = _get(block, style.attn_post_norm)
             ffn_post = _get(block, style.ffn_post_norm)
             found.append(
@@ -575,11 +685,11 @@ def build(model: Any) -> Anatomy:
                     module=block,
                     index=i,
                     attn=attn,
-                    ffn=_ffn(style, block, where),
+                    ffn=ffn,
                     attn_norm=_get(block, style.attn_norm),
                     ffn_norm=_get(block, style.ffn_norm),
                     attn_out=attn_post if attn_post is not None else attn.o,
-                    ffn_out=ffn_post if ffn_post is not None else _need(block, style.down, "down", where),
+                    ffn_out=ffn_post if ffn_post is not None else ffn.down,
                     attn_post_norm=attn_post,
                     ffn_post_norm=ffn_post,
                     cross=cross,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from explorer.analyses import experiments, routing
 from explorer.analyses.experiments import ExperimentError
 from explorer.errors import InputError
 from explorer.models import anatomy
-from tests.conftest import VOCAB, tiny_config, tiny_tokenizer
+from tests.conftest import MOE_KINDS, VOCAB, tiny_config, tiny_moe
 
 KINDS = ["gpt2", "llama", "t5", "bart", "bert"]
 # (kind, stack acted on); tiny BART's encoder barely moves its output (1e-5), so its decoder is used
@@ -193,32 +191,7 @@ def test_masked_lm_reads_the_mask_and_an_encoder_without_head_is_refused(tiny_lo
         experiments.check_model(bare)
 
 
-def tiny_moe(kind: str):
-    import transformers as tf
-
-    torch.manual_seed(0)
-    common = dict(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
-    if kind == "mixtral":
-        model = tf.MixtralForCausalLM(tf.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **common))
-    elif kind == "qwen2_moe":
-        config = tf.Qwen2MoeConfig(
-            num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24,
-            shared_expert_intermediate_size=24, norm_topk_prob=False, **common,
-        )  # fmt: skip
-        model = tf.Qwen2MoeForCausalLM(config)
-    elif kind == "qwen3_moe":
-        config = tf.Qwen3MoeConfig(
-            num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24, norm_topk_prob=True, **common
-        )
-        model = tf.Qwen3MoeForCausalLM(config)
-    else:
-        model = tf.OlmoeForCausalLM(tf.OlmoeConfig(num_experts=5, num_experts_per_tok=2, **common))
-    model.eval()
-    return SimpleNamespace(model=model, tokenizer=tiny_tokenizer(), lock=__import__("threading").RLock())
-
-
-@pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"])
+@pytest.mark.parametrize("kind", MOE_KINDS)
 def test_routing_weights_are_the_routers_softmax(kind):
     loaded = tiny_moe(kind)
     found = routing.routers(loaded.model)

@@ -19,8 +19,10 @@ FINAL_NORM = {
     "gpt2": "transformer.ln_f", "bloom": "transformer.ln_f", "gptj": "transformer.ln_f",
     "falcon": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm",
     "opt": "model.decoder.final_layer_norm", "phi": "model.final_layernorm", "t5": "decoder.final_layer_norm",
-    "mbart": "model.decoder.layer_norm", "bart": None, "marian": None,
-    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma3_text"), "model.norm"),
+    "mbart": "model.decoder.layer_norm", "bart": None, "marian": None, "gpt_bigcode": "transformer.ln_f",
+    "biogpt": "biogpt.layer_norm", "pegasus": "model.decoder.layer_norm",
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma3_text", "gemma2", "cohere",
+                     "starcoder2"), "model.norm"),
 }  # fmt: skip
 
 
@@ -95,8 +97,11 @@ def test_promoted_tokens_are_w_u_of_gamma_times_w(kind):
         expected = vec
     else:
         weight = norm.weight.detach()
-        expected = vec * (1 + weight if kind == "gemma3_text" else weight)
-        assert ("LayerNorm" in name) == isinstance(norm, torch.nn.LayerNorm), name
+        expected = vec * (1 + weight if kind in ("gemma3_text", "gemma2") else weight)  # Gemma stores w - 1
+        x = torch.randn(3, weight.shape[0])
+        with torch.no_grad():  # a LayerNorm takes out the mean (a shift changes nothing); an RMSNorm does not
+            centres = torch.allclose(norm(x), norm(x + 3.0), atol=1e-4)
+        assert ("LayerNorm" in name) == centres, name
     logits = scale * expected @ w_u.T  # (2, vocab)
     top, ids, low, low_ids = ffn.promoted(model, vec, k=5)
     torch.testing.assert_close(top, logits.topk(5).values, atol=1e-5, rtol=1e-5)
