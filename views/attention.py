@@ -39,7 +39,12 @@ def layer_label(s: AttentionSet, layer: int) -> str:
 
 
 def open_from_grid() -> None:
-    """A click on a thumbnail of the grid opens that head large."""
+    """A click on a thumbnail of the grid opens that head large. The browser resends a chart's last
+    selection with every rerun until it has dropped the chart, so a selection made on the grid can come
+    back after another view was chosen (a click right after opening a head was undone): only a selection
+    made while the grid is the view counts."""
+    if st.session_state.get(session.ATTN_VIEW) != "All heads":
+        return
     event = st.session_state.get(session.ATTN_GRID)
     points = event.selection.points if event is not None else []
     if points and points[0].get("customdata"):
