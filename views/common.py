@@ -7,6 +7,7 @@ import streamlit as st
 
 from explorer import session
 from explorer.models import zoo
+from explorer.models.anatomy import UnsupportedModel
 from explorer.runs.capture import Capture, Sequence
 from explorer.serving import links
 from explorer.web.display import md
@@ -25,6 +26,16 @@ def model_or_stop(message: str = NO_MODEL):
         st.info(message)
         st.stop()
     return loaded
+
+
+def or_stop(compute, *args):
+    """`compute(*args)`; for a model these pages do not take apart (UnsupportedModel), its sentence as a
+    warning, and the page stops there."""
+    try:
+        return compute(*args)
+    except UnsupportedModel as err:
+        st.warning(md(err))
+        st.stop()
 
 
 def kept(widget: str, label: str, key: str, default, container=st, box: str | None = None, **kwargs):

@@ -12,7 +12,7 @@ from explorer.errors import InputError
 from explorer.figures.learn import bars, stacked_shares
 from explorer.models import anatomy
 from explorer.web.display import md
-from views.common import model_or_stop, share
+from views.common import model_or_stop, or_stop, share
 
 TEXT = "ffn_text"
 LAYER = "ffn_layer"
@@ -32,11 +32,8 @@ st.caption(
 )
 loaded = model_or_stop()
 share()  # the model in the URL: a copied link opens this page on it
-try:
-    parts = anatomy.of(loaded.model)
-except anatomy.UnsupportedModel as err:
-    st.warning(md(err))
-    st.stop()
+parts = or_stop(anatomy.of, loaded.model)
+or_stop(parts.blocks(ffn.ffn_stack(loaded.model))[0].ffn.dense)  # a mixture of experts: no one FFN to read
 
 text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=80)
 stack = ffn.ffn_stack(loaded.model)

@@ -7,9 +7,8 @@ from explorer import session
 from explorer.analyses import flow
 from explorer.errors import InputError
 from explorer.figures.flow import graph
-from explorer.models.anatomy import UnsupportedModel
 from explorer.web.display import md
-from views.common import kept, model_or_stop, share, text_inputs
+from views.common import kept, model_or_stop, or_stop, share, text_inputs
 
 SEEN = "flow_seen"  # the (model, text, target) key this user's page last showed
 LENS = "flow_lens"  # ((request, text, target), {(boundary, pos): [(token, prob)]}) computed so far
@@ -28,11 +27,7 @@ st.caption(
     "from one forward pass of the model, with the model's own weights."
 )
 loaded = model_or_stop("Load a model in the sidebar to trace its information flow.")
-try:
-    flow.flow_stack(loaded.model)
-except UnsupportedModel as err:
-    st.warning(md(err))
-    st.stop()
+or_stop(flow.flow_stack, loaded.model)
 
 text, target = text_inputs(loaded)
 key = ("flow", loaded.request, text, target or "")

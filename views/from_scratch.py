@@ -10,7 +10,7 @@ from explorer.errors import InputError
 from explorer.figures.learn import heatmap
 from explorer.models import anatomy
 from explorer.web.display import md
-from views.common import model_or_stop, share
+from views.common import model_or_stop, or_stop, share
 
 TEXT = "scratch_text"
 STACK = "scratch_stack"
@@ -28,12 +28,8 @@ st.caption(
 )
 loaded = model_or_stop()
 share()  # the model in the URL: a copied link opens this page on it
-try:
-    parts = anatomy.of(loaded.model)
-    stacks = parts.attention_kinds
-except anatomy.UnsupportedModel as err:
-    st.warning(md(err))
-    st.stop()
+parts = or_stop(anatomy.of, loaded.model)
+stacks = parts.attention_kinds
 
 text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=80)
 cols = st.columns(3)

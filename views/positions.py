@@ -8,7 +8,7 @@ from explorer.analyses import positions
 from explorer.figures.learn import heatmap, lines
 from explorer.models import anatomy
 from explorer.web.display import md
-from views.common import share
+from views.common import or_stop, share
 
 SINE_POSITIONS = "positions_sine_n"
 LEARNED_POSITIONS = "positions_learned_n"
@@ -46,11 +46,7 @@ if loaded is None:
     st.info("Load a model in the sidebar to see its own position scheme.")
     st.stop()
 st.subheader(f"{md(loaded.card.name)}: {md(loaded.card.position_encoding)}")
-try:
-    kind = positions.scheme(loaded.model)
-except anatomy.UnsupportedModel as err:
-    st.warning(md(err))
-    st.stop()
+kind = or_stop(positions.scheme, loaded.model)
 
 if kind == positions.LEARNED:
     table, offset = positions.learned_table(loaded.model)

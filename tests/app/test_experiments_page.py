@@ -149,9 +149,13 @@ def test_routing_on_a_tiny_mixtral(tmp_path):
     assert weights.shape == (6, 4)
     assert np.allclose(weights.sum(1), 1.0, atol=1e-5) and ((weights > 0).sum(1) == 2).all()
     assert z_of(usage).sum(1).tolist() == [12, 12]
-    at.session_state[page.EXPERIMENT] = page.KINDS[0]
+    at.session_state[page.EXPERIMENT] = page.KINDS[0]  # ablation takes a mixture of experts apart too
     run(at)
-    assert any("not one of the families" in w.value for w in at.warning)
+    assert not any("not one of the families" in w.value for w in at.warning) and not at.exception
+    box(at, "text_area", page.ABL_TEXT).set_value("the cat sat on the")
+    box(at, "text_input", page.ABL_TARGET).set_value(" mat")
+    run(at)
+    assert not at.error and any("Head scan" in h.value for h in at.subheader)
 
 
 @pytest.mark.parametrize("kind", ["bert"])

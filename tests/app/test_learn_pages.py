@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from explorer import session
 from tests.app.helpers import app, charts, load_folder, run
-from tests.conftest import tiny_tokenizer
+from tests.conftest import tiny_moe, tiny_tokenizer
 
 HOSTILE = "the cat </script><b>x</b> <img src=x onerror=alert(1)> **bold** $x$"
 
@@ -98,15 +98,26 @@ def test_from_scratch_and_ffn_on_a_family_found_by_the_anatomy(tmp_path):
     assert not at.error and charts(at)
 
 
+def test_a_mixture_of_experts_on_the_learning_pages(tmp_path):
+    """From scratch takes a Mixtral's attention apart; FFN memory says why it shows no neurons."""
+    tiny_moe("mixtral").model.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    at = open_page("views/from_scratch.py", tmp_path)
+    assert not at.warning and at.success and "matches the model's own map" in at.success[0].value
+    at.switch_page("views/ffn.py")
+    run(at)
+    assert "mixture of experts" in at.warning[0].value and not at.error
+
+
 def test_from_scratch_unsupported_family(tmp_path):
     model = tf.XLNetLMHeadModel(tf.XLNetConfig(vocab_size=40, d_model=32, n_layer=1, n_head=4, d_inner=64))
     model.save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
     at = open_page("views/from_scratch.py", tmp_path)
-    assert "not one of the families" in at.warning[0].value
+    assert "model type 'xlnet'" in at.warning[0].value  # says which model it cannot take apart
     at.switch_page("views/ffn.py")
     run(at)
-    assert "not one of the families" in at.warning[0].value
+    assert "model type 'xlnet'" in at.warning[0].value  # says which model it cannot take apart
 
 
 # Positions

@@ -227,7 +227,7 @@ def test_text_longer_than_the_context(loaded):
 
 def test_unsupported_family_says_so():
     model = tf.XLNetLMHeadModel(tf.XLNetConfig(vocab_size=50, d_model=32, n_layer=1, n_head=4, d_inner=64))
-    with pytest.raises(anatomy.UnsupportedModel, match="not one of the families"):
+    with pytest.raises(anatomy.UnsupportedModel, match="model type 'xlnet'"):
         anatomy.of(model)
 
 
