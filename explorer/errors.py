@@ -18,3 +18,8 @@ def first_line(err: BaseException, limit: int = 400) -> str:
     """The first line of an exception's message (its type name when it has none), for one-line messages."""
     text = str(err).strip()
     return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
+class UnsupportedModel(InputError):
+    """A part of this model could not be found, or the model does something these pages do not compute
+    (`str(err)` names the part)."""

@@ -133,7 +133,7 @@ def tiny_config(kind: str):
             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
             decoder_start_token_id=0, forced_eos_token_id=6, pad_token_id=0, eos_token_id=6,
         ),
-        # Found by anatomy.discover (not in its STYLES), or a STYLES line added after the first wave
+        # Found by styles.discover (not in its STYLES), or a STYLES line added after the first wave
         "gemma2": tf.Gemma2Config(  # sandwich norms, attention softcap, a sliding layer
             vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=8, intermediate_size=64, max_position_embeddings=128, sliding_window=4,

@@ -2,10 +2,10 @@
 
 Every page that computes from the weights (from-scratch attention, FFN memory, flow, ablation,
 patching) reads the model through one `Anatomy`, computed once per model object (`of(model)`) and kept
-beside it. The knowledge is data: `STYLES` maps a model type to the names its modeling code in
-transformers uses (paths relative to one block), and models that follow the common naming (Llama's,
-used by most recent decoders) are found by `discover`. Numbers come from what transformers itself
-says: the config, and the attention module's own `scaling`, head counts and head size.
+beside it. The knowledge is data, in `explorer.models.styles`: `STYLES` maps a model type to the names
+its modeling code in transformers uses (paths relative to one block), and models that follow the common
+naming are found by `discover`. Numbers come from what transformers itself says: the config, and the
+attention module's own `scaling`, head counts and head size.
 
 Conventions for every `Proj`: y = x W^T + b with W (out, in), whatever the module stores (GPT-2's
 Conv1D keeps (in, out)); a fused projection (q, k and v in one matrix) is described by the rows of its
@@ -15,18 +15,21 @@ output that one of q, k, v takes, so that consumers never see the fusion.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from explorer.errors import InputError
-
-
-class UnsupportedModel(InputError):
-    """A part of this model could not be found, or the model does something these pages do not compute
-    (`str(err)` names the part)."""
-
+from explorer.errors import InputError, UnsupportedModel
+from explorer.models.styles import (
+    INTERLEAVED_ROTARY,
+    STYLES,
+    Style,
+    adjust,
+    at_path,
+    discover,
+    text_config,
+)
 
 # -- the values -------------------------------------------------------------------------------------------
 
@@ -197,184 +200,14 @@ class Anatomy:
         return names + ("cross",) if len(names) == 2 else names
 
 
-# -- the knowledge, as data ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Style:
-    """Names in one family's modeling code. Paths are dotted, relative to a block unless said otherwise;
-    None: the family has no such part."""
-
-    layers: dict[str, str]  # stack -> path from the model's base (`model.base_model`) to its blocks
-    attn: str
-    q: str | None = "q_proj"
-    k: str | None = "k_proj"
-    v: str | None = "v_proj"
-    qkv: str | None = None  # a fused projection, with `layout`
-    layout: str = "concat"  # concat [q|k|v] | per-head (head, 3, d_head) | grouped (kv, group+2, d_head)
-    o: str = "self_attn.o_proj"  # relative to the block (BERT's sits outside the attention module)
-    attn_norm: str | None = "input_layernorm"
-    ffn_norm: str | None = "post_attention_layernorm"
-    attn_post_norm: str | None = None
-    ffn_post_norm: str | None = None
-    ffn: str = "mlp"  # the module whose forward input is the FFN input
-    up: str = "mlp.up_proj"
-    gate: str | None = "mlp.gate_proj"
-    gate_up: str | None = None  # fused [gate|up] (Phi-3)
-    down: str = "mlp.down_proj"
-    act: str = "mlp.act_fn"
-    q_norm: str | None = None
-    k_norm: str | None = None
-    qk_norm_per_head: bool = True
-    cross: str | None = None
-    cross_norm: str | None = None
-    cross_entry: str | None = None
-    placement: str = "pre"
-    parallel: bool = False
-    position: str = "rope"
-    final_norm: dict[str, str] = field(default_factory=dict)  # stack -> path from the base model
-    scale: str | None = None  # the attention module's attribute holding its scale (default `scaling`)
-
-
-# fmt: off
-LLAMA = Style(layers={"decoder": "layers"}, attn="self_attn", final_norm={"decoder": "norm"})
-BERT = Style(
-    layers={"encoder": "encoder.layer"}, attn="attention.self", q="query", k="key", v="value",
-    o="attention.output.dense", attn_norm=None, ffn_norm=None, ffn="intermediate",
-    up="intermediate.dense", gate=None, down="output.dense", act="intermediate.intermediate_act_fn",
-    placement="post", position="learned",
-)
-BART = Style(
-    layers={"encoder": "encoder.layers", "decoder": "decoder.layers"}, attn="self_attn",
-    o="self_attn.out_proj", attn_norm=None, ffn_norm=None, ffn="fc1", up="fc1", gate=None, down="fc2",
-    act="activation_fn", cross="encoder_attn", cross_entry="encoder_attn", placement="post",
-    position="learned",
-)
-FUSED = {"q": None, "k": None, "v": None}  # q, k and v in one matrix (`qkv`, with its `layout`)
-PLAIN_FFN = {"gate": None}  # act(x W_up + b) W_down
-STYLES: dict[str, Style] = {
-    "llama": LLAMA,
-    "mistral": LLAMA,
-    "qwen2": LLAMA,
-    "qwen3": replace(LLAMA, q_norm="self_attn.q_norm", k_norm="self_attn.k_norm"),
-    "olmo2": replace(
-        LLAMA, attn_norm=None, ffn_norm=None, attn_post_norm="post_attention_layernorm",
-        ffn_post_norm="post_feedforward_layernorm", q_norm="self_attn.q_norm", k_norm="self_attn.k_norm",
-        qk_norm_per_head=False, placement="post-out",
-    ),
-    "gemma3_text": replace(
-        LLAMA, ffn_norm="pre_feedforward_layernorm", attn_post_norm="post_attention_layernorm",
-        ffn_post_norm="post_feedforward_layernorm", q_norm="self_attn.q_norm", k_norm="self_attn.k_norm",
-        placement="sandwich",
-    ),
-    "phi3": replace(LLAMA, **FUSED, qkv="self_attn.qkv_proj", up="mlp.gate_up_proj", gate=None,
-                    gate_up="mlp.gate_up_proj", act="mlp.activation_fn"),
-    "gpt2": Style(
-        layers={"decoder": "h"}, attn="attn", **FUSED, qkv="attn.c_attn", o="attn.c_proj", attn_norm="ln_1",
-        ffn_norm="ln_2", up="mlp.c_fc", **PLAIN_FFN, down="mlp.c_proj", act="mlp.act", position="learned",
-        final_norm={"decoder": "ln_f"},
-    ),
-    # parallel or sequential: config.use_parallel_residual (see _adjust)
-    "gpt_neox": Style(
-        layers={"decoder": "layers"}, attn="attention", **FUSED, qkv="attention.query_key_value",
-        layout="per-head", o="attention.dense", up="mlp.dense_h_to_4h", **PLAIN_FFN, down="mlp.dense_4h_to_h",
-        act="mlp.act", final_norm={"decoder": "final_layer_norm"},
-    ),
-    "gptj": Style(
-        layers={"decoder": "h"}, attn="attn", o="attn.out_proj", attn_norm="ln_1", ffn_norm="ln_1",
-        up="mlp.fc_in", **PLAIN_FFN, down="mlp.fc_out", act="mlp.act", parallel=True,
-        final_norm={"decoder": "ln_f"},
-    ),
-    "phi": Style(
-        layers={"decoder": "layers"}, attn="self_attn", o="self_attn.dense", ffn_norm="input_layernorm",
-        up="mlp.fc1", **PLAIN_FFN, down="mlp.fc2", act="mlp.activation_fn", parallel=True,
-        q_norm="self_attn.q_layernorm", k_norm="self_attn.k_layernorm",
-        final_norm={"decoder": "final_layernorm"},
-    ),
-    # parallel or not, its norms, its fused layout and ALiBi or rotary: from the config (see _adjust)
-    "falcon": Style(
-        layers={"decoder": "h"}, attn="self_attention", **FUSED, qkv="self_attention.query_key_value",
-        layout="falcon", o="self_attention.dense", up="mlp.dense_h_to_4h", **PLAIN_FFN,
-        down="mlp.dense_4h_to_h", act="mlp.act", final_norm={"decoder": "ln_f"}, scale="inv_norm_factor",
-    ),
-    "bloom": Style(
-        layers={"decoder": "h"}, attn="self_attention", **FUSED, qkv="self_attention.query_key_value",
-        layout="per-head", o="self_attention.dense", up="mlp.dense_h_to_4h", **PLAIN_FFN,
-        down="mlp.dense_4h_to_h", act="mlp.gelu_impl", position="alibi", final_norm={"decoder": "ln_f"},
-        scale="inv_norm_factor",
-    ),
-    # do_layer_norm_before False (OPT-350m): post-norm (see _adjust)
-    "opt": Style(
-        layers={"decoder": "decoder.layers"}, attn="self_attn", o="self_attn.out_proj",
-        attn_norm="self_attn_layer_norm", ffn_norm="final_layer_norm", ffn="fc1", up="fc1", **PLAIN_FFN,
-        down="fc2", act="activation_fn", position="learned",
-        final_norm={"decoder": "decoder.final_layer_norm"},
-    ),
-    "bert": BERT,
-    "roberta": BERT,
-    "electra": BERT,
-    "albert": replace(BERT, layers={"encoder": "encoder.albert_layer_groups"}, attn="attention",
-                      o="attention.dense", ffn="ffn", up="ffn", down="ffn_output", act="activation"),
-    "distilbert": replace(BERT, layers={"encoder": "transformer.layer"}, attn="attention", q="q_lin",
-                          k="k_lin", v="v_lin", o="attention.out_lin", ffn="ffn", up="ffn.lin1",
-                          down="ffn.lin2", act="ffn.activation"),
-    "bart": BART,
-    "mbart": replace(
-        BART, attn_norm="self_attn_layer_norm", ffn_norm="final_layer_norm",
-        cross_norm="encoder_attn_layer_norm",
-        placement="pre", final_norm={"encoder": "encoder.layer_norm", "decoder": "decoder.layer_norm"},
-    ),
-    "marian": replace(BART, position="sinusoidal"),
-    "plbart": BART,
-    "t5": Style(
-        layers={"encoder": "encoder.block", "decoder": "decoder.block"}, attn="layer.0.SelfAttention",
-        q="q", k="k", v="v", o="layer.0.SelfAttention.o", attn_norm="layer.0.layer_norm",
-        ffn_norm="layer.-1.layer_norm", ffn="layer.-1.DenseReluDense", up="layer.-1.DenseReluDense.wi",
-        **PLAIN_FFN, down="layer.-1.DenseReluDense.wo", act="layer.-1.DenseReluDense.act",
-        cross="layer.1.EncDecAttention", cross_norm="layer.1.layer_norm", cross_entry="layer.1",
-        position="relative",
-        final_norm={"encoder": "encoder.final_layer_norm", "decoder": "decoder.final_layer_norm"},
-    ),
-}
-# fmt: on
-STYLES["mt5"] = STYLES["umt5"] = STYLES["t5"]
-STYLES["blenderbot"] = STYLES["mbart"]  # pre-norm BART-like encoder-decoders with a final norm per stack
-STYLES["pegasus"] = STYLES["m2m_100"] = replace(STYLES["mbart"], position="sinusoidal")
-STYLES["xlm-roberta"] = STYLES["camembert"] = STYLES["roberta"]
-STYLES["qwen2_moe"] = STYLES["qwen3_moe"] = STYLES["qwen3"]  # routing pages; their FFN is a mixture
-
-
 # -- finding the parts ------------------------------------------------------------------------------------
 
 
-def _get(root: Any, path: str | None) -> Any:
-    """The module at a dotted path ('layer.-1.DenseReluDense'); None for no path or a missing part."""
-    if path is None:
-        return None
-    found = root
-    for name in path.split("."):
-        if found is None:
-            return None
-        if name.lstrip("-").isdigit():
-            try:
-                found = found[int(name)]
-            except (IndexError, TypeError):
-                return None
-        else:
-            found = getattr(found, name, None)
-    return found
-
-
 def _need(root: Any, path: str, what: str, where: str) -> Any:
-    found = _get(root, path)
+    found = at_path(root, path)
     if found is None:
         raise UnsupportedModel(f"Could not find the {what} ({path!r}) in {where}.")
     return found
-
-
-def _text_config(model: Any) -> Any:
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def _first_int(module: Any, config: Any, names: tuple[str, ...]) -> int | None:
@@ -409,7 +242,7 @@ def _fused_rows(layout: str, n_heads: int, n_kv: int, d_head: int) -> tuple[torc
 
 
 def _attention(model: Any, style: Style, block: Any, where: str, cross: bool = False) -> Attention:
-    config = _text_config(model)
+    config = text_config(model)
     path = style.cross if cross else style.attn
     module = _need(block, path, "cross-attention" if cross else "attention module", where)
     n_heads = _first_int(
@@ -462,8 +295,8 @@ def _attention(model: Any, style: Style, block: Any, where: str, cross: bool = F
     scale = getattr(module, style.scale or "scaling", None)
     if not isinstance(scale, (int, float)):
         scale = d_head**-0.5
-    q_norm = None if cross else _get(block, style.q_norm)
-    k_norm = None if cross else _get(block, style.k_norm)
+    q_norm = None if cross else at_path(block, style.q_norm)
+    k_norm = None if cross else at_path(block, style.k_norm)
     per_head = style.qk_norm_per_head
     weight = getattr(q_norm, "weight", None)
     if isinstance(weight, torch.Tensor):  # its size says: one head's d_head (Qwen3) or every head's (OLMo 2)
@@ -473,7 +306,7 @@ def _attention(model: Any, style: Style, block: Any, where: str, cross: bool = F
 
 def _ffn(style: Style, block: Any, where: str) -> Ffn:
     entry = _need(block, style.ffn, "feed-forward network", where)
-    if _get(block, style.down or None) is None and _get(entry, "experts") is not None:  # Mixtral, OLMoE
+    if at_path(block, style.down or None) is None and at_path(entry, "experts") is not None:  # Mixtral, OLMoE
         return Ffn(entry, None, entry, None, experts=True)
     if not style.down:
         raise UnsupportedModel(f"Could not find the feed-forward down projection in {where}.")
@@ -485,149 +318,14 @@ def _ffn(style: Style, block: Any, where: str) -> Ffn:
         return Ffn(
             entry, Proj(fused, torch.arange(d_ff, 2 * d_ff)), down, act, Proj(fused, torch.arange(d_ff))
         )
-    t5_gated = _get(block, style.up + "_0") is not None  # T5 v1.1's gated-gelu: wi_0 (gate), wi_1 (up)
+    t5_gated = at_path(block, style.up + "_0") is not None  # T5 v1.1's gated-gelu: wi_0 (gate), wi_1 (up)
     if t5_gated:
-        return Ffn(entry, Proj(_get(block, style.up + "_1")), down, act, Proj(_get(block, style.up + "_0")))
-    up = Proj(_need(block, style.up, "feed-forward up projection", where))
-    gate = _get(block, style.gate)
-    return Ffn(entry, up, down, act, Proj(gate) if gate is not None else None)
-
-
-def _adjust(model_type: str, style: Style, config: Any) -> Style:
-    """The few choices a config makes inside one family's code."""
-    if model_type == "gpt_neox":
-        return replace(style, parallel=bool(config.use_parallel_residual))
-    if model_type == "falcon":
-        parallel = bool(config.parallel_attn or config.new_decoder_architecture)
-        two = config.new_decoder_architecture and getattr(config, "num_ln_in_parallel_attn", 2) == 2
-        return replace(
-            style, parallel=parallel, attn_norm="ln_attn" if two else "input_layernorm",
-            ffn_norm="ln_mlp" if two else ("input_layernorm" if parallel else "post_attention_layernorm"),
-            position="alibi" if config.alibi else "rope",
-        )  # fmt: skip
-    if model_type == "opt" and not config.do_layer_norm_before:
-        return replace(style, attn_norm=None, ffn_norm=None, placement="post")
-    if model_type == "distilbert" and getattr(config, "sinusoidal_pos_embds", False):
-        return replace(style, position="sinusoidal")
-    return style
-
-
-# Names tried, in order, for a model type that is not in STYLES (paths relative to one block).
-ATTENTIONS = ("self_attn", "attn", "attention", "self_attention")
-OUTPUTS = ("o_proj", "out_proj", "dense", "c_proj", "o")
-FUSED_QKV = ("qkv_proj", "Wqkv", "c_attn")  # [q | k | v] side by side
-FFNS = (  # (entry, up, gate, down, activation)
-    ("mlp", "mlp.up_proj", "mlp.gate_proj", "mlp.down_proj", "mlp.act_fn"),
-    ("mlp", "mlp.fc1", None, "mlp.fc2", "mlp.activation_fn"),
-    ("mlp", "mlp.c_fc", None, "mlp.c_proj", "mlp.act"),
-    ("mlp", "mlp.dense_h_to_4h", None, "mlp.dense_4h_to_h", "mlp.act"),
-    ("fc1", "fc1", None, "fc2", "activation_fn"),
-    ("ffn", "ffn.up_proj", None, "ffn.down_proj", "ffn.act"),
-    ("mlp", None, None, None, None),  # a mixture of experts (an `experts` list inside), or refused
-    ("block_sparse_moe", None, None, None, None),
-)
-NORMS = (("input_layernorm", "post_attention_layernorm"), ("self_attn_layer_norm", "final_layer_norm"),
-         ("ln_1", "ln_2"), ("norm1", "norm2"), ("norm_1", "norm_2"),
-         ("attention_layernorm", "feedforward_layernorm"))  # fmt: skip
-FINAL_NORMS = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f", "layer_norm")
-
-
-def _first_path(root: Any, names: tuple[str | None, ...]) -> str | None:
-    return next((n for n in names if n is not None and _get(root, n) is not None), None)
-
-
-def _discovered_position(base: Any, config: Any) -> str:
-    """The position scheme of a model found by `discover`, from what its base model holds."""
-    names = {type(m).__name__.lower() for m in base.modules()}
-    if any("rotary" in n for n in names):
-        return "rope"
-    if getattr(config, "alibi", False) or getattr(getattr(config, "attn_config", None), "alibi", False):
-        return "alibi"
-    if any("sinusoidal" in n for n in names):
-        return "sinusoidal"
-    if any(_get(base, n) is not None for n in ("wpe", "embed_positions", "position_embeddings")):
-        return "learned"
-    return "none"
-
-
-def discover(model: Any) -> Style:
-    """A style for a model type not in STYLES, from the common names of a block's parts (ATTENTIONS,
-    OUTPUTS, FFNS, NORMS) and where its norms are: input and post-attention norms (pre-norm); those plus
-    pre- and post-feed-forward norms (Gemma 2's sandwich); post-attention and post-feed-forward norms only
-    (post-out, as OLMo 2); one input norm for both (parallel, as Cohere, StableLM). A block's output is
-    checked against these sums where it matters (the Flow page). UnsupportedModel naming the first part
-    that is not there."""
-    base = getattr(model, "base_model", model)
-    config = _text_config(model)
-    model_type = getattr(config, "model_type", "?")
-    n = getattr(config, "num_hidden_layers", None)
-    lists = [(name, m) for name, m in base.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
-    layers = next((name for name, m in lists if n is None or len(m) == n), None)
-    if layers is None or getattr(config, "is_encoder_decoder", False):
-        raise UnsupportedModel(
-            f"{type(model).__name__} (model type {model_type!r}) is not one of the families described in "
-            "explorer/models/anatomy.py, and its blocks could not be found by the common names: add a Style."
+        return Ffn(
+            entry, Proj(at_path(block, style.up + "_1")), down, act, Proj(at_path(block, style.up + "_0"))
         )
-    block = _get(base, layers)[0]
-    where = f"{type(block).__name__} (model type {model_type!r})"
-    attn = _first_path(block, ATTENTIONS)
-    if attn is None:
-        raise UnsupportedModel(f"Could not find the attention module of {where} by the common names.")
-    style = replace(LLAMA, layers={"decoder": layers}, attn=attn, final_norm={})
-    has = lambda name: _get(block, name) is not None  # noqa: E731
-    fused = _first_path(block, tuple(f"{attn}.{q}" for q in FUSED_QKV))
-    if fused is not None:
-        style = replace(style, **FUSED, qkv=fused)
-    o = _first_path(block, tuple(f"{attn}.{name}" for name in OUTPUTS))
-    style = replace(style, o=o or f"{attn}.o_proj")
-    ffn = next((f for f in FFNS if has(f[0]) and (f[1] is None or has(f[1]))), None)
-    if ffn is None:
-        raise UnsupportedModel(f"Could not find the feed-forward network of {where} by the common names.")
-    entry, up, gate, down, act = ffn
-    if _get(block, f"{entry}.gate_up_proj") is not None:
-        up, gate = f"{entry}.gate_up_proj", None
-        style = replace(style, gate_up=up)
-    act = _first_path(
-        block, (act, f"{entry}.act_fn", f"{entry}.activation_fn", f"{entry}.act", "activation_fn")
-    )
-    style = replace(
-        style, ffn=entry, up=up or "", gate=_first_path(block, (gate,)), down=down or "", act=act or ""
-    )
-    if _get(block, f"{attn}.q_norm") is not None:
-        style = replace(style, q_norm=f"{attn}.q_norm", k_norm=f"{attn}.k_norm")
-    elif _get(block, f"{attn}.q_layernorm") is not None:
-        style = replace(style, q_norm=f"{attn}.q_layernorm", k_norm=f"{attn}.k_layernorm")
-    if has("pre_feedforward_layernorm") and has("post_feedforward_layernorm"):
-        style = replace(
-            style, attn_norm="input_layernorm", attn_post_norm="post_attention_layernorm",
-            ffn_norm="pre_feedforward_layernorm", ffn_post_norm="post_feedforward_layernorm",
-            placement="sandwich",
-        )  # fmt: skip
-    elif not has("input_layernorm") and has("post_attention_layernorm") and has("post_feedforward_layernorm"):
-        style = replace(
-            style, attn_norm=None, ffn_norm=None, attn_post_norm="post_attention_layernorm",
-            ffn_post_norm="post_feedforward_layernorm", placement="post-out",
-        )  # fmt: skip
-    else:
-        pair = next((p for p in NORMS if has(p[0])), None)
-        if pair is None:
-            raise UnsupportedModel(
-                f"Could not find the norm before the attention of {where} by common names."
-            )
-        second = pair[1] if has(pair[1]) else None
-        style = replace(style, attn_norm=pair[0], ffn_norm=second or pair[0], parallel=second is None)
-    style = replace(style, position=_discovered_position(base, config))
-    parent = layers.rpartition(".")[0]
-    holder = _get(base, parent) if parent else base
-    final = _first_path(holder, FINAL_NORMS)
-    if final is not None:
-        style = replace(style, final_norm={"decoder": f"{parent}.{final}" if parent else final})
-    return style
-
-
-# Rotary on neighbouring pairs (x_2i, x_2i+1) instead of halves (x_i, x_i+d/2); GPT-J rotates its first
-# config.rotary_dim dimensions only.
-INTERLEAVED_ROTARY = {"gptj", "cohere", "cohere2"}
+    up = Proj(_need(block, style.up, "feed-forward up projection", where))
+    gate = at_path(block, style.gate)
+    return Ffn(entry, up, down, act, Proj(gate) if gate is not None else None)
 
 
 def _position(style: Style, model_type: str, config: Any, attn: Attention) -> tuple[str, int | None, bool]:
@@ -648,7 +346,7 @@ def _position(style: Style, model_type: str, config: Any, attn: Attention) -> tu
 
 def build(model: Any) -> Anatomy:
     """The anatomy of `model` (see the module docstring); UnsupportedModel naming a part not found."""
-    config = _text_config(model)
+    config = text_config(model)
     model_type = getattr(config, "model_type", "?")
     base = getattr(model, "base_model", model)
     if model_type == "deberta" or model_type == "deberta-v2":
@@ -661,7 +359,7 @@ def build(model: Any) -> Anatomy:
     name = model_type if style is not None else "discovered"
     if style is None:
         style = discover(model)
-    style = _adjust(model_type, style, config)
+    style = adjust(model_type, style, config)
     stacks: dict[str, Stack] = {}
     for stack, path in style.layers.items():
         layers = _need(base, path, f"{stack} blocks", type(model).__name__)
@@ -678,28 +376,28 @@ def build(model: Any) -> Anatomy:
             cross = _attention(model, style, block, where, cross=True) if is_dec else None
             attn = _attention(model, style, block, where)
             ffn = _ffn(style, block, where)
-            attn_post = _get(block, style.attn_post_norm)
-            ffn_post = _get(block, style.ffn_post_norm)
+            attn_post = at_path(block, style.attn_post_norm)
+            ffn_post = at_path(block, style.ffn_post_norm)
             found.append(
                 Block(
                     module=block,
                     index=i,
                     attn=attn,
                     ffn=ffn,
-                    attn_norm=_get(block, style.attn_norm),
-                    ffn_norm=_get(block, style.ffn_norm),
+                    attn_norm=at_path(block, style.attn_norm),
+                    ffn_norm=at_path(block, style.ffn_norm),
                     attn_out=attn_post if attn_post is not None else attn.o,
                     ffn_out=ffn_post if ffn_post is not None else ffn.down,
                     attn_post_norm=attn_post,
                     ffn_post_norm=ffn_post,
                     cross=cross,
-                    cross_norm=_get(block, style.cross_norm) if cross else None,
+                    cross_norm=at_path(block, style.cross_norm) if cross else None,
                     cross_out=cross.o if cross else None,
-                    cross_entry=_get(block, style.cross_entry) if cross else None,
+                    cross_entry=at_path(block, style.cross_entry) if cross else None,
                 )
             )
         causal = stack == "decoder" and not getattr(config, "use_bidirectional_attention", False)
-        final = _get(base, style.final_norm.get(stack))
+        final = at_path(base, style.final_norm.get(stack))
         stacks[stack] = Stack(stack, tuple(found), causal, final, shared)
     if not stacks or not any(s.blocks for s in stacks.values()):
         raise UnsupportedModel(f"{type(model).__name__} has no transformer blocks that could be found.")
