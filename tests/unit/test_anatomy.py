@@ -4,6 +4,9 @@ updates it names add up to each block's output; hooks leave the model as it was)
 
 from __future__ import annotations
 
+import threading
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -99,3 +102,92 @@ def test_a_shared_block_is_hooked_per_layer(tiny_loaded):
     out = hooked.run(loaded, hooked.inputs(model, IDS), hooks, output_hidden_states=True)
     for i in range(len(blocks)):
         torch.testing.assert_close(seen[i], out.hidden_states[i][0])
+
+
+class _Attention(torch.nn.Module):
+    """A made-up family's attention: fused `Wqkv` [q | k | v], output `out`, causal."""
+
+    def __init__(self, d: int, heads: int, seen: dict):
+        super().__init__()
+        self.Wqkv, self.out = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.num_heads, self.head_dim, self.scaling, self.seen = heads, d // heads, (d // heads) ** -0.5, seen
+
+    def forward(self, hidden_states):
+        n, d = hidden_states.shape[1], hidden_states.shape[2]
+        q, k, v = (
+            t.view(1, n, self.num_heads, -1).transpose(1, 2) for t in self.Wqkv(hidden_states).split(d, -1)
+        )
+        scores = (q @ k.transpose(-1, -2)) * self.scaling
+        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        self.seen[id(self)] = a = scores.softmax(-1)  # (1, head, q, k)
+        return self.out((a @ v).transpose(1, 2).reshape(1, n, d))
+
+
+class _Ffn(torch.nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.w1, self.w2, self.act = torch.nn.Linear(d, 2 * d), torch.nn.Linear(2 * d, d), torch.nn.GELU()
+
+    def forward(self, x):
+        return self.w2(self.act(self.w1(x)))
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, d: int, seen: dict):
+        super().__init__()
+        self.norm1, self.norm2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.attn = _Attention(d, 4, seen)
+        self.ff = _Ffn(d)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.ff(self.norm2(x))
+
+
+class _MyModel(torch.nn.Module):
+    """The README's example family ("Adding a family"), small enough to write here."""
+
+    def __init__(self, seen: dict, d: int = 32, vocab: int = 40):
+        super().__init__()
+        self.config = SimpleNamespace(model_type="mymodel", num_hidden_layers=2, is_encoder_decoder=False)
+        self.embed = torch.nn.Embedding(vocab, d)
+        self.blocks = torch.nn.ModuleList(_Block(d, seen) for _ in range(2))
+        self.norm_f, self.lm_head = torch.nn.LayerNorm(d), torch.nn.Linear(d, vocab)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.embed(input_ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.norm_f(x))
+
+
+def test_adding_a_family_is_the_readme_s_few_lines(monkeypatch):
+    from explorer.models.styles import FUSED, PLAIN_FFN, STYLES, Style
+
+    seen: dict = {}
+    model = _MyModel(seen).eval()
+    with pytest.raises(anatomy.UnsupportedModel, match="feed-forward network"):  # no common name for `ff`
+        anatomy.build(model)
+    monkeypatch.setitem(STYLES, "mymodel", Style(  # the README's lines
+        layers={"decoder": "blocks"}, attn="attn", **FUSED, qkv="attn.Wqkv", layout="concat", o="attn.out",
+        attn_norm="norm1", ffn_norm="norm2", ffn="ff", up="ff.w1", **PLAIN_FFN, down="ff.w2", act="ff.act",
+        final_norm={"decoder": "norm_f"},
+    ))  # fmt: skip
+    a = anatomy.build(model)
+    assert a.style == "mymodel" and a.stacks["decoder"].final_norm is model.norm_f
+    kept: dict = {}
+    hooks = [hooked.keep(kept, i, b.attn.o, "pre") for i, b in enumerate(a.blocks("decoder"))]
+    hooks += [hooked.keep(kept, ("x", i), b.attn.module, "pre") for i, b in enumerate(a.blocks("decoder"))]
+    loaded = SimpleNamespace(model=model, lock=threading.RLock())
+    hooked.run(loaded, {"input_ids": torch.tensor([IDS])}, hooks)
+    for i, b in enumerate(a.blocks("decoder")):
+        att = b.attn
+        v = att.v(kept[("x", i)].float()).view(len(IDS), att.n_heads, att.d_head).transpose(0, 1)
+        expected = (seen[id(att.module)][0] @ v).transpose(0, 1).reshape(len(IDS), -1)
+        torch.testing.assert_close(kept[i], expected, atol=1e-5, rtol=1e-4)
