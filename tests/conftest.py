@@ -218,6 +218,15 @@ ARCHITECTURES = (
 )  # fmt: skip
 
 
+def load_as_folder(model, folder: Path):
+    """`model` and the tiny tokenizer saved like a user's folder, loaded back through explorer.loading."""
+    from explorer.models.loading import LoadRequest, load_model
+
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return load_model(LoadRequest("folder", str(folder)))
+
+
 def save_tiny(kind: str, folder: Path) -> Path:
     import torch
     import transformers as tf

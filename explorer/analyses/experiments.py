@@ -25,6 +25,7 @@ import torch
 from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError
 from explorer.models import anatomy, devices
+from explorer.models.styles import text_config
 from explorer.runs import hooked
 
 if TYPE_CHECKING:  # the loaded model's type, for annotations only
@@ -181,7 +182,7 @@ def _repeat(inputs: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tenso
 def batch_size(model: Any, probe: Probe, free_bytes: int | None = None) -> int:
     """Rows per batch: what one row's activations need (eager attention maps included), within a
     quarter of the free memory and at most MAX_BATCH."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cfg = text_config(model)
     d_model = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None) or cfg.n_embd)
     n = sum(int(v.shape[1]) for k, v in probe.inputs.items() if k != "attention_mask")
     heads = n_heads(model, probe.stack)

@@ -43,7 +43,7 @@ class FfnCapture:
 
 def ffn_stack(model: Any) -> str:
     """The stack this page reads: the decoder when there is one (it reads the text shifted right)."""
-    return anatomy.of(model).stack_names[-1]
+    return anatomy.of(model).output_stack
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -116,42 +116,15 @@ def out_vectors(model: Any, stack: str, layer: int, neurons: list[int]) -> torch
     return anatomy.of(model).blocks(stack)[layer].ffn.out_vectors(neurons)
 
 
-def _norm_scale(norm: Any) -> tuple[torch.Tensor, str]:
-    """gamma (d_model,) of a final norm y = gamma * normalize(x) (+ beta), read from what it computes: run
-    on a vector with mean 0 and RMS 1, both LayerNorm and RMSNorm return gamma * x (+ beta), so the
-    difference of its outputs on s x and -s x is 2 gamma x; the weight is then matched to gamma or to
-    1 + gamma (Gemma stores gamma - 1). A shift of the input changes nothing for LayerNorm only."""
-    weight = getattr(norm, "weight", None)
-    if not isinstance(weight, torch.Tensor):
-        raise UnsupportedModel(f"The final norm {type(norm).__name__} has no scale weight to read.")
-    w = weight.detach().float().cpu()  # (d_model,)
-    x = torch.ones_like(w)
-    x[1::2] = -1
-    x = x - x.mean()
-    x = x / x.pow(2).mean().sqrt()  # mean 0, RMS 1, no zero entry
-    s = 8.0  # large enough that the norm's epsilon is negligible
-    probe = torch.stack([s * x, -s * x, s * x + s]).to(weight.device, weight.dtype)
-    with torch.no_grad():
-        y = norm.forward(probe).float().cpu()  # forward, not __call__: hooks of another user's run stay out
-    gamma = (y[0] - y[1]) / (2 * x)
-    for found, kept in ((w, "weight"), (1.0 + w, "1 + weight")):
-        if (gamma - found).abs().max() <= 1e-2 * (1.0 + found.abs().max()):
-            centered = (y[2] - y[0]).abs().max() <= 1e-3 * (1.0 + y[0].abs().max())
-            kind = "LayerNorm" if centered else "RMSNorm"
-            return found, f"final {kind} scale" + (f" ({kept})" if kept != "weight" else "")
-    raise UnsupportedModel(
-        f"The final norm {type(norm).__name__} does not compute weight * normalize(x) or (1 + weight) * "
-        "normalize(x): its scale is not read here."
-    )
-
-
 def final_norm_scale(model: Any) -> tuple[torch.Tensor | None, str]:
     """The decoder's final norm scale gamma (d_model,) and its name; (None, "") when the stack read here
     ends without a norm (post-norm models: every block ends in its own)."""
     norm = anatomy.of(model).stacks[ffn_stack(model)].final_norm
     if norm is None:
         return None, ""
-    return _norm_scale(norm)
+    found = anatomy.norm_of(norm)
+    name = f"final {'LayerNorm' if found.centred else 'RMSNorm'} scale"
+    return found.gain, name + (" (1 + weight)" if found.one_plus else "")
 
 
 def can_unembed(model: Any, stack: str | None = None) -> bool:
@@ -159,7 +132,7 @@ def can_unembed(model: Any, stack: str | None = None) -> bool:
     outputs can be read as next-token logits. Encoders are not: their masked-LM head transforms a vector
     (dense, activation, LayerNorm) before its unembedding, and it predicts masked tokens, not next ones."""
     found = anatomy.of(model)
-    name = stack or found.stack_names[-1]
+    name = stack or found.output_stack
     return found.unembed is not None and name == "decoder" and found.stacks[name].causal
 
 

@@ -211,7 +211,7 @@ def _normalized(prox: torch.Tensor) -> torch.Tensor:
 def flow_stack(model: Any) -> str:
     """The stack whose routes the page draws: the decoder when there is one. UnsupportedModel for a model
     the anatomy cannot describe."""
-    return anatomy.of(model).stack_names[-1]
+    return anatomy.of(model).output_stack
 
 
 def sublayer_names(model: Any) -> tuple[str, ...]:
@@ -234,21 +234,16 @@ def head_terms(att: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 def post_scale(norm: Any, o: torch.Tensor) -> torch.Tensor:
     """An RMSNorm on a sub-layer's output o (..., d_model) as one scale per position: norm(o) = o * scale,
-    scale = r * g with r = 1/sqrt(mean(o^2) + eps) from each position's whole o. The gain g (d_model,) comes
-    from the norm's own forward on a vector of ones (g / sqrt(1 + eps)): Gemma's 1 + weight and OLMo 2's
-    weight alike."""
-    eps = next((float(getattr(norm, n)) for n in ("eps", "variance_epsilon") if hasattr(norm, n)), None)
-    if eps is None:
+    scale = r * g with r = 1/sqrt(mean(o^2) + eps) from each position's whole o, and g the norm's gain as
+    its own forward computes it (`anatomy.norm_of`): Gemma's 1 + weight and OLMo 2's weight alike."""
+    found = anatomy.norm_of(norm)
+    if found.centred or found.eps is None:
         raise UnsupportedModel(
-            f"The norm on a sub-layer's output ({type(norm).__name__}) keeps no eps: it is not an RMSNorm "
-            "that these pages can apply to each term."
+            f"The norm on a sub-layer's output ({type(norm).__name__}) is not an RMSNorm with a known eps: "
+            "it is not a scale per position that these pages can apply to each term."
         )
-    with torch.no_grad():
-        ones = torch.ones(1, o.shape[-1], device=norm.weight.device)
-        # forward, not __call__: the probe is no input of the model's, for anyone's hooks
-        g = norm.forward(ones).float()[0] * (1.0 + eps) ** 0.5  # (d_model,)
-    r = torch.rsqrt(o.float().pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
-    return r * g.to(o.device)
+    r = torch.rsqrt(o.float().pow(2).mean(-1, keepdim=True) + found.eps)  # (..., 1)
+    return r * found.gain.to(o.device)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch
 from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError
 from explorer.models import anatomy
+from explorer.models.styles import FINAL_NORMS
 from explorer.runs.capture import Capture
 
-FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm", "norm_f")
 LENS_MAX_POSITIONS = 32
 LENS_TOP = 5
 
@@ -52,10 +52,10 @@ def final_norm(model):
     except anatomy.UnsupportedModel:
         found = None
     if found is not None:
-        return found.stacks[found.stack_names[-1]].final_norm
+        return found.stacks[found.output_stack].final_norm
     base = model.base_model
     for holder in (base, getattr(base, "decoder", None)):
-        for name in FINAL_NORM_NAMES:
+        for name in FINAL_NORMS:
             module = getattr(holder, name, None) if holder is not None else None
             if isinstance(module, torch.nn.Module):
                 return module

@@ -27,6 +27,7 @@ import torch
 from explorer.analyses.tokens import display_tokens
 from explorer.models import anatomy
 from explorer.models.anatomy import UnsupportedModel
+from explorer.models.styles import text_config
 from explorer.runs import hooked
 
 if TYPE_CHECKING:  # the loaded model's type, for annotations only
@@ -169,34 +170,20 @@ def _heads(y: torch.Tensor, d_head: int) -> torch.Tensor:
 
 def norm_kind(norm: Any) -> str:
     """layer (LayerNorm: mean removed, bias), rms (x / rms(x) * gamma), or rms1p (Gemma: its weight stores
-    gamma - 1, starting at zero)."""
-    if isinstance(norm, torch.nn.LayerNorm) or getattr(norm, "bias", None) is not None:
-        return "layer"
-    return "rms1p" if "Gemma" in type(norm).__name__ else "rms"
+    gamma - 1, starting at zero), as the norm itself computes (anatomy.norm_of)."""
+    return anatomy.norm_of(norm).kind
 
 
 def apply_norm(x: torch.Tensor, norm: Any) -> torch.Tensor:
     """`norm` over the last dimension of x, from its weights, in float32."""
-    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None) or 1e-6
-    kind = norm_kind(norm)
-    weight = norm.weight.detach().float().to(x.device)
-    if kind == "layer":
-        bias = norm.bias.detach().float().to(x.device) if norm.bias is not None else None
-        return torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps)
-    gamma = 1.0 + weight if kind == "rms1p" else weight
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gamma
-
-
-def _config(model: Any) -> Any:
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
+    return anatomy.norm_of(norm)(x)
 
 
 def _layer_type(model: Any, layer: int) -> str | None:
     """Gemma 3's 'sliding_attention' or 'full_attention' (each type has its own rotary frequencies)."""
     a = anatomy.of(model)
     found = getattr(a.blocks(a.stack_names[0])[layer].attn.module, "layer_type", None)
-    types = getattr(_config(model), "layer_types", None)
+    types = getattr(text_config(model), "layer_types", None)
     return found or (types[layer] if types else None)
 
 
@@ -336,7 +323,7 @@ def sliding_window(model: Any, layer: int, stack: str) -> int | None:
     if hasattr(module, "sliding_window"):
         window = module.sliding_window
     else:
-        window = getattr(_config(model), "sliding_window", None)
+        window = getattr(text_config(model), "sliding_window", None)
     return int(window) if window else None
 
 

@@ -176,6 +176,11 @@ class Anatomy:
     def stack_names(self) -> tuple[str, ...]:
         return tuple(self.stacks)
 
+    @property
+    def output_stack(self) -> str:
+        """The stack whose output the model's head reads: the decoder when there is one."""
+        return self.stack_names[-1]
+
     def blocks(self, stack: str) -> tuple[Block, ...]:
         if stack not in self.stacks:
             raise InputError(f"This model has no {stack} stack (it has: {', '.join(self.stacks)}).")
@@ -414,6 +419,70 @@ def build(model: Any) -> Anatomy:
         rotary_dim=rotary_dim,
         rotary_interleaved=interleaved,
         unembed=get_head() if get_head is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class Norm:
+    """What a norm module computes, y = gain * normalize(x) (+ bias), read from its own forward (`norm_of`),
+    so that no page guesses it from a class name: normalize takes out the mean and divides by the standard
+    deviation (LayerNorm, `centred`) or divides by the root mean square (RMSNorm); `gain` is its weight, or
+    1 + weight where the model stores gamma - 1 (Gemma)."""
+
+    module: Any
+    centred: bool
+    one_plus: bool
+    gain: torch.Tensor  # (d,) float32
+    bias: torch.Tensor | None  # (d,) float32
+    eps: float | None  # None: the module keeps none under a known name
+
+    @property
+    def kind(self) -> str:
+        """layer | rms | rms1p (an RMSNorm whose weight stores gamma - 1)."""
+        return "layer" if self.centred else ("rms1p" if self.one_plus else "rms")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm over the last dimension of x, from the weights, in float32."""
+        eps = 1e-6 if self.eps is None else self.eps
+        gain = self.gain.to(x.device)
+        if self.centred:
+            bias = None if self.bias is None else self.bias.to(x.device)
+            return torch.nn.functional.layer_norm(x, x.shape[-1:], gain, bias, eps)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain
+
+
+def norm_of(module: Any) -> Norm:
+    """What `module` computes (see Norm), from its forward on three probes: with x of mean 0 and RMS 1,
+    LayerNorm and RMSNorm both return gain * x (+ bias), so the outputs on s x and -s x differ by
+    2 gain x; the weight is matched to the gain or to 1 + gain; a shift of the input changes nothing for
+    LayerNorm only. UnsupportedModel for a norm that is neither."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise UnsupportedModel(f"The norm {type(module).__name__} has no scale weight to read.")
+    w = weight.detach().float().cpu()  # (d,)
+    x = torch.ones_like(w)
+    x[1::2] = -1
+    x = x - x.mean()
+    x = x / x.pow(2).mean().sqrt()  # mean 0, RMS 1, no zero entry
+    s = 8.0  # large enough that the norm's epsilon is negligible
+    probe = torch.stack([s * x, -s * x, s * x + s]).to(weight.device, weight.dtype)
+    with torch.no_grad():
+        y = module.forward(probe).float().cpu()  # forward, not __call__: no one's hooks see the probe
+    gain = (y[0] - y[1]) / (2 * x)
+    eps = next((float(getattr(module, n)) for n in ("eps", "variance_epsilon") if hasattr(module, n)), None)
+    bias = getattr(module, "bias", None)
+    bias = bias.detach().float().cpu() if isinstance(bias, torch.Tensor) else None
+    # the two readings differ by exactly 1 in every element: take the closer one on average (a large weight,
+    # as in Gemma's norms, puts a bound on the largest error above 1), then check that it fits
+    off = {one_plus: float((gain - (w + one_plus)).abs().mean()) for one_plus in (False, True)}
+    one_plus = off[True] < off[False]
+    found = w + 1.0 if one_plus else w
+    if (gain - found).abs().max() <= 1e-2 * (1.0 + found.abs().max()) and off[one_plus] < 0.25:
+        centred = bool((y[2] - y[0]).abs().max() <= 1e-3 * (1.0 + y[0].abs().max()))
+        return Norm(module, centred, one_plus, found, bias, eps)
+    raise UnsupportedModel(
+        f"The norm {type(module).__name__} does not compute weight * normalize(x) or (1 + weight) * "
+        "normalize(x): these pages do not apply it."
     )
 
 

@@ -221,7 +221,7 @@ FFNS = (  # (entry, up, gate, down, activation)
 NORMS = (("input_layernorm", "post_attention_layernorm"), ("self_attn_layer_norm", "final_layer_norm"),
          ("ln_1", "ln_2"), ("norm1", "norm2"), ("norm_1", "norm_2"),
          ("attention_layernorm", "feedforward_layernorm"))  # fmt: skip
-FINAL_NORMS = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f", "layer_norm")
+FINAL_NORMS = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f", "final_norm", "layer_norm")
 
 
 def _first_path(root: Any, names: tuple[str | None, ...]) -> str | None:

@@ -46,10 +46,10 @@ def _pre(hooks: list[Hook], calls: dict[int, int]):
         x = args[0] if args else kwargs.get("hidden_states")
         changed = False
         for h in hooks:
-            if h.call is None or h.call == n:
-                y = h.fn(x)
-                if y is not None:
-                    x, changed = y, True
+            if h.call is not None and h.call != n:
+                continue
+            if (y := h.fn(x)) is not None:
+                x, changed = y, True
         if not changed:
             return None
         if args:
@@ -66,12 +66,12 @@ def _post(hooks: list[Hook], calls: dict[int, int]):
         y = output[0] if isinstance(output, tuple) else output
         changed = False
         for h in hooks:
-            if h.whole and (h.call is None or h.call == n):
+            if h.call is not None and h.call != n:
+                continue
+            if h.whole:  # reads every element of the output; replaces nothing
                 h.fn(output)
-            elif h.call is None or h.call == n:
-                z = h.fn(y)
-                if z is not None:
-                    y, changed = z, True
+            elif (z := h.fn(y)) is not None:
+                y, changed = z, True
         if not changed:
             return None
         return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y

@@ -10,9 +10,8 @@ import torch
 
 from explorer.analyses import experiments, ffn, flow, scratch
 from explorer.models import anatomy
-from explorer.models.loading import LoadRequest, load_model
 from explorer.runs import hooked
-from tests.conftest import MOE_KINDS, no_hooks, tiny_moe, tiny_tokenizer
+from tests.conftest import MOE_KINDS, load_as_folder, no_hooks, tiny_moe
 
 TEXT = "the cat sat on the mat because it was tired"
 
@@ -24,10 +23,7 @@ def moe(tmp_path_factory):
 
     def get(kind: str):
         if kind not in made:
-            folder = tmp_path_factory.mktemp(kind)
-            tiny_moe(kind).model.save_pretrained(folder)
-            tiny_tokenizer().save_pretrained(folder)
-            made[kind] = load_model(LoadRequest("folder", str(folder)))
+            made[kind] = load_as_folder(tiny_moe(kind).model, tmp_path_factory.mktemp(kind))
         return made[kind]
 
     return get

@@ -16,8 +16,14 @@ import transformers as tf
 
 from explorer.analyses import scratch
 from explorer.models import anatomy
-from explorer.models.loading import LoadRequest, load_model
-from tests.conftest import ARCHITECTURES, FAMILIES, MODEL_CLASSES, VOCAB, tiny_config, tiny_tokenizer
+from tests.conftest import (
+    ARCHITECTURES,
+    FAMILIES,
+    MODEL_CLASSES,
+    VOCAB,
+    load_as_folder,
+    tiny_config,
+)
 
 # 18 tokens: longer than the sliding windows of the tiny Mistral and Gemma 3 (4 tokens)
 TEXT = "the cat sat on the mat because it was tired and then the dog ran to the park"
@@ -65,10 +71,7 @@ def sharp(tmp_path_factory):
                         p.mul_(6.0)
                     else:  # biases and norm weights: away from their zero / one start
                         p.add_(torch.randn_like(p) * 0.3)
-            folder = tmp_path_factory.mktemp(f"sharp-{name}")
-            model.save_pretrained(folder)
-            tiny_tokenizer().save_pretrained(folder)
-            made[name] = load_model(LoadRequest("folder", str(folder)))
+            made[name] = load_as_folder(model, tmp_path_factory.mktemp(f"sharp-{name}"))
         return made[name]
 
     return get
