@@ -63,6 +63,7 @@ GEN_STEPS = "generate_steps"
 GEN_HEAD = "generate_head"
 GEN_MESSAGE = "generate_message"  # why the last action was refused, shown once
 LENS_POSITIONS = "lens_positions"
+LENS_FOR = "lens_for"  # the model and token ids the logit lens's positions were chosen on
 # the Flow and Experiments pages' keys that links carry (the pages hold their other keys)
 FLOW_POSITION = "flow_position"
 FLOW_THRESHOLD = "flow_threshold"
@@ -128,6 +129,18 @@ def store() -> CaptureStore:
 
 def default_request() -> LoadRequest:
     return LoadRequest("embedded", zoo.DEFAULT_MODEL)
+
+
+def preload() -> None:
+    """Loads the default model and runs it once on a short text (a model's first forward pass costs several
+    times the next ones); `serve.py` calls it in a thread as the server starts, so the first visitor finds
+    the model loaded, or loading, instead of starting the load. A failure is left for that visitor's own
+    load to report."""
+    try:
+        loaded = registry().load(default_request())
+        capture(loaded, "Hello, world.")
+    except (LoadError, InputError):
+        pass
 
 
 def current_request() -> LoadRequest | None:

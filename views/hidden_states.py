@@ -4,13 +4,32 @@ what each layer would predict (logit lens)."""
 import streamlit as st
 
 from explorer import session
-from explorer.analyses.hidden import LENS_MAX_POSITIONS, consecutive_cosine, logit_lens, norms
+from explorer.analyses.hidden import (
+    LENS_FIRST,
+    LENS_MAX_POSITIONS,
+    Lens,
+    consecutive_cosine,
+    logit_lens,
+    norms,
+)
 from explorer.errors import InputError
 from explorer.figures.attention import layer_position_heatmap, logit_lens_figure
 from explorer.web.display import md
 from views.common import capture_page, kept, share
 
 VIEWS = ["Norms", "Change per layer", "Logit lens"]
+
+
+def lens_at(loaded, cap, positions: list[int]) -> Lens:
+    """The logit lens at `positions`, computing only the positions not yet computed for this capture:
+    the columns are kept with it, so adding a position runs that one alone."""
+    done = session.figure(cap, "logit lens columns", dict)  # position -> its one-column Lens
+    missing = [p for p in positions if p not in done]
+    if missing:
+        with session.model_turn(loaded, "the logit lens"), st.spinner("Unembedding every layer …"):
+            found = logit_lens(loaded, cap, missing)
+        done.update({p: found.at([p]) for p in missing})
+    return Lens.join([done[p] for p in positions])
 
 
 def stacks(cap) -> list[tuple[str, object]]:
@@ -71,10 +90,11 @@ def main() -> None:
         )
     else:
         n = len(cap.sequence)
-        default = list(range(max(0, n - 12), n))
-        st.session_state.setdefault(session.LENS_POSITIONS, default)
-        chosen = [p for p in st.session_state[session.LENS_POSITIONS] if p < n]
-        st.session_state[session.LENS_POSITIONS] = chosen or default
+        default = list(range(max(0, n - LENS_FIRST), n))
+        # Positions chosen for another text (or model) do not carry over: a new text opens on its last ones.
+        if st.session_state.get(session.LENS_FOR) != (cap.model_name, cap.sequence.ids):
+            st.session_state[session.LENS_FOR] = (cap.model_name, cap.sequence.ids)
+            st.session_state[session.LENS_POSITIONS] = default
         positions = kept(
             "multiselect",
             f"Positions (at most {LENS_MAX_POSITIONS})",
@@ -86,8 +106,7 @@ def main() -> None:
         )
 
         def lens_figure():
-            with session.model_turn(loaded, "the logit lens"), st.spinner("Unembedding every layer …"):
-                lens = logit_lens(loaded, cap, sorted(positions))
+            lens = lens_at(loaded, cap, sorted(positions))
             return logit_lens_figure(lens.top_probs, lens.top_tokens, cap.sequence.tokens, lens.positions)
 
         try:  # kept with the capture: coming back to these positions runs nothing

@@ -19,6 +19,7 @@ from explorer.models.styles import FINAL_NORMS
 from explorer.runs.capture import Capture
 
 LENS_MAX_POSITIONS = 32
+LENS_FIRST = 8  # positions the logit lens opens on: the last ones, ending with the model's prediction
 LENS_TOP = 5
 
 
@@ -36,12 +37,38 @@ def consecutive_cosine(hidden: np.ndarray) -> np.ndarray:
     return (dot / np.maximum(den, 1e-30)).astype(np.float32)
 
 
+LENS_ROWS = 128  # hidden states unembedded at once: Gemma's 262k-word logits of 128 rows take 134 MB
+
+
 @dataclass(frozen=True)
 class Lens:
     positions: tuple[int, ...]
     top_ids: np.ndarray  # [layer+1, pos, top]
     top_probs: np.ndarray  # [layer+1, pos, top]
     top_tokens: tuple[tuple[tuple[str, ...], ...], ...]  # [layer+1][pos][top]
+
+    def at(self, positions: list[int]) -> Lens:
+        """These positions' columns (each must be in `self.positions`), in the order given."""
+        cols = [self.positions.index(p) for p in positions]
+        return Lens(
+            tuple(positions),
+            self.top_ids[:, cols],
+            self.top_probs[:, cols],
+            tuple(tuple(row[c] for c in cols) for row in self.top_tokens),
+        )
+
+    @staticmethod
+    def join(parts: list[Lens]) -> Lens:
+        """The columns of `parts` side by side."""
+        return Lens(
+            tuple(p for part in parts for p in part.positions),
+            np.concatenate([part.top_ids for part in parts], axis=1),
+            np.concatenate([part.top_probs for part in parts], axis=1),
+            tuple(
+                tuple(cell for part in parts for cell in part.top_tokens[layer])
+                for layer in range(parts[0].top_ids.shape[0])
+            ),
+        )
 
 
 def final_norm(model):
@@ -80,21 +107,25 @@ def logit_lens(loaded, cap: Capture, positions: list[int], top: int = LENS_TOP) 
     norm = final_norm(model)
     cap_value = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     n_states = cap.hidden_states.shape[0]
-    ids = np.zeros((n_states, len(positions), top), dtype=np.int64)
-    probs = np.zeros((n_states, len(positions), top), dtype=np.float32)
-    device = head.weight.device
+    ids = torch.zeros(n_states * len(positions), top, dtype=torch.int64)
+    probs = torch.zeros(n_states * len(positions), top)
+    # Every layer and position in one batch, in row chunks: the unembedding, the largest matrix of a small
+    # model, is read once per chunk instead of once per layer (three times faster on Gemma 3).
     with loaded.lock, torch.inference_mode():
-        for layer in range(n_states):
-            h = torch.from_numpy(cap.hidden_states[layer, positions]).to(device, head.weight.dtype)
-            if norm is not None and layer < n_states - 1:  # the last entry is already normed
-                h = norm(h)
-            logits = head(h).float()
+        h = torch.from_numpy(cap.hidden_states[:, positions]).to(head.weight.device, head.weight.dtype)
+        if norm is not None:  # the last entry is already normed
+            h = torch.cat([norm(h[:-1]), h[-1:]])
+        rows = h.reshape(-1, h.shape[-1])
+        for start in range(0, len(rows), LENS_ROWS):
+            logits = head(rows[start : start + LENS_ROWS]).float()
             if cap_value:
                 logits = torch.tanh(logits / cap_value) * cap_value
-            p = torch.softmax(logits, dim=-1)
-            values, index = p.topk(top, dim=-1)
-            ids[layer], probs[layer] = index.cpu().numpy(), values.cpu().numpy()
-    words = display_tokens(loaded.tokenizer, ids.reshape(-1).tolist())
-    shaped = np.array(words, dtype=object).reshape(ids.shape)
+            values, index = logits.topk(top, dim=-1)
+            probs[start : start + LENS_ROWS] = (values - logits.logsumexp(-1, keepdim=True)).exp().cpu()
+            ids[start : start + LENS_ROWS] = index.cpu()
+    ids_np = ids.numpy().reshape(n_states, len(positions), top)
+    probs_np = probs.numpy().reshape(n_states, len(positions), top)
+    words = display_tokens(loaded.tokenizer, ids_np.reshape(-1).tolist())
+    shaped = np.array(words, dtype=object).reshape(ids_np.shape)
     tokens = tuple(tuple(tuple(str(t) for t in cell) for cell in row) for row in shaped)
-    return Lens(tuple(positions), ids, probs, tokens)
+    return Lens(tuple(positions), ids_np, probs_np, tokens)

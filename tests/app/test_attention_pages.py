@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from explorer import session
+from explorer.analyses.hidden import LENS_FIRST
 from tests.app.helpers import app, charts, load_folder, numbers, run
 
 ATTENTION = "views/attention.py"
@@ -137,11 +138,28 @@ def test_hidden_states_page(kind, tiny_dir):
 
 
 def test_logit_lens_on_a_decoder(tiny_dir):
-    at = open_page("llama", tiny_dir, page=HIDDEN)
+    at = open_page("llama", tiny_dir, page=HIDDEN, text="the cat sat")
     lens = charts(view(at, "Logit lens", session.HIDDEN_VIEW))[0]
-    n = len(TEXT.split())
-    assert heatmap_shape(lens) == (2 + 1, n)  # embeddings + 2 layers, every position (fewer than 12)
-    assert len(lens["data"][0]["text"][0]) == n
+    assert heatmap_shape(lens) == (2 + 1, 3)  # embeddings + 2 layers, every position of a short text
+    assert len(lens["data"][0]["text"][0]) == 3
+
+
+def test_the_logit_lens_opens_on_the_last_positions_of_each_new_text(tiny_dir):
+    at = open_page("llama", tiny_dir, page=HIDDEN)
+    view(at, "Logit lens", session.HIDDEN_VIEW)
+    n = len(at.session_state[session.LENS_FOR][1])
+    assert n > LENS_FIRST
+    assert at.session_state[session.LENS_POSITIONS] == list(
+        range(n - LENS_FIRST, n)
+    )  # the last: the next token
+    at.session_state[session.LENS_POSITIONS] = [0, 1]
+    run(at)
+    assert heatmap_shape(charts(at)[0]) == (3, 2)
+    at.text_area(key=f"{session.TEXT}_box").set_value("a much longer text than the one before it, " * 2)
+    run(at)
+    m = len(at.session_state[session.LENS_FOR][1])
+    assert at.session_state[session.LENS_POSITIONS] == list(range(m - LENS_FIRST, m))
+    assert heatmap_shape(charts(at)[0]) == (3, LENS_FIRST)
 
 
 def test_the_text_and_the_view_survive_a_visit_to_another_page(tiny_dir):
