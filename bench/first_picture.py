@@ -1,0 +1,110 @@
+"""The first picture: from starting the server to the first attention heatmap drawn in Chromium.
+
+Two servers, started in turns (ROUNDS each, the machine is shared, so the median of each):
+
+- app: the command `make run` ends with, on the default model (caches warm: the model converted once);
+  the browser opens the Attention page as soon as the server answers its health check, and the clock
+  stops when the heatmap of layer 0, head 0 is drawn;
+- bare: a Streamlit app of a few lines that draws one Plotly heatmap, started and timed the same way.
+
+`ratio` = app / bare (goal: at most 1.5). Prints one JSON object on its last line.
+Run: `make bench` or `.venv/bin/python bench/first_picture.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.sessions import DONE, free_port  # noqa: E402
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
+ROUNDS = 3
+BARE = """
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+z = np.random.default_rng(0).random((12, 12))
+st.plotly_chart(go.Figure(go.Heatmap(z=z), layout={"title": {"text": "layer 0, head 0"}}))
+"""
+
+
+def serve_command(port: int) -> list[str]:
+    """What `make run` runs once the setup is done (see the Makefile's `run`)."""
+    out = subprocess.run(
+        ["make", "-s", "--no-print-directory", "serve-command", f"PORT={port}"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.split()
+
+
+def first_picture(browser, command: list[str], port: int, path: str, title: str) -> float:
+    """Seconds from starting `command` to the heatmap titled `title` drawn at `path`."""
+    env = {**os.environ, "STREAMLIT_SERVER_HEADLESS": "true", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = started + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                if time.perf_counter() > deadline:
+                    raise SystemExit(f"{command} did not start") from None
+                time.sleep(0.05)
+        context = browser.new_context(viewport={"width": 1400, "height": 1100})
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{port}{path}", wait_until="commit")
+        page.get_by_test_id("stPlotlyChart").filter(has_text=title).first.wait_for(timeout=300_000)
+        page.wait_for_selector(DONE, timeout=300_000)
+        elapsed = time.perf_counter() - started
+        context.close()
+        return elapsed
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    app, bare = [], []
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        script = Path(tmp) / "bare.py"
+        script.write_text(BARE)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for _ in range(ROUNDS):
+            port = free_port()
+            app.append(first_picture(browser, serve_command(port), port, "/attention", "layer 0, head 0"))
+            port = free_port()
+            command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port)]
+            bare.append(first_picture(browser, command, port, "/", "layer 0, head 0"))
+        browser.close()
+    result = {
+        "app_s": round(statistics.median(app), 2),
+        "bare_s": round(statistics.median(bare), 2),
+        "app_runs_s": [round(t, 2) for t in app],
+        "bare_runs_s": [round(t, 2) for t in bare],
+    }
+    result["ratio"] = round(result["app_s"] / result["bare_s"], 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
