@@ -1,0 +1,222 @@
+"""Every page's answer time: a new text typed on each page, for each embedded model, in Chromium.
+
+Starts the app as `make run` does and drives Debian's Chromium. For each embedded model and each page with
+a text box, the page is opened (a new session; the model is already loaded) and drawn, then a new text is
+typed and sent with Ctrl+Enter; the clock runs from the key to the page drawn again: the script done, no
+spinner, every Plotly chart drawn. The Model and Positions pages have no text: the clock runs from a click
+on the page's name in the Attention page's sidebar to the page drawn. A page with no text box for a model
+(Generate on an encoder) is left out. "hidden_states/lens" is the Hidden states page on its
+logit-lens view (decoders only).
+
+Beside it, the same text's forward pass, timed in this process on the same weights (median of 5), so that
+each page's time reads as a ratio: `page_s / forward_s`. `excess_s` is what the page takes beyond one forward
+pass. Pages do more than one forward pass where they must (a logit lens unembeds every layer, Flow splits
+every block, Generate runs the first step); the goal is every page within 1 s of the work it really needs.
+
+Prints one JSON object on its last line: {"pages": [{"model", "page", "page_s", "forward_s", "ratio",
+"excess_s", "error"}...], "slowest": ...}.
+Run: `make bench` or `.venv/bin/python bench/pages.py [--models NAME ...] [--pages PATH ...]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.first_picture import serve_command  # noqa: E402
+from bench.sessions import DONE, free_port  # noqa: E402
+from explorer.models import zoo  # noqa: E402
+from explorer.models.loading import LoadRequest, load_model  # noqa: E402
+from explorer.runs import hooked  # noqa: E402
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
+# url path -> the query the page needs beyond the model ("" : the page as it opens)
+PAGES = {
+    "": "",  # Model
+    "attention": "",
+    "hidden_states": "",
+    "hidden_states/lens": "hidden=Logit+lens",
+    "generate": "",
+    "from_scratch": "",
+    "positions": "",
+    "tokens": "",
+    "ffn": "",
+    "flow": "",
+    "tasks": "",
+    "experiments": "",
+}
+NO_TEXT = {"", "positions"}
+SIDEBAR_NAME = {"": "Model", "positions": "Positions"}
+SENTENCE = (
+    "The old lighthouse keeper climbed the stairs every night to light the lamp for the ships near the "
+    "rocky coast of"
+)
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]  # fmt: skip
+
+# In the page: the moments the script state turns running and then back to notRunning, after `arm()`.
+ARM = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  window.__bench = {running: null, done: null};
+  if (window.__benchObserver) window.__benchObserver.disconnect();
+  window.__benchObserver = new MutationObserver(() => {
+    const state = app.getAttribute('data-test-script-state');
+    if (state === 'running' && window.__bench.running === null) window.__bench.running = performance.now();
+    if (state === 'notRunning' && window.__bench.running !== null && window.__bench.done === null)
+      window.__bench.done = performance.now();
+  });
+  window.__benchObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+DRAWN = """() => {
+  if (window.__bench.done === null) return false;
+  if (document.querySelector('[data-testid="stSpinner"], [data-testid="stSkeleton"]')) return false;
+  for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
+    if (!c.querySelector('.main-svg')) return false;
+  return true;
+}"""
+READY = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+  if (document.querySelector('[data-testid="stSpinner"], [data-testid="stSkeleton"]')) return false;
+  for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
+    if (!c.querySelector('.main-svg')) return false;
+  return true;
+}"""
+
+
+def new_text(model: str, index: int) -> str:
+    """A text no page has seen (nothing cached), of about 25 tokens; dates for the date normalizer."""
+    if model == "date-normalizer":
+        return f"{index + 2} {MONTHS[index % 12]} {1990 + index}"
+    return f"{SENTENCE} page {index}"
+
+
+def forward_s(loaded, text: str, repeats: int = 5) -> float:
+    """Median seconds of one forward pass of `text` (what every page runs at least once)."""
+    ids = hooked.encode(loaded.model, loaded.tokenizer, text)
+    kwargs = {**hooked.inputs(loaded.model, ids), **hooked.options(loaded.model)}
+    times = []
+    with torch.inference_mode():
+        loaded.model(**kwargs)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            loaded.model(**kwargs)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def settle(page, timeout: float = 600_000) -> None:
+    page.wait_for_selector(DONE, timeout=timeout)
+    page.wait_for_function(READY, timeout=timeout, polling=50)
+
+
+def time_text(page, text: str, timeout: float = 600_000) -> float:
+    """Seconds from Ctrl+Enter with `text` in the page's first text box to the page drawn again."""
+    box = page.locator('[data-testid="stMain"] textarea').first
+    box.fill(text)
+    page.evaluate(ARM)
+    started = page.evaluate("performance.now()")
+    box.press("Control+Enter")
+    page.wait_for_function(DRAWN, timeout=timeout, polling=50)
+    return (page.evaluate("performance.now()") - started) / 1000
+
+
+def time_open(page, name: str, timeout: float = 600_000) -> float:
+    """Seconds from a click on the page `name` in the sidebar to the page drawn."""
+    page.evaluate(ARM)
+    started = page.evaluate("performance.now()")
+    page.get_by_test_id("stSidebarNav").get_by_text(name, exact=True).click()
+    page.wait_for_function(DRAWN, timeout=timeout, polling=50)
+    return (page.evaluate("performance.now()") - started) / 1000
+
+
+def error_text(page) -> str | None:
+    found = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+    return found.first.inner_text()[:200] if found.count() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="*", default=list(zoo.ZOO))
+    parser.add_argument("--pages", nargs="*", default=list(PAGES))
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    env = {**os.environ, "STREAMLIT_SERVER_HEADLESS": "true", "TOKENIZERS_PARALLELISM": "false"}
+    server = subprocess.Popen(
+        serve_command(port), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    raise SystemExit("the app did not start") from None
+                time.sleep(0.2)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            for model in args.models:
+                loaded = load_model(LoadRequest("embedded", model))
+                decoder = loaded.card.family == "decoder"
+                for index, path in enumerate(args.pages):
+                    if path == "hidden_states/lens" and not decoder:
+                        continue
+                    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+                    page = context.new_page()
+                    url_path, _, _ = path.partition("/")
+                    query = "&".join(q for q in (f"model={model}", PAGES[path]) if q)
+                    text = new_text(model, index)
+                    row = {"model": model, "page": path or "model"}
+                    if path in NO_TEXT:  # opened from the sidebar of a page that has drawn a chart
+                        page.goto(f"{base}/attention?{query}")
+                        settle(page)
+                        row["page_s"] = round(time_open(page, SIDEBAR_NAME[path]), 3)
+                    else:
+                        page.goto(f"{base}/{url_path}?{query}")
+                        settle(page)
+                        if not page.locator('[data-testid="stMain"] textarea').count():
+                            context.close()  # the page has nothing to type for this model
+                            continue
+                        row["page_s"] = round(time_text(page, text), 3)
+                    row["forward_s"] = round(forward_s(loaded, text), 4)
+                    row["ratio"] = round(row["page_s"] / row["forward_s"], 1)
+                    row["excess_s"] = round(row["page_s"] - row["forward_s"], 3)
+                    row["error"] = error_text(page)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    rows.append(row)
+                    context.close()
+                del loaded
+            browser.close()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    slowest = sorted(rows, key=lambda r: -r["excess_s"])[:5]
+    print(json.dumps({
+        "pages": rows,
+        "slowest": [f"{r['model']} {r['page']}: {r['page_s']} s" for r in slowest],
+        "over_1s_beyond_one_forward": sum(r["excess_s"] > 1 for r in rows),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
