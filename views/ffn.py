@@ -12,15 +12,16 @@ from explorer.errors import InputError
 from explorer.figures.learn import bars, stacked_shares
 from explorer.models import anatomy
 from explorer.web.display import md
-from views.common import model_or_stop, or_stop, share
+from views.common import kept, model_or_stop, or_stop, share
 
 TEXT = "ffn_text"
 LAYER = "ffn_layer"
 POSITION = "ffn_position"
 TOP_K = "ffn_top_k"
 THROUGH_NORM = "ffn_through_norm"
+SEEN = "ffn_seen"  # the (model, text) the token choice was made on
 CACHE = "ffn_capture"  # ((request, text, layer), FfnCapture) of this user's last run
-DEFAULT_TEXT = "The Eiffel Tower is in the city of Paris"
+DEFAULT_TEXT = "The Eiffel Tower is in the city of"  # the last token is the one that predicts " Paris"
 MAX_TOKENS = 512
 
 st.title("FFN memory: how LLMs store facts")
@@ -38,10 +39,10 @@ or_stop(parts.blocks(ffn.ffn_stack(loaded.model))[0].ffn.dense)  # a mixture of 
 text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=80)
 stack = ffn.ffn_stack(loaded.model)
 n_layers = parts.n_layers(stack)
-if st.session_state.get(LAYER, 0) >= n_layers:
-    st.session_state.pop(LAYER)
 cols = st.columns([1, 2, 1])
-layer = cols[0].selectbox("Layer", list(range(n_layers)), index=n_layers // 2, key=LAYER)
+# kept(): the choices are checked against what this model and text offer (a stale or mangled one is
+# replaced, never compared as it is)
+layer = kept("selectbox", "Layer", LAYER, n_layers // 2, cols[0], options=list(range(n_layers)))
 key = (loaded.request, text, layer)  # one layer's FFN input per user
 cached = st.session_state.get(CACHE)
 if cached is not None and cached[0] == key:
@@ -55,10 +56,11 @@ else:
         st.stop()
     st.session_state[CACHE] = (key, cap)
 
-if st.session_state.get(POSITION, 0) >= len(cap.ids):
-    st.session_state.pop(POSITION)
-position = cols[1].selectbox(
-    "Token", list(range(len(cap.ids))), index=len(cap.ids) - 1, key=POSITION,
+if st.session_state.get(SEEN) != (loaded.request, text):  # a new text or model: its last token first
+    st.session_state[SEEN] = (loaded.request, text)
+    st.session_state[POSITION] = len(cap.ids) - 1
+position = kept(
+    "selectbox", "Token", POSITION, len(cap.ids) - 1, cols[1], options=list(range(len(cap.ids))),
     format_func=lambda i: f"{i}: {cap.tokens[i]}",
 )  # fmt: skip
 k = cols[2].slider("Neurons", 5, 30, 10, key=TOP_K)
