@@ -109,9 +109,11 @@ with left:
     )
 with right:
     st.plotly_chart(
+        # The scale runs from 0 (white) to the tolerance, or to the largest difference when that is more:
+        # a map that matches to the last bit is white, not one solid colour.
         heatmap(
             abs(walk.computed - walk.model_map), "|from scratch − model|", tokens, keys, "query", "key",
-            "Reds", False,
+            "Reds", False, zrange=(0.0, max(walk.tolerance, walk.max_abs_diff)),
         ),
         key="scratch-diff",
     )  # fmt: skip

@@ -3,25 +3,21 @@ from arrays and token strings to Plotly figures. Token strings are text: escaped
 
 from __future__ import annotations
 
-from html import escape
 from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
+from explorer.web.display import plotly_text
+
 INK = "#0f172a"
-
-
-def _plain(text: str) -> str:
-    """Text for a Plotly label, which reads HTML: <, > and & escaped (quotes kept as they are)."""
-    return escape(text, quote=False)
 
 
 def _labels(labels: Sequence[str] | None, n: int) -> tuple[list[int], list[str]]:
     """Numeric positions with text ticks: repeated tokens would collapse on a categorical axis."""
     if labels is None:
         return list(range(n)), [str(i) for i in range(n)]
-    return list(range(n)), [f"{escape(t)} ·{i}" for i, t in enumerate(labels)]
+    return list(range(n)), [f"{plotly_text(t)} ·{i}" for i, t in enumerate(labels)]
 
 
 def heatmap(
@@ -35,10 +31,11 @@ def heatmap(
     symmetric: bool = True,
     height: int | None = None,
     x_values: Sequence[float] | None = None,
+    zrange: tuple[float, float] | None = None,
 ) -> go.Figure:
     """A (rows, cols) heatmap; `rows`/`cols` are token strings (None: numbered dimensions). NaN cells
-    (masked positions) stay blank. `symmetric` centres a diverging scale on zero. `x_values` puts the
-    columns on a numeric axis instead (relative distances)."""
+    (masked positions) stay blank. `symmetric` centres a diverging scale on zero; `zrange` fixes the colour
+    scale's ends instead. `x_values` puts the columns on a numeric axis instead (relative distances)."""
     values = np.asarray(values, dtype=np.float32)
     n_rows, n_cols = values.shape
     # Token axes are categories named "token ·position" (unique, so repeated tokens keep their own row);
@@ -50,10 +47,12 @@ def heatmap(
     finite = values[np.isfinite(values)]
     bound = float(np.abs(finite).max()) if finite.size else 1.0
     extra = dict(zmid=0.0, zmin=-bound, zmax=bound) if symmetric else {}
+    if zrange is not None:
+        extra = dict(zmin=zrange[0], zmax=zrange[1])
     fig = go.Figure(
         go.Heatmap(
             z=values, x=x, y=y, colorscale=colorscale,
-            hovertemplate=f"{escape(row_title)} %{{y}}<br>{escape(col_title)} %{{x}}"
+            hovertemplate=f"{plotly_text(row_title)} %{{y}}<br>{plotly_text(col_title)} %{{x}}"
             "<br>%{z:.5g}<extra></extra>",
             **extra,
         )
@@ -66,7 +65,7 @@ def heatmap(
     if height is None:
         height = int(min(900, max(260, 120 + 16 * n_rows)))
     fig.update_layout(
-        title=dict(text=_plain(title), x=0.01), height=height, margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(text=plotly_text(title), x=0.01), height=height, margin=dict(l=10, r=10, t=40, b=10),
         plot_bgcolor="white",
     )  # fmt: skip
     return fig
@@ -77,9 +76,9 @@ def lines(
 ) -> go.Figure:
     fig = go.Figure()
     for name, y in series.items():
-        fig.add_trace(go.Scatter(x=np.asarray(x), y=np.asarray(y), mode="lines", name=_plain(name)))
+        fig.add_trace(go.Scatter(x=np.asarray(x), y=np.asarray(y), mode="lines", name=plotly_text(name)))
     fig.update_layout(
-        title=dict(text=_plain(title), x=0.01), height=height, margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(text=plotly_text(title), x=0.01), height=height, margin=dict(l=10, r=10, t=40, b=10),
         xaxis_title=x_title, yaxis_title=y_title, plot_bgcolor="white",
     )  # fmt: skip
     return fig
@@ -91,13 +90,13 @@ def bars(
     """Horizontal bars, first label at the top; `hover` is plain text per bar (escaped here)."""
     fig = go.Figure(
         go.Bar(
-            x=list(values)[::-1], y=[escape(s) for s in labels][::-1], orientation="h",
+            x=list(values)[::-1], y=[plotly_text(s) for s in labels][::-1], orientation="h",
             marker_color=["#16a34a" if v >= 0 else "#dc2626" for v in list(values)[::-1]],
-            hovertext=[escape(h) for h in hover][::-1], hoverinfo="text",
+            hovertext=[plotly_text(h) for h in hover][::-1], hoverinfo="text",
         )
     )  # fmt: skip
     fig.update_layout(
-        title=dict(text=_plain(title), x=0.01), height=120 + 24 * len(labels),
+        title=dict(text=plotly_text(title), x=0.01), height=120 + 24 * len(labels),
         margin=dict(l=10, r=10, t=40, b=10), xaxis_title=x_title, plot_bgcolor="white",
     )  # fmt: skip
     return fig
@@ -117,7 +116,7 @@ def stacked_shares(attn: np.ndarray, ffn: np.ndarray, title: str) -> go.Figure:
             )
         )  # fmt: skip
     fig.update_layout(
-        barmode="stack", title=dict(text=_plain(title), x=0.01), height=360,
+        barmode="stack", title=dict(text=plotly_text(title), x=0.01), height=360,
         margin=dict(l=10, r=10, t=40, b=10), xaxis_title="layer",
         yaxis=dict(title="share of the update", tickformat=".0%"), plot_bgcolor="white",
     )  # fmt: skip
