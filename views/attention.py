@@ -12,6 +12,7 @@ from explorer.analyses.attention import (
     mean_over_heads,
     rollout,
     top_attended,
+    uniform_entropy,
 )
 from explorer.errors import InputError
 from explorer.figures.attention import (
@@ -234,9 +235,24 @@ def head_stats(s: AttentionSet) -> None:
         key="stats_map",
     )
     if name == "entropy":
-        st.caption(
-            f"For reference: uniform attention over {len(s.keys)} keys has {np.log2(len(s.keys)):.2f} bits."
-        )
+        n_q, n_k = len(s.queries), len(s.keys)
+        if not s.causal:
+            st.caption(f"For reference: uniform attention over all {n_k} keys has {np.log2(n_k):.2f} bits.")
+        else:
+            refs = {w: uniform_entropy(n_q, n_k, True, w) for w in dict.fromkeys(s.windows)}
+            text = (
+                "; ".join(
+                    f"{f'{w}-token sliding-window layers' if w else 'full layers'} {bits:.2f} bits"
+                    for w, bits in refs.items()
+                )
+                if len(set(refs.values())) > 1
+                else f"{next(iter(refs.values())):.2f} bits"
+            )
+            st.caption(
+                "For reference: attention spread evenly over the keys each query may read (under the "
+                "causal mask query i reads the i + 1 keys up to itself), averaged over the queries: "
+                f"{text}."
+            )
 
 
 def bertviz_views(cap: Capture, layer: int) -> None:

@@ -47,6 +47,19 @@ def head_statistics(maps: np.ndarray, name: str) -> np.ndarray:
     raise KeyError(f"Unknown statistic {name!r}; known: {', '.join(STATISTICS)}")
 
 
+def uniform_entropy(n_q: int, n_k: int, causal: bool, window: int | None = None) -> float:
+    """The entropy statistic's reference: the mean entropy, in bits, of attention spread evenly over the
+    keys each query may read. Without a mask that is all n_k keys; under a causal mask query i (the queries
+    being the last n_q of the n_k positions) reads the keys up to itself, at most `window` of them under a
+    sliding window."""
+    if not causal:
+        return float(np.log2(n_k))
+    seen = np.arange(n_k - n_q + 1, n_k + 1)
+    if window:
+        seen = np.minimum(seen, window)
+    return float(np.log2(seen).mean())
+
+
 def mean_over_heads(maps: np.ndarray) -> np.ndarray:
     """[layer, head, q, k] -> [layer, q, k]."""
     return maps.mean(axis=1)

@@ -70,6 +70,10 @@ def test_every_attention_view_on_a_single_stack(kind, tiny_dir):
     at.radio(key=f"{session.ATTN_STAT}_box").set_value("entropy")
     values = np.array(numbers(charts(run(at))[0]["data"][0]["z"]))
     assert (values >= 0).all() and (values <= np.log2(n) + 1e-5).all()
+    reference = [c.value for c in at.caption if c.value.startswith("For reference")][0]
+    # the causal mask leaves query i its i + 1 keys: the mean of log2(1..n), not log2(n)
+    expected = np.log2(np.arange(1, n + 1)).mean() if kind != "bert" else np.log2(n)
+    assert f"{expected:.2f} bits" in reference
 
     view(at, "bertviz")
     frames = at.get("iframe")

@@ -15,7 +15,7 @@ import torch
 from explorer.analyses import attention as A
 from explorer.analyses.hidden import consecutive_cosine, logit_lens, norms
 from explorer.analyses.tokens import BYTE_LEVEL, SENTENCEPIECE, WORDPIECE, readable
-from explorer.figures.attention import grid_image, heads_grid, token_heatmap
+from explorer.figures.attention import grid_image, heads_grid, logit_lens_figure, token_heatmap
 from explorer.models.loading import LoadRequest, load_model
 from explorer.runs.capture import AttentionSet, Sequence, capture
 from explorer.web.bertviz_view import bertviz_html, numbers_json, script_json
@@ -44,6 +44,17 @@ def test_statistics_of_known_maps():
     assert A.head_statistics(uniform, "first")[0, 0] == pytest.approx(1 / n)
     with pytest.raises(ValueError):
         A.head_statistics(np.full((1, 1, 2, 3), 1 / 3), "previous")
+
+
+def test_the_uniform_entropy_reference_counts_the_keys_each_query_may_read():
+    assert A.uniform_entropy(4, 4, causal=False) == pytest.approx(2.0)
+    assert A.uniform_entropy(4, 4, causal=True) == pytest.approx(np.mean(np.log2([1, 2, 3, 4])))
+    assert A.uniform_entropy(4, 4, causal=True, window=2) == pytest.approx(np.mean(np.log2([1, 2, 2, 2])))
+    # the reference is the entropy statistic of that very map: uniform rows under the mask
+    n = 7
+    causal = np.tril(np.ones((n, n), dtype=np.float64))
+    maps = (causal / causal.sum(-1, keepdims=True))[None, None]
+    assert A.head_statistics(maps, "entropy")[0, 0] == pytest.approx(A.uniform_entropy(n, n, causal=True))
 
 
 def test_rollout_of_identity_attention_is_the_identity():
@@ -102,6 +113,18 @@ def test_grid_image_colours_each_map_and_enlarges_short_ones():
     cell = image[33:63, 0:30]  # layer 1, head 0: 10 x 10 pixels per token pair
     top_colour, bright = cell[0, 0], cell[25, 15]
     assert not np.array_equal(top_colour, bright)
+
+
+def test_token_text_reaches_plotly_escaped_once_titles_included():
+    tokens = ['"hello"', "</s>", "a&b"]
+    fig = token_heatmap(causal_uniform(3), tokens, tokens, "What “</s>” attends to")
+    assert fig.layout.title.text == "What “&lt;/s&gt;” attends to"  # not read as a closing tag
+    assert '"hello"' in fig.layout.xaxis.ticktext[0]  # Plotly shows &quot; as it is: quotes stay
+    assert fig.layout.xaxis.ticktext[1:] == ("&lt;/s&gt;", "a&amp;b")
+    lens = logit_lens_figure(
+        np.full((2, 1, 2), 0.5, dtype=np.float32), ((('"x"', "<y>"),), (("z", "w"),)), tokens, (0,)
+    )
+    assert lens.data[0].text[0][0] == '"x"'
 
 
 def test_heatmap_labels_are_escaped_and_unique():
