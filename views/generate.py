@@ -168,9 +168,11 @@ def controls(stepper: Stepper, settings: Settings, text_box) -> None:
         10,
         c2,
         min_value=1,
-        max_value=MAX_RUN,
         label_visibility="collapsed",
     )
+    if n > MAX_RUN:  # no max_value on the box: past it the browser shows a red mark and no reason
+        c2.warning(f"At most {MAX_RUN} steps per run ({int(n):,} asked for).")
+        n = MAX_RUN
     if c2.button(f"Run {n} steps", disabled=bool(stepper.finished)):
         bar = st.progress(0.0, text="Generating …")
         for i in range(int(n)):

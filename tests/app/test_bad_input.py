@@ -125,6 +125,16 @@ def test_zero_or_negative_step_counts():
         assert done.returncode == 1 and "--steps must be 1 or more" in done.stderr and done.stdout == ""
 
 
+def test_too_many_steps_say_the_limit():
+    at = app()
+    at.switch_page(GENERATE)
+    run(at)
+    at.number_input(key=f"{session.GEN_STEPS}_box").set_value(100000)
+    run(at)
+    assert "At most 256 steps per run (100,000 asked for)" in at.main.warning[0].value
+    assert any(b.label == "Run 256 steps" for b in at.button)
+
+
 def test_an_encoder_decoder_without_a_target_reads_its_own_output(tiny_dir):
     at = attention_page(tiny_dir("t5"))
     at.text_area(key=f"{session.TARGET}_box").input("")
