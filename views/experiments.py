@@ -1,6 +1,5 @@
 """The Experiments page: knock out heads, patch activations, compare two models, see expert routing."""
 
-from html import escape
 
 import numpy as np
 import pandas as pd
@@ -312,7 +311,7 @@ def comparison() -> None:
         head = kept("selectbox", f"Head of {name}", f"{CMP_HEAD}_{i}", 0, col, options=list(range(s.n_heads)))
         col.plotly_chart(
             token_heatmap(s.maps[layer, head], s.queries.tokens, s.keys.tokens,
-                          f"{escape(name)}: layer {layer}, head {head}"),
+                          f"{name}: layer {layer}, head {head}"),
             key=f"exp-compare-attn-{i}",
         )  # fmt: skip
 

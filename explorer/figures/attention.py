@@ -1,15 +1,14 @@
 """Plotly figures of attention: one map large, every head as a grid of thumbnails, layer x head
 statistics. Pure functions from arrays and token lists to figures.
 
-Token strings reach Plotly escaped (`html.escape`): Plotly renders a subset of HTML in tick labels and
-hover text, and a token is text.
+Token strings and titles reach Plotly escaped (`plotly_text`): Plotly renders a subset of HTML in titles,
+tick labels and hover text, and a token is text.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from html import escape
 from typing import Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from explorer.analyses.attention import pool_max
+from explorer.web.display import plotly_text
 
 COLORSCALE = "Viridis"
 LABEL_LIMIT = 80  # above this many tokens, axis labels are thinned by Plotly
@@ -27,13 +27,15 @@ GRID_GAP = 3
 
 def labels(tokens: Sequence[str]) -> list[str]:
     """Unique, escaped category labels `i·token` (Plotly merges equal categories)."""
-    return [f"{i}·{escape(t)}" for i, t in enumerate(tokens)]
+    return [f"{i}·{plotly_text(t)}" for i, t in enumerate(tokens)]
 
 
 def _axis(tokens: Sequence[str], cats: list[str], title: str) -> dict:
     axis = dict(title=title, type="category", categoryorder="array", categoryarray=cats)
     if len(tokens) <= LABEL_LIMIT:  # every token, without its index, when they fit
-        axis.update(tickmode="array", tickvals=cats, ticktext=[escape(t) for t in tokens], tickfont_size=11)
+        axis.update(
+            tickmode="array", tickvals=cats, ticktext=[plotly_text(t) for t in tokens], tickfont_size=11
+        )
     return axis
 
 
@@ -51,8 +53,8 @@ def token_heatmap(
     both tokens and the exact value. `window`: draw the edge of a sliding window. Offsets: the
     positions of the first query and key shown (for a window of a long text)."""
     n_q, n_k = z.shape
-    qcats = [f"{q_offset + i}·{escape(t)}" for i, t in enumerate(queries)]
-    kcats = [f"{k_offset + i}·{escape(t)}" for i, t in enumerate(keys)]
+    qcats = [f"{q_offset + i}·{plotly_text(t)}" for i, t in enumerate(queries)]
+    kcats = [f"{k_offset + i}·{plotly_text(t)}" for i, t in enumerate(keys)]
     fig = go.Figure(
         go.Heatmap(
             z=np.asarray(z, dtype=np.float32),
@@ -67,7 +69,7 @@ def token_heatmap(
     )
     side = int(min(900, max(480, 16 * max(n_q, n_k) + 160)))
     fig.update_layout(
-        title=dict(text=title, font_size=15, y=0.995, yanchor="top"),
+        title=dict(text=plotly_text(title), font_size=15, y=0.995, yanchor="top"),
         xaxis=dict(_axis(keys, kcats, "key (attended to)"), side="top", tickangle=-60),
         yaxis=dict(_axis(queries, qcats, "query (attending)"), autorange="reversed"),
         width=side + 120,
@@ -103,7 +105,7 @@ def layer_head_heatmap(
     """A [layer, head] matrix: one cell per head, value written in the cell when there is room."""
     n_layers, n_heads = values.shape
     layer_cats = [
-        f"L{i}" + (f" {escape(layer_notes[i])}" if layer_notes and layer_notes[i] else "")
+        f"L{i}" + (f" {plotly_text(layer_notes[i])}" if layer_notes and layer_notes[i] else "")
         for i in range(n_layers)
     ]
     text = None
@@ -124,7 +126,7 @@ def layer_head_heatmap(
             hovertemplate=f"layer %{{y}}, head %{{x}}<br>{value_name} %{{z:{fmt}}}<extra></extra>",
         )
     )
-    fig.update_layout(title=dict(text=title, font_size=15, y=0.995, yanchor="top"))
+    fig.update_layout(title=dict(text=plotly_text(title), font_size=15, y=0.995, yanchor="top"))
     return layer_head_axes(fig, n_layers, n_heads)
 
 
@@ -231,7 +233,7 @@ def heads_grid(
         f"; each pixel is the largest weight in a block of {block}×{block} token pairs" if block > 1 else ""
     )
     fig.update_layout(
-        title=dict(text=f"{title}{pooled}", font_size=14),
+        title=dict(text=plotly_text(f"{title}{pooled}"), font_size=14),
         xaxis=dict(
             tickvals=[h * step + cell / 2 for h in range(n_heads)],
             ticktext=[f"H{h}" for h in range(n_heads)],
@@ -257,7 +259,7 @@ def top_attended_figure(
     token written in each cell and its weight as the colour."""
     n_layers, k = len(top), len(top[0]) if top else 0
     z = np.array([[a.weight for a in row] for row in top], dtype=np.float32)
-    text = [[f"{escape(keys[a.key])} ({a.key})" for a in row] for row in top]
+    text = [[f"{plotly_text(keys[a.key])} ({a.key})" for a in row] for row in top]
     fig = go.Figure(
         go.Heatmap(
             z=z, x=[f"#{i + 1}" for i in range(k)], y=[f"L{i}" for i in range(n_layers)], text=text,
@@ -268,7 +270,7 @@ def top_attended_figure(
     )  # fmt: skip
     fig.update_layout(
         title=dict(
-            text=f"What {escape(query_label)} attends to most, per layer (mean over heads)", font_size=14
+            text=f"What {plotly_text(query_label)} attends to most, per layer (mean over heads)", font_size=14
         ),
         yaxis=dict(autorange="reversed", type="category"),
         xaxis=dict(side="top", type="category"),
@@ -303,7 +305,7 @@ def layer_position_heatmap(
         )
     )  # fmt: skip
     fig.update_layout(
-        title=dict(text=title, font_size=15),
+        title=dict(text=plotly_text(title), font_size=15),
         xaxis=dict(_axis(tokens, cats, "token"), side="top", tickangle=-60),
         yaxis=dict(title="layer", autorange="reversed", type="category"),
         width=int(min(1400, max(520, 200 + 22 * n_pos))),
@@ -322,12 +324,12 @@ def logit_lens_figure(
     """The logit lens: at each layer (rows) and position (columns) the top predicted token written in
     the cell, coloured by its probability; hover lists the top five."""
     n_states = probs.shape[0]
-    cats = [f"{p}·{escape(tokens[p])}" for p in positions]
+    cats = [f"{p}·{plotly_text(tokens[p])}" for p in positions]
     rows = ["emb"] + [f"L{i}" for i in range(n_states - 1)]
-    text = [[escape(words[layer][i][0]) for i in range(len(positions))] for layer in range(n_states)]
+    text = [[plotly_text(words[layer][i][0]) for i in range(len(positions))] for layer in range(n_states)]
     hover = [
         [
-            "<br>".join(f"{escape(w)}  {p:.4f}" for w, p in zip(words[layer][i], probs[layer, i]))
+            "<br>".join(f"{plotly_text(w)}  {p:.4f}" for w, p in zip(words[layer][i], probs[layer, i]))
             for i in range(len(positions))
         ]
         for layer in range(n_states)

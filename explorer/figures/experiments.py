@@ -4,19 +4,19 @@ strings and model names are escaped (Plotly reads HTML in labels and hover text)
 
 from __future__ import annotations
 
-from html import escape
 from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
 from explorer.figures.attention import labels, layer_head_axes, layer_position_heatmap
+from explorer.web.display import plotly_text
 
 DIVERGING = "RdBu"  # red: lower, blue: higher; white at 0
 
 
 def _title(text: str) -> dict:
-    return dict(text=escape(text, quote=False), font_size=15, x=0.01)
+    return dict(text=plotly_text(text), font_size=15, x=0.01)
 
 
 def paired_bars(
@@ -25,14 +25,14 @@ def paired_bars(
 ) -> go.Figure:  # fmt: skip
     """Horizontal bars two by two: for each token (first at the top) its value under `names[0]` and
     `names[1]` (None: not available, drawn as no bar)."""
-    y = [f"{escape(t)} ·{i}" for i, t in enumerate(tokens)]
+    y = [f"{plotly_text(t)} ·{i}" for i, t in enumerate(tokens)]
     fig = go.Figure()
     for name, values, color in ((names[0], left, "#64748b"), (names[1], right, "#e11d48")):
         v = [np.nan if x is None else float(x) for x in values]
         fig.add_trace(
             go.Bar(
-                x=v, y=y, orientation="h", name=escape(name), marker_color=color,
-                hovertemplate=f"{escape(name)}<br>%{{y}}<br>{x_title} %{{x:.4f}}<extra></extra>",
+                x=v, y=y, orientation="h", name=plotly_text(name), marker_color=color,
+                hovertemplate=f"{plotly_text(name)}<br>%{{y}}<br>{x_title} %{{x:.4f}}<extra></extra>",
             )
         )  # fmt: skip
     fig.update_layout(
@@ -53,14 +53,15 @@ def head_scan_figure(values: np.ndarray, title: str, value_name: str = "Δ log-p
     the value), the value written in each cell when there is room."""
     n_layers, n_heads = values.shape
     m = _limit(values)
+    name = plotly_text(value_name)
     text = [[f"{v:+.2f}" for v in row] for row in values] if n_layers * n_heads <= 400 else None
     fig = go.Figure(
         go.Heatmap(
             z=np.asarray(values, dtype=np.float32), x=[f"H{h}" for h in range(n_heads)],
             y=[f"L{i}" for i in range(n_layers)], text=text, texttemplate="%{text}" if text else None,
             textfont_size=9, colorscale=DIVERGING, zmid=0.0, zmin=-m, zmax=m,
-            colorbar=dict(title=escape(value_name), thickness=12),
-            hovertemplate=f"layer %{{y}}, head %{{x}}<br>{escape(value_name)} %{{z:+.4f}}<extra></extra>",
+            colorbar=dict(title=name, thickness=12),
+            hovertemplate=f"layer %{{y}}, head %{{x}}<br>{name} %{{z:+.4f}}<extra></extra>",
         )
     )  # fmt: skip
     fig.update_layout(title=_title(title))
@@ -72,7 +73,7 @@ def patching_figure(restored: np.ndarray, tokens: Sequence[str], title: str) -> 
     -1 to 1 (1: the clean answer fully restored)."""
     m = max(1.0, _limit(restored))
     return layer_position_heatmap(
-        restored, tokens, escape(title, quote=False), "restored", colorscale=DIVERGING, zmin=-m, zmax=m,
+        restored, tokens, title, "restored", colorscale=DIVERGING, zmin=-m, zmax=m,
     )  # fmt: skip
 
 

@@ -13,12 +13,11 @@ is escaped.
 
 from __future__ import annotations
 
-from html import escape
-
 import numpy as np
 import plotly.graph_objects as go
 
 from explorer.analyses.flow import Edge, Flow, Routes, level_of
+from explorer.web.display import plotly_text
 
 COLORS = {"residual": "#94a3b8", "attention": "#2563eb", "cross": "#9333ea", "ffn": "#ea580c"}
 SELECTED = "#dc2626"
@@ -54,7 +53,7 @@ def segment(flow: Flow, e: Edge) -> tuple[tuple[float, float], tuple[float, floa
 
 def _name(flow: Flow, pos: int, encoder: bool = False) -> str:
     tokens = flow.source_tokens if encoder else flow.tokens
-    return f"{pos} {escape(repr(tokens[pos]))}"
+    return f"{pos} {plotly_text(repr(tokens[pos]))}"
 
 
 def edge_text(flow: Flow, e: Edge, top_heads: int = 4) -> str:
@@ -89,7 +88,7 @@ def node_text(flow: Flow, level: int, pos: int, lens: dict | None) -> str:
     text = f"{_name(flow, pos)}<br>{where}"
     tops = (lens or {}).get((layer, pos)) if k == 0 else None
     if tops:
-        text += "<br>logit lens: " + ", ".join(f"{escape(repr(t))} {p:.3f}" for t, p in tops)
+        text += "<br>logit lens: " + ", ".join(f"{plotly_text(repr(t))} {p:.3f}" for t, p in tops)
     return text
 
 
@@ -180,10 +179,10 @@ def graph(
             text="encoder output (cross-attention sources)", font={"size": 11, "color": COLORS["cross"]},
         )  # fmt: skip
     ticks_x = [_x(flow, p) for p in range(flow.n_pos)]
-    labels = [escape(f"{t}") for t in flow.tokens]
+    labels = [plotly_text(f"{t}") for t in flow.tokens]
     if flow.source_ids is not None:
         ticks_x = list(range(len(flow.source_ids))) + ticks_x
-        labels = [escape(f"{t}") for t in flow.source_tokens] + labels
+        labels = [plotly_text(f"{t}") for t in flow.source_tokens] + labels
     step = max(1, flow.n_layers // 15)
     y_ticks = [level_of(flow, layer, 0) for layer in range(0, flow.n_layers, step)] + [top]
     y_labels = [f"layer {layer}" for layer in range(0, flow.n_layers, step)] + ["output"]

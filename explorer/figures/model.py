@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from html import escape
 
 import plotly.graph_objects as go
 
 from explorer.models.card import ModelCard
+from explorer.web.display import plotly_text
 
 COLORS = {
     "embed": "#dbeafe",
@@ -34,7 +34,7 @@ class _Item:
 
 
 def _short_norm(card: ModelCard) -> str:
-    return escape(card.norm.split(",")[0])
+    return plotly_text(card.norm.split(",")[0])
 
 
 def _attention_text(card: ModelCard, causal: bool) -> str:
@@ -56,7 +56,7 @@ def _attention_text(card: ModelCard, causal: bool) -> str:
 
 def _ffn_text(card: ModelCard) -> str:
     size = f"{card.d_model} → {card.d_ff} → {card.d_model}" if card.d_ff else f"width {card.d_model}"
-    return f"<b>Feed-forward</b><br>{escape(card.ffn)}<br>{size}"
+    return f"<b>Feed-forward</b><br>{plotly_text(card.ffn)}<br>{size}"
 
 
 def _block_items(card: ModelCard, causal: bool, cross: bool) -> list[_Item]:
@@ -147,7 +147,7 @@ def _stack(
     y += GAP
     embed = f"<b>Token embedding</b><br>{card.vocab_size:,} × {card.d_model}"
     if card.position_encoding.startswith(("learned", "sinusoidal")):
-        embed += f"<br>+ {escape(card.position_encoding.split(' (')[0])} positions"
+        embed += f"<br>+ {plotly_text(card.position_encoding.split(' (')[0])} positions"
     c.box(x0 + 0.3, x1 - 0.3, y, y + BOX_H + 0.2, embed, "embed")
     y += BOX_H + 0.2
     c.arrow(xm, y, xm, y + GAP)
@@ -205,7 +205,7 @@ def _head_text(card: ModelCard) -> str:
             return f"<b>Masked-LM head</b><br>{card.d_model} → {card.vocab_size:,} logits per token"
         if card.architecture.endswith("Model"):
             return f"<b>Hidden states</b><br>one {card.d_model}-wide vector per token"
-        return f"<b>{escape(card.architecture)} head</b><br>on {card.d_model}-wide token vectors"
+        return f"<b>{plotly_text(card.architecture)} head</b><br>on {card.d_model}-wide token vectors"
     tied = " (tied to the embedding)" if card.tied_embeddings else ""
     return f"<b>LM head{tied}</b><br>{card.d_model} → {card.vocab_size:,} logits: next-token probabilities"
 
@@ -250,7 +250,7 @@ def architecture_diagram(card: ModelCard) -> go.Figure:
     fig.update_yaxes(visible=False, range=[y0, top], fixedrange=True)
     margin = dict(l=10, r=10, t=50, b=10)
     fig.update_layout(
-        title=dict(text=f"{escape(card.architecture)}: {card.family}, {card.n_layers} layers", x=0.02),
+        title=dict(text=f"{plotly_text(card.architecture)}: {card.family}, {card.n_layers} layers", x=0.02),
         width=int(PX_PER_UNIT * (width - x0)) + margin["l"] + margin["r"],
         height=int(PX_PER_UNIT * (top - y0)) + margin["t"] + margin["b"],
         margin=margin,
@@ -268,7 +268,7 @@ def _layer_strip(c: _Canvas, card: ModelCard, x: float, top: float) -> float:
     palette = ["#f97316", "#2563eb", "#16a34a", "#9333ea"]
     for k, kind in enumerate(kinds):
         idx = [i for i, t in enumerate(card.layer_types) if t == kind]
-        text = escape(kind.replace("_", " "))
+        text = plotly_text(kind.replace("_", " "))
         if kind == "sliding_attention" and card.sliding_window:
             text += f" (window {card.sliding_window})"
         c.fig.add_trace(

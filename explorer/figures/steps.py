@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from explorer.runs.stepping import Branch, Candidate, Step
+from explorer.web.display import plotly_text
 
 RAW, SHAPED = "#94a3b8", "#2563eb"
 
@@ -17,7 +18,8 @@ RAW, SHAPED = "#94a3b8", "#2563eb"
 def candidates_figure(cands: Sequence[Candidate], title: str, chosen: int | None = None) -> go.Figure:
     """Top candidates as horizontal bars: probability under the raw logits and after the settings."""
     labels = [
-        f"{i + 1}. {escape(c.token)}" + (" ◀" if c.token_id == chosen else "") for i, c in enumerate(cands)
+        f"{i + 1}. {plotly_text(c.token)}" + (" ◀" if c.token_id == chosen else "")
+        for i, c in enumerate(cands)
     ]
     ids = [c.token_id for c in cands]
     fig = go.Figure(
@@ -34,7 +36,7 @@ def candidates_figure(cands: Sequence[Candidate], title: str, chosen: int | None
         ]
     )  # fmt: skip
     fig.update_layout(
-        title=dict(text=escape(title), font_size=15),
+        title=dict(text=plotly_text(title), font_size=15),
         barmode="group",
         yaxis=dict(autorange="reversed", type="category"),
         xaxis=dict(title="probability", range=[0, 1]),
@@ -77,7 +79,7 @@ def tree_figure(steps: Sequence[Step], branches: Sequence[Branch]) -> go.Figure:
         xs = [start + i + 1 for i in range(len(seq))]
         fig.add_trace(
             go.Scatter(
-                x=xs, y=[-y] * len(xs), mode="lines+markers+text", text=[escape(s.token) for s in seq],
+                x=xs, y=[-y] * len(xs), mode="lines+markers+text", text=[plotly_text(s.token) for s in seq],
                 textposition="top center", name=name, marker=dict(size=9),
                 customdata=[[s.prob, s.rank, s.how] for s in seq],
                 hovertemplate=f"{name}, step %{{x}}: %{{text}}<br>p %{{customdata[0]:.4f}}, rank "

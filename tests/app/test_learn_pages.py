@@ -49,6 +49,9 @@ def test_from_scratch_on_the_default_model():
     n = len(probs["data"][0]["y"])
     assert probs["layout"]["title"]["text"].endswith(f"({n} × {n})")
     assert isinstance(z, (list, dict))
+    diff = [c for c in charts(at) if c["layout"]["title"]["text"].startswith("|from scratch")][0]["data"][0]
+    assert diff["zmin"] == 0 and diff["zmax"] >= 1e-5  # a difference of 0 is the scale's white end
+
 
 
 def test_from_scratch_encoder_decoder_stacks(tiny_dir):
@@ -195,6 +198,23 @@ def test_ffn_page_default_model():
     at.toggle(key="ffn_through_norm").set_value(False)
     run(at)
     assert any("W_U\\, w_{out}" in t for t in latex(at))
+
+
+def test_ffn_page_opens_on_the_token_that_predicts_and_follows_a_new_text():
+    at = open_page("views/ffn.py")
+    box = at.selectbox(key="ffn_position_box")
+    assert box.format_func(box.value).endswith("of")  # the token whose next word is " Paris"
+    at.text_area(key="ffn_text").set_value("Hello world")
+    run(at)
+    at.text_area(key="ffn_text").set_value("A much longer sentence than the one before, ending here")
+    run(at)
+    assert not at.exception
+    box = at.selectbox(key="ffn_position_box")
+    assert box.value == len(box.options) - 1  # the new text's last token, not the old index
+    at.session_state["ffn_position"] = "3: mangled"  # what a browser can send back after the options change
+    run(at)
+    assert not at.exception  # replaced by the default, the last token
+    assert at.selectbox(key="ffn_position_box").value == len(box.options) - 1
 
 
 def test_ffn_page_encoder(tiny_dir):
