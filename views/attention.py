@@ -255,7 +255,8 @@ def head_stats(s: AttentionSet) -> None:
             )
 
 
-def bertviz_views(cap: Capture, layer: int) -> None:
+def bertviz_views(cap: Capture, layer: int, kind: str) -> None:
+    """bertviz's views of every attention kind, opened on `kind`, the one chosen on the page."""
     sets = cap.attention_sets()
     view = kept(
         "radio",
@@ -285,7 +286,8 @@ def bertviz_views(cap: Capture, layer: int) -> None:
         st.info("Choose at least one layer.")
         return
     try:
-        html = bertviz_html(sets, view, sorted(chosen))
+        first = [x.name for x in sets].index(kind)
+        html = bertviz_html(sets, view, sorted(chosen), first=first)
     except InputError as err:
         st.warning(md(err))
         return
@@ -364,7 +366,7 @@ def main() -> None:
     elif view == "Head statistics":
         head_stats(s)
     else:
-        bertviz_views(cap, choice(session.ATTN_LAYER, range(s.n_layers), 0))
+        bertviz_views(cap, choice(session.ATTN_LAYER, range(s.n_layers), 0), s.name)
     # once more: a view's own widgets (drawn inside it) may have just set their first value
     session.write_link(link_keys(view))
     st.download_button(

@@ -1,6 +1,5 @@
 """The Experiments page: knock out heads, patch activations, compare two models, see expert routing."""
 
-
 import numpy as np
 import pandas as pd
 import streamlit as st

@@ -74,10 +74,11 @@ def bertviz_html(
     view: str = "head",
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
+    first: int = 0,
 ) -> str:
     """A complete HTML page showing bertviz's `view` ("head" or "model") of `sets` (several sets, such as
-    encoder, decoder and cross-attention, get bertviz's own chooser). `layers`: which layers to include
-    (all by default); `heads`: for the model view, which heads."""
+    encoder, decoder and cross-attention, get bertviz's own chooser, opened on `sets[first]`). `layers`:
+    which layers to include (all by default); `heads`: for the model view, which heads."""
     if view not in VIEWS:
         raise ValueError(f"view must be one of {', '.join(VIEWS)}")
     missing = webassets.missing()
@@ -103,7 +104,11 @@ def bertviz_html(
          "right_text": list(s.keys.tokens)}
         for i, s in enumerate(sets)
     ]  # fmt: skip
-    params: dict = {"attention": data, "default_filter": "0", "root_div_id": root, "include_layers": layers}
+    if not 0 <= first < len(sets):
+        raise ValueError(f"first must index one of the {len(sets)} sets")
+    params: dict = {
+        "attention": data, "default_filter": str(first), "root_div_id": root, "include_layers": layers
+    }  # fmt: skip
     if view == "head":
         params.update(layer=layers[0], heads=None)
         controls = 'Layer: <select id="layer"></select>'
@@ -116,7 +121,10 @@ def bertviz_html(
         )
         controls = ""
     if len(sets) > 1:
-        options = "".join(f'<option value="{i}">{_plain(s.title)}</option>' for i, s in enumerate(sets))
+        options = "".join(
+            f'<option value="{i}"{" selected" if i == first else ""}>{_plain(s.title)}</option>'
+            for i, s in enumerate(sets)
+        )
         controls += f' Attention: <select id="filter">{options}</select>'
     payload = script_json(params)
     for i, s in enumerate(sets):

@@ -106,6 +106,11 @@ def test_encoder_decoder_offers_encoder_decoder_and_cross_attention(tiny_dir):
     view(at, "bertviz")
     html = at.get("iframe")[0].proto.srcdoc
     assert "Cross-attention" in html and "Encoder self-attention" in html
+    # bertviz opens on the kind the page's selector shows (it opened on the encoder's self-attention)
+    assert '"default_filter":"2"' in html and '<option value="2" selected>Cross-attention' in html
+    at.session_state[session.ATTN_KIND] = "decoder"
+    html = run(at).get("iframe")[0].proto.srcdoc
+    assert '"default_filter":"1"' in html and '<option value="1" selected>Decoder' in html
 
 
 def test_a_target_prefix_is_read_as_given(tiny_dir):
