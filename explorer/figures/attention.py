@@ -33,9 +33,13 @@ def labels(tokens: Sequence[str]) -> list[str]:
 def _axis(tokens: Sequence[str], cats: list[str], title: str) -> dict:
     axis = dict(title=title, type="category", categoryorder="array", categoryarray=cats)
     if len(tokens) <= LABEL_LIMIT:  # every token, without its index, when they fit
+        short = all(len(t) <= 2 for t in tokens)  # characters (the date normalizer): upright and larger
         axis.update(
-            tickmode="array", tickvals=cats, ticktext=[plotly_text(t) for t in tokens], tickfont_size=11
-        )
+            tickmode="array", tickvals=cats, ticktext=[plotly_text(t) for t in tokens],
+            tickfont_size=15 if short else 11,
+        )  # fmt: skip
+        if short:
+            axis["tickangle"] = 0
     return axis
 
 
@@ -70,7 +74,7 @@ def token_heatmap(
     side = int(min(900, max(480, 16 * max(n_q, n_k) + 160)))
     fig.update_layout(
         title=dict(text=plotly_text(title), font_size=15, y=0.995, yanchor="top"),
-        xaxis=dict(_axis(keys, kcats, "key (attended to)"), side="top", tickangle=-60),
+        xaxis=dict({"tickangle": -60, **_axis(keys, kcats, "key (attended to)")}, side="top"),
         yaxis=dict(_axis(queries, qcats, "query (attending)"), autorange="reversed"),
         width=side + 120,
         height=side + 130,

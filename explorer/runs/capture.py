@@ -77,6 +77,7 @@ class Capture:
     hidden_states: np.ndarray  # [layer+1, pos, d_model]
     windows: tuple[int | None, ...]  # per layer of `attentions`
     next_token_logits: np.ndarray | None = None  # [vocab], at the last position (models with an LM head)
+    next_token: str | None = None  # the most likely next token, as text (models with an LM head)
     source: Sequence | None = None  # encoder-decoders: the encoder's input
     encoder_attentions: np.ndarray | None = None  # [layer, head, src, src]
     encoder_hidden_states: np.ndarray | None = None  # [layer+1, src, d_model]
@@ -96,12 +97,19 @@ class Capture:
             ]
         src, tgt = self.source, self.sequence
         n_enc, n_dec = self.encoder_attentions.shape[0], self.attentions.shape[0]
+        # A cross-attention row is read while writing the next token: each row is named by what it writes
+        # (`<pad> → 2`), so that a reader does not read the map one row off.
+        if self.next_token is not None:
+            writes = (*tgt.tokens[1:], self.next_token)
+            tgt_rows = Sequence(tgt.ids, tuple(f"{t} → {w}" for t, w in zip(tgt.tokens, writes)), tgt.special)
+        else:
+            tgt_rows = tgt
         return [
             AttentionSet("encoder", "Encoder self-attention", self.encoder_attentions, src, src, False,
                          (None,) * n_enc),
             AttentionSet("decoder", "Decoder self-attention", self.attentions, tgt, tgt, True, self.windows),
-            AttentionSet("cross", "Cross-attention (decoder → encoder)", self.cross_attentions, tgt, src,
-                         False, (None,) * n_dec),
+            AttentionSet("cross", "Cross-attention (decoder → encoder)", self.cross_attentions, tgt_rows,
+                         src, False, (None,) * n_dec),
         ]  # fmt: skip
 
     def attention_set(self, name: str) -> AttentionSet:
@@ -170,6 +178,8 @@ def capture(
         attentions = _stack(out.attentions, "attentions")
         logits = getattr(out, "logits", None)
         last = logits[0, -1].float().cpu().numpy() if logits is not None and logits.ndim == 3 else None
+        decodes = last is not None and card.family == "decoder"
+        best = display_tokens(tokenizer, [int(last.argmax())])[0] if decodes else None
         return Capture(
             model_name=card.name,
             family=card.family,
@@ -178,6 +188,7 @@ def capture(
             hidden_states=_stack(out.hidden_states, "hidden states"),
             windows=layer_windows(model.config, attentions.shape[0]),
             next_token_logits=last,
+            next_token=best,
         )
 
 
@@ -201,6 +212,7 @@ def _capture_seq2seq(loaded, source, target, limit, device, free_bytes, max_byte
         use_cache=False,
     )
     attentions = _stack(out.decoder_attentions, "decoder attentions")
+    last = out.logits[0, -1].float().cpu().numpy()
     return Capture(
         model_name=card.name,
         family=card.family,
@@ -208,7 +220,8 @@ def _capture_seq2seq(loaded, source, target, limit, device, free_bytes, max_byte
         attentions=attentions,
         hidden_states=_stack(out.decoder_hidden_states, "decoder hidden states"),
         windows=layer_windows(model.config, attentions.shape[0]),
-        next_token_logits=out.logits[0, -1].float().cpu().numpy(),
+        next_token_logits=last,
+        next_token=display_tokens(tokenizer, [int(last.argmax())])[0],
         source=_sequence(tokenizer, src[0]),
         encoder_attentions=_stack(out.encoder_attentions, "encoder attentions"),
         encoder_hidden_states=_stack(out.encoder_hidden_states, "encoder hidden states"),

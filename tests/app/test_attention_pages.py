@@ -7,6 +7,7 @@ import pytest
 
 from explorer import session
 from explorer.analyses.hidden import LENS_FIRST
+from explorer.analyses.tokens import display_tokens
 from tests.app.helpers import app, charts, load_folder, numbers, run
 
 ATTENTION = "views/attention.py"
@@ -89,6 +90,14 @@ def test_encoder_decoder_offers_encoder_decoder_and_cross_attention(tiny_dir):
     tgt = len(session.store().get(at.session_state[session.CAPTURE]).sequence)
     assert at.session_state[session.ATTN_KIND] == "cross"
     assert heatmap_shape(charts(at)[0]) == (tgt, src)
+    # each cross-attention row is named by the token it writes: the next decoder input, then the prediction
+    cap = session.store().get(at.session_state[session.CAPTURE])
+    rows = charts(at)[0]["data"][0]["y"]
+    tokens = cap.sequence.tokens
+    assert rows[0] == f"0·{tokens[0]} → {tokens[1]}"
+    tokenizer = [m for m in session.registry().loaded() if m.request.source == "folder"][0].tokenizer
+    assert cap.next_token == display_tokens(tokenizer, [int(cap.next_token_logits.argmax())])[0]
+    assert rows[-1] == f"{tgt - 1}·{tokens[-1]} → {cap.next_token}"
     at.session_state[session.ATTN_KIND] = "encoder"
     assert heatmap_shape(charts(run(at))[0]) == (src, src)
     at.session_state[session.ATTN_KIND] = "decoder"
