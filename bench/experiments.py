@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer import experiments  # noqa: E402
+from explorer.analyses import experiments  # noqa: E402
 from explorer.models.loading import LoadRequest, load_model  # noqa: E402
 
 TEXT = "In the old town by the river, the baker sold fresh bread, and the capital of France is"

@@ -29,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer import flow, hooked  # noqa: E402
+from explorer.analyses import flow  # noqa: E402
 from explorer.figures.flow import graph  # noqa: E402
 from explorer.models.loading import LoadRequest, load_model  # noqa: E402
+from explorer.runs import hooked  # noqa: E402
 
 TEXT = "The Eiffel Tower is in the city of Paris, which is the capital of"
 TOKENS = 15
