@@ -197,9 +197,11 @@ def controls(stepper: Stepper, settings: Settings, text_box) -> None:
         )
         if c3.button("Undo"):
             do(stepper.undo, to)
+            st.rerun()  # Step and Run above were drawn for the old state (disabled at the end of text)
     if c4.button("Reset"):
         do(stepper.undo, 0)
         stepper.branches.clear()
+        st.rerun()
 
 
 def main() -> None:

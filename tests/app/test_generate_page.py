@@ -43,6 +43,20 @@ def test_step_pick_and_undo_on_the_default_decoder():
     assert any("What the new token" in t for t in titles)
 
 
+def test_undo_after_the_end_of_text_enables_step_and_run_again():
+    at = open_page(app())
+    button(at, "Run 10 steps").click()
+    run(at)
+    s = stepper(at)
+    assert s.finished  # the chat answer ends with <|im_end|> within 10 tokens
+    at.selectbox[0].set_value(0)  # undo back to the prompt
+    button(at, "Undo").click()
+    run(at)
+    assert not s.steps and not s.finished
+    assert not button(at, "Step").disabled and not button(at, "Run 10 steps").disabled
+    assert not [b for b in at.selectbox if b.label == "Undo back to"]  # no stale list of steps
+
+
 def test_settings_change_the_shaped_distribution():
     at = open_page(app())
     at.number_input(key=f"{session.GEN_TOP_K}_box").set_value(2)
