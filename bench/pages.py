@@ -60,6 +60,8 @@ PAGES = {
 }
 NO_TEXT = {"", "positions"}
 SIDEBAR_NAME = {"": "Model", "positions": "Positions"}
+TIMEOUT_MS = 120_000  # a page not drawn by then is recorded as such
+ARTIFACTS = ROOT / "artifacts" / "bench"
 SENTENCE = (
     "The old lighthouse keeper climbed the stairs every night to light the lamp for the ships near the "
     "rocky coast of"
@@ -153,6 +155,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(zoo.ZOO))
     parser.add_argument("--pages", nargs="*", default=list(PAGES))
     args = parser.parse_args()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     port = free_port()
@@ -187,17 +190,27 @@ def main() -> None:
                     query = "&".join(q for q in (f"model={model}", PAGES[path]) if q)
                     text = new_text(model, index)
                     row = {"model": model, "page": path or "model"}
-                    if path in NO_TEXT:  # opened from the sidebar of a page that has drawn a chart
-                        page.goto(f"{base}/attention?{query}")
-                        settle(page)
-                        row["page_s"] = round(time_open(page, SIDEBAR_NAME[path]), 3)
-                    else:
-                        page.goto(f"{base}/{url_path}?{query}")
-                        settle(page)
-                        if not page.locator('[data-testid="stMain"] textarea').count():
-                            context.close()  # the page has nothing to type for this model
-                            continue
-                        row["page_s"] = round(time_text(page, text), 3)
+                    try:
+                        if path in NO_TEXT:  # opened from the sidebar of a page that has drawn a chart
+                            page.goto(f"{base}/attention?{query}")
+                            settle(page)
+                            row["page_s"] = round(time_open(page, SIDEBAR_NAME[path], TIMEOUT_MS), 3)
+                        else:
+                            page.goto(f"{base}/{url_path}?{query}")
+                            settle(page)
+                            if not page.locator('[data-testid="stMain"] textarea').count():
+                                context.close()  # the page has nothing to type for this model
+                                continue
+                            row["page_s"] = round(time_text(page, text, TIMEOUT_MS), 3)
+                    except PlaywrightTimeout:  # recorded, with a picture of the page; the next one goes on
+                        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                        shot = ARTIFACTS / f"{model}-{url_path or 'model'}.png"
+                        page.screenshot(path=shot, full_page=True)
+                        row.update(page_s=None, error=f"not drawn within {TIMEOUT_MS / 1000:.0f} s: {shot}")
+                        print(json.dumps(row), file=sys.stderr, flush=True)
+                        rows.append(row)
+                        context.close()
+                        continue
                     row["forward_s"] = round(forward_s(loaded, text), 4)
                     row["ratio"] = round(row["page_s"] / row["forward_s"], 1)
                     row["excess_s"] = round(row["page_s"] - row["forward_s"], 3)
@@ -210,11 +223,13 @@ def main() -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    slowest = sorted(rows, key=lambda r: -r["excess_s"])[:5]
+    timed = [r for r in rows if r["page_s"] is not None]
+    slowest = sorted(timed, key=lambda r: -r["excess_s"])[:5]
     print(json.dumps({
         "pages": rows,
         "slowest": [f"{r['model']} {r['page']}: {r['page_s']} s" for r in slowest],
-        "over_1s_beyond_one_forward": sum(r["excess_s"] > 1 for r in rows),
+        "over_1s_beyond_one_forward": sum(r["excess_s"] > 1 for r in timed),
+        "not_drawn": [f"{r['model']} {r['page']}" for r in rows if r["page_s"] is None],
     }))  # fmt: skip
 
 
