@@ -93,8 +93,17 @@ def _follow_model(loaded) -> None:
         st.session_state[session.TEXT] = default_text(loaded)
 
 
+def shared_text(loaded, height: int = 90) -> str:
+    """The workspace's text (an encoder-decoder's source) in one box, for the pages that read one text: the
+    same text as on the Attention page, carried from page to page."""
+    _follow_model(loaded)
+    label = "Source (the encoder's input)" if loaded.card.family == "encoder-decoder" else "Text"
+    return _kept_box(label, session.TEXT, default_text(loaded), height)
+
+
 def text_inputs(loaded) -> tuple[str, str | None]:
-    """The text box(es) shared by the Attention and Hidden states pages."""
+    """The workspace's text box(es) with the decoder's prefix for encoder-decoders (Attention, Hidden
+    states, Flow); the pages that read one text use `shared_text`."""
     _follow_model(loaded)
     family = loaded.card.family
     if family == "encoder-decoder":

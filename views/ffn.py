@@ -12,16 +12,15 @@ from explorer.errors import InputError
 from explorer.figures.learn import bars, stacked_shares
 from explorer.models import anatomy
 from explorer.web.display import md
-from views.common import kept, model_or_stop, or_stop, share
+from views.common import kept, model_or_stop, or_stop, share, shared_text
 
-TEXT = "ffn_text"
 LAYER = "ffn_layer"
 POSITION = "ffn_position"
 TOP_K = "ffn_top_k"
 THROUGH_NORM = "ffn_through_norm"
 SEEN = "ffn_seen"  # the (model, text) the token choice was made on
 CACHE = "ffn_capture"  # ((request, text, layer), FfnCapture) of this user's last run
-DEFAULT_TEXT = "The Eiffel Tower is in the city of"  # the last token is the one that predicts " Paris"
+FACT = "The Eiffel Tower is in the city of"  # an example: its last token is the one that predicts " Paris"
 MAX_TOKENS = 512
 
 st.title("FFN memory: how LLMs store facts")
@@ -32,11 +31,13 @@ st.caption(
     "a key-value memory (Geva et al., 2021)."
 )
 loaded = model_or_stop()
-share()  # the model in the URL: a copied link opens this page on it
 parts = or_stop(anatomy.of, loaded.model)
 or_stop(parts.blocks(ffn.ffn_stack(loaded.model))[0].ffn.dense)  # a mixture of experts: no one FFN to read
 
-text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=80)
+if st.button("Example: a fact to recall", help=f"Puts “{FACT}” in the text box (for every page)."):
+    st.session_state[session.TEXT] = FACT
+text = shared_text(loaded, height=80)  # the workspace's text, the same on every page
+share(session.TEXT)  # the model and the text in the URL: a copied link opens this page on them
 stack = ffn.ffn_stack(loaded.model)
 n_layers = parts.n_layers(stack)
 cols = st.columns([1, 2, 1])

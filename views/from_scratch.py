@@ -10,15 +10,13 @@ from explorer.errors import InputError
 from explorer.figures.learn import heatmap
 from explorer.models import anatomy
 from explorer.web.display import md
-from views.common import model_or_stop, or_stop, share
+from views.common import model_or_stop, or_stop, share, shared_text
 
-TEXT = "scratch_text"
 STACK = "scratch_stack"
 LAYER = "scratch_layer"
 HEAD = "scratch_head"
 CACHE = "scratch_capture"  # ((request, text, stack, layer), StackCapture) of this user's last run
 KIND_LABELS = {"encoder": "encoder self", "decoder": "decoder self", "cross": "cross"}
-DEFAULT_TEXT = "The cat sat on the mat because it was tired."
 MAX_TOKENS = 640  # every step is a heatmap of up to pos x pos cells; past Gemma's window of 512
 
 st.title("Attention from scratch")
@@ -27,11 +25,11 @@ st.caption(
     "model's own weights, then compared with the attention map the model returned."
 )
 loaded = model_or_stop()
-share()  # the model in the URL: a copied link opens this page on it
 parts = or_stop(anatomy.of, loaded.model)
 stacks = parts.attention_kinds
 
-text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=80)
+text = shared_text(loaded, height=80)  # the workspace's text, the same on every page
+share(session.TEXT)  # the model and the text in the URL: a copied link opens this page on them
 cols = st.columns(3)
 if len(stacks) > 1:
     stack = cols[0].radio(

@@ -3,15 +3,15 @@
 import pandas as pd
 import streamlit as st
 
+from explorer import session
 from explorer.analyses import token_table
 from explorer.errors import LoadError
 from explorer.models import zoo
 from explorer.web.display import md
-from views.common import model_or_stop, share
+from views.common import model_or_stop, share, shared_text
 
-TEXT = "tokens_text"
 OTHER = "tokens_other"
-DEFAULT_TEXT = "Tokenizers split text into pieces: unbelievable, naïve café, 12345, 🙂 and\nnew lines."
+TRICKY = "Tokenizers split text into pieces: unbelievable, naïve café, 12345, 🙂 and\nnew lines."
 MAX_CHARS = 20_000
 
 
@@ -51,9 +51,12 @@ st.caption(
     "grey dashed chips are special tokens the tokenizer adds."
 )
 loaded = model_or_stop()
-share()  # the model in the URL: a copied link opens this page on it
 
-text = st.text_area("Text", value=DEFAULT_TEXT, key=TEXT, height=100)
+if st.button("Example: the tricky cases", help="Puts a text with rare words, accents, digits, an emoji and "
+             "a new line in the text box (for every page)."):  # fmt: skip
+    st.session_state[session.TEXT] = TRICKY
+text = shared_text(loaded, height=100)  # the workspace's text, the same on every page
+share(session.TEXT)  # the model and the text in the URL: a copied link opens this page on them
 if not text.strip():
     st.error("The text is empty: type something to tokenize.")
     st.stop()

@@ -53,7 +53,6 @@ def test_from_scratch_on_the_default_model():
     assert diff["zmin"] == 0 and diff["zmax"] >= 1e-5  # a difference of 0 is the scale's white end
 
 
-
 def test_from_scratch_encoder_decoder_stacks(tiny_dir):
     at = open_page("views/from_scratch.py", tiny_dir("t5"))
     assert "matches" in at.success[0].value
@@ -75,13 +74,13 @@ def test_from_scratch_encoder_decoder_stacks(tiny_dir):
 
 def test_from_scratch_bad_text(tiny_dir):
     at = open_page("views/from_scratch.py", tiny_dir("bert"))
-    at.text_area(key="scratch_text").set_value("   ")
+    at.text_area(key=f"{session.TEXT}_box").set_value("   ")
     run(at)
     assert "The text is empty" in at.error[0].value
-    at.text_area(key="scratch_text").set_value(" ".join(["cat"] * 80))
+    at.text_area(key=f"{session.TEXT}_box").set_value(" ".join(["cat"] * 80))
     run(at)
     assert "reads at most 64" in at.error[0].value
-    at.text_area(key="scratch_text").set_value("the cat sat")
+    at.text_area(key=f"{session.TEXT}_box").set_value("the cat sat")
     run(at)  # the page recovers
     assert "matches" in at.success[0].value
 
@@ -158,7 +157,7 @@ def test_positions_t5_buckets(tiny_dir):
 
 def test_tokens_page_counts_and_escapes():
     at = open_page("views/tokens.py")
-    at.text_area(key="tokens_text").set_value(HOSTILE)
+    at.text_area(key=f"{session.TEXT}_box").set_value(HOSTILE)
     run(at)
     from explorer.models.loading import LoadRequest
 
@@ -180,7 +179,7 @@ def test_tokens_page_counts_and_escapes():
 
 def test_tokens_page_empty_text():
     at = open_page("views/tokens.py")
-    at.text_area(key="tokens_text").set_value("")
+    at.text_area(key=f"{session.TEXT}_box").set_value("")
     run(at)
     assert "The text is empty" in at.error[0].value
 
@@ -202,11 +201,13 @@ def test_ffn_page_default_model():
 
 def test_ffn_page_opens_on_the_token_that_predicts_and_follows_a_new_text():
     at = open_page("views/ffn.py")
+    [b for b in at.button if b.label == "Example: a fact to recall"][0].click()
+    run(at)
     box = at.selectbox(key="ffn_position_box")
     assert box.format_func(box.value).endswith("of")  # the token whose next word is " Paris"
-    at.text_area(key="ffn_text").set_value("Hello world")
+    at.text_area(key=f"{session.TEXT}_box").set_value("Hello world")
     run(at)
-    at.text_area(key="ffn_text").set_value("A much longer sentence than the one before, ending here")
+    at.text_area(key=f"{session.TEXT}_box").set_value("A much longer sentence than the one before, ending")
     run(at)
     assert not at.exception
     box = at.selectbox(key="ffn_position_box")
@@ -234,7 +235,7 @@ def test_from_scratch_on_gemma_past_its_window():
     at.switch_page("views/from_scratch.py")
     run(at)
     text = " ".join(f"Item {i} is blue." for i in range(80))
-    at.text_area(key="scratch_text").set_value(text)
+    at.text_area(key=f"{session.TEXT}_box").set_value(text)
     run(at)
     assert "matches" in at.success[0].value
     assert any("sliding window of 512" in c.value for c in at.caption)
@@ -248,3 +249,23 @@ def test_from_scratch_on_gemma_past_its_window():
     run(at)
     assert "matches" in at.success[0].value
     assert any("full-attention layers" in c.value for c in at.caption)
+
+
+def test_one_text_across_the_pages():
+    """Typed on the Attention page, the text is there on every page that reads one text, and back."""
+    at = open_page("views/attention.py")
+    text = "The old lighthouse keeper climbed the stairs"
+    at.text_area(key=f"{session.TEXT}_box").set_value(text)
+    run(at)
+    for page in ("views/ffn.py", "views/from_scratch.py", "views/tokens.py", "views/flow.py"):
+        at.switch_page(page)
+        run(at)
+        assert not at.exception, page
+        assert at.text_area(key=f"{session.TEXT}_box").value == text, page
+    at.text_area(key=f"{session.TEXT}_box").set_value("Changed on the Flow page")
+    run(at)
+    at.switch_page("views/from_scratch.py")
+    run(at)
+    assert at.text_area(key=f"{session.TEXT}_box").value == "Changed on the Flow page"
+    probs = [c for c in charts(at) if "Attention weights" in c["layout"]["title"]["text"]][0]
+    assert any("Changed" in str(label) for label in probs["data"][0]["y"])  # the page ran on it
