@@ -1,6 +1,7 @@
 """The Hidden states page: how large each position's vector is, how much each block turns it, and
 what each layer would predict (logit lens)."""
 
+import numpy as np
 import streamlit as st
 
 from explorer import session
@@ -18,6 +19,8 @@ from explorer.web.display import md
 from views.common import capture_page, kept, share
 
 VIEWS = ["Norms", "Change per layer", "Logit lens"]
+NORMS_LOG, NORMS_SKIP_FIRST = "hidden_norms_log", "hidden_norms_skip_first"
+DROWNS = 20  # a largest cell this many times the median leaves the others one colour
 
 
 def lens_at(loaded, cap, positions: list[int]) -> Lens:
@@ -54,14 +57,33 @@ def main() -> None:
     )
     share(session.TEXT, session.TARGET, session.HIDDEN_VIEW)
     if view == "Norms":
+        left, right = st.columns(2)
+        log = kept("toggle", "Log colour scale", NORMS_LOG, False, left)
+        skip = kept(
+            "toggle", "Leave out the first token", NORMS_SKIP_FIRST, False, right,
+            help="Many models give the first token a vector far larger than the others (it serves as an "
+            "attention sink): its column can leave every other cell one colour.",
+        )  # fmt: skip
         for name, (hidden, seq) in stacks(cap):
+            values = norms(hidden)
+            first = 1 if skip and values.shape[1] > 1 else 0
+            rest = values[:, first:]
+            if not log and rest.max() > DROWNS * np.median(rest):
+                st.caption(
+                    f"One cell{f' of the {name.lower()}' if name else ''} is "
+                    f"{rest.max() / np.median(rest):,.0f} times the median: the others "
+                    "all look alike. Try the log colour scale"
+                    + (" or leaving out the first token." if not first else ".")
+                )
             st.plotly_chart(
                 layer_position_heatmap(
-                    norms(hidden),
-                    seq.tokens,
+                    rest,
+                    seq.tokens[first:],
                     f"{name} L2 norm of each position's hidden state".strip(),
                     "norm",
                     fmt=".2f",
+                    log=log,
+                    first_position=first,
                 ),
                 width="content",
                 key=f"norms_{name}",

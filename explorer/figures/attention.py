@@ -25,9 +25,9 @@ GRID_CELL_MIN, GRID_CELL_MAX = 24, 96
 GRID_GAP = 3
 
 
-def labels(tokens: Sequence[str]) -> list[str]:
-    """Unique, escaped category labels `i·token` (Plotly merges equal categories)."""
-    return [f"{i}·{plotly_text(t)}" for i, t in enumerate(tokens)]
+def labels(tokens: Sequence[str], start: int = 0) -> list[str]:
+    """Unique, escaped category labels `i·token` (Plotly merges equal categories), numbered from `start`."""
+    return [f"{i}·{plotly_text(t)}" for i, t in enumerate(tokens, start)]
 
 
 def _axis(tokens: Sequence[str], cats: list[str], title: str) -> dict:
@@ -295,22 +295,38 @@ def layer_position_heatmap(
     colorscale: str = COLORSCALE,
     zmin: float | None = None,
     zmax: float | None = None,
+    log: bool = False,
+    first_position: int = 0,
 ) -> go.Figure:
-    """A [layer, pos] matrix: layers down the side (first at the top), tokens along the top."""
+    """A [layer, pos] matrix: layers down the side (first at the top), tokens along the top, numbered from
+    `first_position`. `log`: colours by the value's logarithm (positive values, such as norms, whose
+    largest cell would leave the others one colour); the hover still gives the value itself."""
     n_layers, n_pos = values.shape
-    cats = labels(tokens)
+    cats = labels(tokens, first_position)
     rows = [f"L{first_layer + i}" for i in range(n_layers)]
+    z = np.asarray(values, dtype=np.float32)
+    shown, extra = z, dict(colorbar=dict(title=value_name, thickness=12))
+    hover = f"%{{y}}, token %{{x}}<br>{value_name} %{{z:{fmt}}}<extra></extra>"
+    if log:
+        positive = z[z > 0]
+        shown = np.log10(np.maximum(z, positive.min() if positive.size else 1.0))
+        ticks = np.arange(np.floor(shown.min()), np.ceil(shown.max()) + 1)
+        extra = dict(
+            customdata=z,
+            colorbar=dict(title=f"{value_name} (log)", thickness=12, tickvals=ticks.tolist(),
+                          ticktext=[f"{10.0**t:g}" for t in ticks]),
+        )  # fmt: skip
+        hover = f"%{{y}}, token %{{x}}<br>{value_name} %{{customdata:{fmt}}}<extra></extra>"
+        zmin = zmax = None
     fig = go.Figure(
         go.Heatmap(
-            z=np.asarray(values, dtype=np.float32), x=cats, y=rows, colorscale=colorscale,
-            zmin=zmin, zmax=zmax,
-            colorbar=dict(title=value_name, thickness=12),
-            hovertemplate=f"%{{y}}, token %{{x}}<br>{value_name} %{{z:{fmt}}}<extra></extra>",
+            z=shown, x=cats, y=rows, colorscale=colorscale, zmin=zmin, zmax=zmax, hovertemplate=hover,
+            **extra,
         )
     )  # fmt: skip
     fig.update_layout(
         title=dict(text=plotly_text(title), font_size=15),
-        xaxis=dict(_axis(tokens, cats, "token"), side="top", tickangle=-60),
+        xaxis=dict({"tickangle": -60, **_axis(tokens, cats, "token")}, side="top"),
         yaxis=dict(title="layer", autorange="reversed", type="category"),
         width=int(min(1400, max(520, 200 + 22 * n_pos))),
         height=int(min(1400, 200 + 24 * n_layers)),

@@ -196,3 +196,16 @@ def test_the_text_and_the_view_survive_a_visit_to_another_page(tiny_dir):
     at.switch_page(HIDDEN)
     run(at)
     assert at.text_area(key=f"{session.TEXT}_box").value == "the dog ran to park"
+
+
+def test_norms_on_a_log_scale_and_without_the_first_token(tiny_dir):
+    at = open_page("llama", tiny_dir, page=HIDDEN)
+    cap = session.store().get(at.session_state[session.CAPTURE])
+    norms = np.linalg.norm(cap.hidden_states.astype(np.float64), axis=-1)
+    at.toggle(key="hidden_norms_log_box").set_value(True)
+    trace = charts(run(at))[0]["data"][0]
+    assert np.allclose(numbers(trace["z"]), np.log10(norms).ravel(), atol=1e-4)  # coloured by the log
+    assert np.allclose(numbers(trace["customdata"]), norms.ravel(), rtol=1e-4)  # the hover: the norm
+    at.toggle(key="hidden_norms_skip_first_box").set_value(True)
+    trace = charts(run(at))[0]["data"][0]
+    assert len(trace["x"]) == norms.shape[1] - 1 and trace["x"][0].startswith("1·")
