@@ -18,6 +18,7 @@ LAYER = "ffn_layer"
 POSITION = "ffn_position"
 TOP_K = "ffn_top_k"
 THROUGH_NORM = "ffn_through_norm"
+PUSHED = "ffn_pushed"  # the token whose pushers are searched
 SEEN = "ffn_seen"  # the (model, text) the token choice was made on
 CACHE = "ffn_capture"  # ((request, text, layer), FfnCapture) of this user's last run
 FACT = "The Eiffel Tower is in the city of"  # an example: its last token is the one that predicts " Paris"
@@ -121,6 +122,34 @@ if ffn.can_unembed(loaded.model):
     st.caption(
         "A neuron with a negative activation writes −w_out: it promotes the right-hand column instead."
     )
+    st.subheader("Which neurons push a token?")
+    wanted = kept("text_input", "Token (with its leading space)", PUSHED, " Paris")
+    ids = tok(wanted, add_special_tokens=False)["input_ids"] if wanted else []
+    if len(ids) != 1:
+        pieces = " · ".join(display_tokens(tok, ids))
+        st.info(
+            f"{md(repr(wanted))} is {len(ids)} tokens here ({md(pieces)}): type one token, such as ' Paris'."
+            if ids
+            else "Type a token to find the neurons of this layer that push it."
+        )
+    else:
+        found = ffn.pushers(loaded.model, cap.stack, layer, ids[0], row, k=k, through_norm=through)
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "neuron": found.neurons,
+                    "activation": np.round(found.activations, 4),
+                    "logit per unit": np.round(found.per_unit, 4),
+                    f"adds to the logit of {display_tokens(tok, ids)[0]}": np.round(found.effects, 4),
+                }
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+        st.caption(
+            f"Layer {layer}'s neurons ranked by what they add to that token's logit at token {position}: "
+            "their activation there times W_U[token] · (γ ⊙ w_out), the same reading as the table above."
+        )
 else:
     st.info(
         f"{md(loaded.card.architecture)} is not a decoder-only model or an encoder-decoder with an LM head: "

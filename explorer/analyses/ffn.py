@@ -158,3 +158,42 @@ def promoted(
     top = logits.topk(k, dim=-1)
     bottom = logits.topk(k, dim=-1, largest=False)
     return top.values, top.indices, bottom.values, bottom.indices
+
+
+@dataclass(frozen=True)
+class Pushers:
+    """The neurons of one layer ranked by how much they push one token's logit at one position."""
+
+    neurons: np.ndarray  # (k,) neuron indices, largest effect first
+    activations: np.ndarray  # (k,) their activations at the position
+    per_unit: np.ndarray  # (k,) the token's logit per unit of activation: W_U[token] . (gamma * w_out)
+    effects: np.ndarray  # (k,) activation * per_unit: what the neuron adds to the token's logit there
+
+
+def pushers(
+    model: Any,
+    stack: str,
+    layer: int,
+    token_id: int,
+    acts: torch.Tensor,
+    k: int = 10,
+    through_norm: bool = True,
+) -> Pushers:
+    """Which neurons of `layer` push the logit of `token_id` most, given their activations `acts` (d_ff,) at
+    one position: the direct effect a_n W_U[token] . (gamma * w_n), the final norm's scale applied as in
+    `promoted` (its division by the vector's size left out, as in the logit lens)."""
+    w_u = anatomy.Proj(anatomy.of(model).unembed).weight()
+    n = acts.shape[-1]
+    with torch.no_grad():
+        row = w_u[token_id].float() * _logit_scale(model)
+        if through_norm:
+            gamma, _ = final_norm_scale(model)
+            if gamma is not None:
+                row = row * gamma.float().to(row.device)
+        outs = out_vectors(model, stack, layer, list(range(n))).float().to(row.device)  # (d_ff, d_model)
+        per_unit = (outs @ row).cpu()
+    effects = acts.float() * per_unit
+    order = effects.argsort(descending=True)[:k]
+    return Pushers(
+        order.numpy(), acts[order].float().numpy(), per_unit[order].numpy(), effects[order].numpy()
+    )

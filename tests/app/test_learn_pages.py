@@ -205,6 +205,12 @@ def test_ffn_page_opens_on_the_token_that_predicts_and_follows_a_new_text():
     run(at)
     box = at.selectbox(key="ffn_position_box")
     assert box.format_func(box.value).endswith("of")  # the token whose next word is " Paris"
+    pushers = at.dataframe[1].value  # which neurons push " Paris" at "of"
+    effect = [c for c in pushers.columns if c.startswith("adds to the logit of")][0]
+    assert "Paris" in effect and pushers[effect].is_monotonic_decreasing and pushers[effect].iloc[0] > 0
+    at.text_input(key="ffn_pushed_box").set_value(" Parisians and Romans")
+    run(at)
+    assert "tokens here" in at.info[0].value and len(at.dataframe) == 1
     at.text_area(key=f"{session.TEXT}_box").set_value("Hello world")
     run(at)
     at.text_area(key=f"{session.TEXT}_box").set_value("A much longer sentence than the one before, ending")

@@ -4,6 +4,7 @@ neuron's output vector."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import transformers as tf
@@ -108,6 +109,19 @@ def test_promoted_tokens_are_the_unembedding_of_the_output_vector(loaded):
     assert (low[1] <= top[1].min()).all()
     plain, _, _, _ = ffn.promoted(model, vec, k=5, through_norm=False)
     assert torch.allclose(plain[0], (model.lm_head.weight @ vec[0]).topk(5).values, atol=1e-5)
+
+
+def test_the_neurons_that_push_a_token_are_ranked_by_activation_times_their_logit(loaded):
+    lm = loaded("llama")
+    model = lm.model
+    acts = torch.randn(model.config.intermediate_size, generator=torch.Generator().manual_seed(0))
+    found = ffn.pushers(model, "decoder", 1, 5, acts, k=4)
+    w_out = model.model.layers[1].mlp.down_proj.weight  # (d_model, d_ff): column n is neuron n's output
+    per_unit = (model.lm_head.weight[5] * model.model.norm.weight) @ w_out  # (d_ff,)
+    effects = acts * per_unit
+    assert found.neurons.tolist() == effects.topk(4).indices.tolist()
+    assert np.allclose(found.effects, effects.topk(4).values.detach().numpy(), atol=1e-5)
+    assert np.allclose(found.activations * found.per_unit, found.effects, atol=1e-6)
 
 
 def test_gpt2_output_vectors_are_rows_of_conv1d(loaded):
