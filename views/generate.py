@@ -3,6 +3,7 @@
 import streamlit as st
 
 from explorer import session
+from explorer.analyses.tokens import split_characters, token_bytes
 from explorer.errors import InputError
 from explorer.figures.attention import layer_position_heatmap
 from explorer.figures.steps import candidates_figure, sequence_html, tree_figure
@@ -109,6 +110,12 @@ def current_stepper(loaded, prompt: str, chat: bool, source: str | None) -> Step
     return stepper
 
 
+def text_html(stepper: Stepper) -> str:
+    """The text so far, token by token; a character whose bytes several tokens hold is shown whole."""
+    joined = split_characters(token_bytes(stepper.loaded.tokenizer, stepper.ids))
+    return sequence_html(stepper.prompt_tokens, stepper.steps, joined)
+
+
 def do(action, *args) -> None:
     """Runs a stepper action; a refusal (end of text, bad settings) becomes a message."""
     try:
@@ -182,7 +189,7 @@ def controls(stepper: Stepper, settings: Settings, text_box) -> None:
             except InputError as err:
                 st.session_state[session.GEN_MESSAGE] = str(err)
                 break
-            text_box.html(sequence_html(stepper.prompt_tokens, stepper.steps))  # the text streams in
+            text_box.html(text_html(stepper))  # the text streams in
             bar.progress((i + 1) / n, text=f"Generating: {i + 1} of {n} tokens")
             if stepper.finished:
                 break
@@ -244,7 +251,7 @@ def main() -> None:
     text_box = st.empty()
     controls(stepper, settings, text_box)
     share(*SHARED, **{session.GEN_PICKS: tuple((s.token_id, s.how == "picked") for s in stepper.steps)})
-    text_box.html(sequence_html(stepper.prompt_tokens, stepper.steps))
+    text_box.html(text_html(stepper))
     st.caption(
         "Prompt in grey; each generated token on the colour of the probability it had when chosen "
         "(red: unlikely, green: likely). Hover a token for its numbers."
@@ -285,7 +292,8 @@ def main() -> None:
     if stepper.branches:
         st.plotly_chart(tree_figure(stepper.steps, stepper.branches), key="tree")
         names = [
-            f"branch {i + 1}: " + "".join(s.token for s in b.steps)[:60]
+            f"branch {i + 1}, from step {b.fork(stepper.steps)}: "
+            + "".join(s.token for s in b.path[b.fork(stepper.steps) :])[:60]
             for i, b in enumerate(stepper.branches)
         ]
         chosen = st.selectbox("Go back to a branch", list(range(len(names))), format_func=lambda i: names[i])

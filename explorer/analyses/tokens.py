@@ -105,6 +105,52 @@ def display_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     return [readable(p if p is not None else f"<id {i}>", style) for p, i in zip(pieces, ids)]
 
 
+def token_bytes(tokenizer: Any, ids: Sequence[int]) -> list[bytes | None]:
+    """The bytes of text each id stands for, where the tokenizer stores pieces as bytes (byte-level BPE, and
+    SentencePiece's byte fallback `<0xNN>`); None for the others (text pieces, special tokens)."""
+    style = piece_style(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    table = _byte_level_table() if style == BYTE_LEVEL else {}
+    out: list[bytes | None] = []
+    for i, piece in zip(ids, tokenizer.convert_ids_to_tokens([int(i) for i in ids])):
+        if piece is None or int(i) in special:
+            out.append(None)
+        elif style == BYTE_LEVEL and all(ch in table for ch in piece):
+            out.append(bytes(table[ch] for ch in piece))
+        elif style == SENTENCEPIECE and _BYTE_TOKEN.fullmatch(piece):
+            out.append(bytes([int(_BYTE_TOKEN.fullmatch(piece).group(1), 16)]))
+        else:
+            out.append(None)
+    return out
+
+
+def split_characters(pieces: Sequence[bytes | None]) -> dict[int, tuple[int, str]]:
+    """Runs of tokens that hold the bytes of characters split between them (a Hebrew letter's two bytes
+    in two byte-level tokens): {first token: (the token after the run, the run's text)}. A run starts at a
+    token whose bytes end inside a character and ends where the bytes gathered decode; a run that never
+    completes (text cut mid-character) is left out."""
+    runs: dict[int, tuple[int, str]] = {}
+    start, gathered = None, b""
+    for i, b in enumerate(pieces):
+        if b is None:
+            start, gathered = None, b""
+            continue
+        if start is None:
+            try:
+                b.decode("utf-8")
+                continue  # whole characters on its own
+            except UnicodeDecodeError:
+                start, gathered = i, b""
+        gathered += b
+        try:
+            text = gathered.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        runs[start] = (i + 1, text.translate(VISIBLE))
+        start, gathered = None, b""
+    return runs
+
+
 def special_flags(tokenizer: Any, ids: Sequence[int]) -> list[bool]:
     """True where the id is one of the tokenizer's special tokens (BOS, EOS, CLS, SEP, PAD ...)."""
     special = set(tokenizer.all_special_ids)

@@ -53,27 +53,57 @@ def prob_colour(p: float) -> str:
     return sample_colorscale("RdYlGn", [max(0.0, min(1.0, p))])[0]
 
 
-def sequence_html(prompt: Sequence[str], steps: Sequence[Step]) -> str:
+def sequence_html(
+    prompt: Sequence[str], steps: Sequence[Step], joined: dict[int, tuple[int, str]] | None = None
+) -> str:
     """The prompt in grey, then each generated token on the colour of the probability it had when it
-    was chosen (raw logits); hover gives the numbers. Every token is escaped."""
+    was chosen (raw logits); hover gives the numbers. `joined` (explorer.analyses.tokens.split_characters
+    over prompt and steps together): tokens that hold the bytes of one character between them are shown
+    as that character, once, in one chip naming them. Every token is escaped."""
     chip = "display:inline; padding:1px 1px; border-radius:3px; white-space:pre; font-family:monospace;"
 
     def after(token: str) -> str:  # a line break after a newline token, else a place the line may wrap
         return "<br>" if token.endswith("↵") else "<wbr>"
 
-    parts = [f'<span style="{chip} color:#64748b">{escape(t)}</span>{after(t)}' for t in prompt]
-    for s in steps:
-        tip = f"step {s.index + 1}: p={s.prob:.4f} (shaped {s.prob_processed:.4f}), rank {s.rank}, {s.how}"
+    def tip(s: Step) -> str:
+        return f"step {s.index + 1}: p={s.prob:.4f} (shaped {s.prob_processed:.4f}), rank {s.rank}, {s.how}"
+
+    def style(s: Step) -> str:
         ink = "#ffffff" if s.prob < 0.2 or s.prob > 0.8 else "#111827"  # the scale's ends are dark
-        style = f"{chip} background:{prob_colour(s.prob)}; color:{ink}"
-        parts.append(f'<span title="{escape(tip)}" style="{style}">{escape(s.token)}</span>{after(s.token)}')
+        return f"{chip} background:{prob_colour(s.prob)}; color:{ink}"
+
+    n_prompt, joined = len(prompt), joined or {}
+    parts, i = [], 0
+    while i < n_prompt + len(steps):
+        if i in joined:  # one character whose bytes several tokens hold
+            end, text = joined[i]
+            held = f"one character, its bytes in tokens {i} to {end - 1}"
+            inside = [steps[j - n_prompt] for j in range(i, end) if j >= n_prompt]
+            look = style(inside[0]) + "; outline:1px dashed #334155" if inside else f"{chip} color:#64748b"
+            note = "; ".join([held, *(tip(s) for s in inside)])
+            parts.append(f'<span title="{escape(note)}" style="{look}">{escape(text)}</span>{after(text)}')
+            i = end
+            continue
+        if i < n_prompt:
+            t = prompt[i]
+            parts.append(f'<span style="{chip} color:#64748b">{escape(t)}</span>{after(t)}')
+        else:
+            s = steps[i - n_prompt]
+            parts.append(
+                f'<span title="{escape(tip(s))}" style="{style(s)}">{escape(s.token)}</span>{after(s.token)}'
+            )
+        i += 1
     return '<div style="line-height:1.9; font-size:14px; overflow-wrap:anywhere">' + "".join(parts) + "</div>"
 
 
 def tree_figure(steps: Sequence[Step], branches: Sequence[Branch]) -> go.Figure:
-    """The current continuation on the top row and every undone branch below it, each starting at the
-    step where it forked. Tokens written on the nodes."""
-    rows = [(0, steps, "current")] + [(b.at, b.steps, f"branch {i + 1}") for i, b in enumerate(branches)]
+    """The current continuation on the top row and every undone branch below it, each starting where its
+    path leaves the current one (a branch undone under another prefix leaves it earlier than where it was
+    undone). Tokens written on the nodes."""
+    rows = [(0, steps, "current")]
+    for i, b in enumerate(branches):
+        fork = b.fork(steps)
+        rows.append((fork, b.path[fork:], f"branch {i + 1}"))
     fig = go.Figure()
     for y, (start, seq, name) in enumerate(rows):
         xs = [start + i + 1 for i in range(len(seq))]

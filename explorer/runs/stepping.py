@@ -11,6 +11,7 @@ Steps can be undone to any earlier point; the continuation that was undone stays
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -85,10 +86,29 @@ class Step:
 
 @dataclass(frozen=True)
 class Branch:
-    """A continuation that was undone: it forked after `at` generated tokens."""
+    """A continuation that was undone: `steps`, which followed the `prefix` of generated tokens there was
+    when it was undone (the current path may have changed since: a branch belongs to its own prefix)."""
 
-    at: int
+    prefix: tuple[Step, ...]
     steps: tuple[Step, ...]
+
+    @property
+    def at(self) -> int:
+        """The number of generated tokens it was undone after."""
+        return len(self.prefix)
+
+    @property
+    def path(self) -> tuple[Step, ...]:
+        return self.prefix + self.steps
+
+    def fork(self, current: Sequence[Step]) -> int:
+        """Where this branch leaves `current`: the number of generated tokens they share from the start."""
+        n = 0
+        for mine, theirs in zip(self.path, current):
+            if mine.token_id != theirs.token_id:
+                break
+            n += 1
+        return n
 
 
 @dataclass
@@ -242,10 +262,10 @@ class Stepper:
             raise InputError(f"There is no step {to} to go back to (0-{len(self.steps)}).")
         if to == len(self.steps):
             return
-        removed = tuple(self.steps[to:])
-        ids = [s.token_id for s in removed]
-        if not any(b.at == to and [s.token_id for s in b.steps] == ids for b in self.branches):
-            self.branches.append(Branch(to, removed))
+        branch = Branch(tuple(self.steps[:to]), tuple(self.steps[to:]))
+        ids = [s.token_id for s in branch.path]
+        if not any([s.token_id for s in b.path] == ids for b in self.branches):
+            self.branches.append(branch)
         self.steps = self.steps[:to]
         self.finished = None
         with self.loaded.lock, torch.inference_mode():
@@ -254,17 +274,19 @@ class Stepper:
                 return
             cache = self._state.cache
             try:
-                cache.crop(-(len(removed) + 1))  # back to the cache before the last kept token ran
+                cache.crop(-(len(branch.steps) + 1))  # back to the cache before the last kept token ran
                 logits, _, _ = self._forward(self.steps[-1].token_id, cache)
             except RuntimeError:  # a sliding-window cache cannot go back past its window: recompute
                 logits, cache = self._run_prefix(self.ids)
             self._state = _State(logits, cache)
 
     def switch(self, branch: Branch) -> None:
-        """Restores an undone continuation: back to its fork, then its tokens replayed as picks."""
-        self.undo(branch.at)
+        """Restores an undone continuation with the prefix it followed: back to where that path leaves the
+        current one, then its tokens replayed as picks."""
+        fork = branch.fork(self.steps)
+        self.undo(fork)
         self.branches = [b for b in self.branches if b is not branch]
-        for old in branch.steps:
+        for old in branch.path[fork:]:
             if self.finished:
                 break
             self.step(old.settings, pick=old.token_id)

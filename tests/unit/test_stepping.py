@@ -186,6 +186,28 @@ def test_switching_back_to_a_branch(models):
     assert [s.token_id for b in stepper.branches for s in b.steps] == [20]
 
 
+def test_a_branch_comes_back_with_the_prefix_it_followed(models):
+    """Undo to step 1, pick another token, undo to the prompt, pick a third, switch to the first branch: the
+    text is that branch's own path (it was its tokens after the new first token, a text never generated)."""
+    stepper = start(models["llama"])
+    for pick in (10, 11, 12):
+        stepper.step(Settings(), pick=pick)
+    stepper.undo(1)  # branch A: 11 12 after 10
+    stepper.step(Settings(), pick=20)
+    stepper.undo(0)  # branch B: 10 20 after the prompt
+    stepper.step(Settings(), pick=30)
+    first = [b for b in stepper.branches if [s.token_id for s in b.steps] == [11, 12]][0]
+    assert first.fork(stepper.steps) == 0  # it leaves the current path (30) at the prompt
+    stepper.switch(first)
+    assert [s.token_id for s in stepper.steps] == [10, 11, 12]
+    expected = stepper.loaded.model(torch.tensor([stepper.prompt_ids + [10, 11, 12]])).logits[0, -1]
+    torch.testing.assert_close(stepper._state.logits, expected, atol=1e-4, rtol=1e-4)
+    # the others, drawn from where they leave the current path: B (10 20) after 10, the current 30 at 0
+    forks = {tuple(s.token_id for s in b.path[b.fork(stepper.steps):]): b.fork(stepper.steps)
+             for b in stepper.branches}  # fmt: skip
+    assert forks == {(20,): 1, (30,): 0}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_cached_steps_give_the_logits_of_a_full_run(models, kind):
     loaded = models[kind]
