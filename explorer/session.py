@@ -43,6 +43,7 @@ ATTN_GRID = "attention_grid"
 ATTN_SCALE = "attention_scale"
 ATTN_QUERY = "attention_query"
 ATTN_KEY = "attention_key"
+FOCUS_FOR = "attention_focus_for"  # the attention kind and token ids the focus pair was chosen on
 ATTN_STAT = "attention_stat"
 ATTN_WINDOW = "attention_window"
 BERTVIZ_VIEW = "bertviz_view"

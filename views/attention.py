@@ -182,6 +182,18 @@ def suggested_key(s: AttentionSet, query: int) -> int:
 def token_focus(s: AttentionSet) -> None:
     q_opts = list(range(len(s.queries)))
     k_opts = list(range(len(s.keys)))
+    # Token positions chosen on another text or model mean other tokens here: a new text starts from the
+    # suggested pair (a link's own choice is kept, and checked below).
+    seen = (s.name, s.queries.ids, s.keys.ids)
+    if st.session_state.get(session.FOCUS_FOR) != seen:
+        st.session_state[session.FOCUS_FOR] = seen
+        if not session.from_link(session.ATTN_QUERY):
+            st.session_state[session.ATTN_QUERY] = default_query(s)
+        if not session.from_link(session.ATTN_KEY):
+            query = st.session_state[session.ATTN_QUERY]
+            st.session_state[session.ATTN_KEY] = suggested_key(
+                s, query if query in q_opts else default_query(s)
+            )
     c1, c2 = st.columns(2)
     query = kept(
         "selectbox",

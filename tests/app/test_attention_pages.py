@@ -209,3 +209,18 @@ def test_norms_on_a_log_scale_and_without_the_first_token(tiny_dir):
     at.toggle(key="hidden_norms_skip_first_box").set_value(True)
     trace = charts(run(at))[0]["data"][0]
     assert len(trace["x"]) == norms.shape[1] - 1 and trace["x"][0].startswith("1·")
+
+
+def test_token_focus_starts_again_on_a_new_text(tiny_dir):
+    """Positions chosen on one text mean other tokens on the next: the pair is suggested again."""
+    at = open_page("gpt2", tiny_dir)
+    view(at, "Token focus")
+    assert at.session_state[session.ATTN_QUERY] == TEXT.split().index("it")
+    at.selectbox(key=f"{session.ATTN_QUERY}_box").set_value(0)
+    run(at)
+    assert at.session_state[session.ATTN_QUERY] == 0
+    at.text_area(key=f"{session.TEXT}_box").set_value("the dog ran and it was fast today")
+    run(at)
+    assert at.session_state[session.ATTN_QUERY] == 4  # "it" in the new text, not the old index 0
+    focus = charts(at)[0]["layout"]["title"]["text"]
+    assert focus.startswith("How much “it” (4) attends to")
