@@ -9,6 +9,7 @@ import streamlit as st
 
 from explorer import session, tasks
 from explorer.figures import tasks as task_figures
+from explorer.models import zoo
 from explorer.tasks import models as task_models
 from explorer.web.display import md
 from views.common import kept, model_or_stop, share
@@ -39,6 +40,7 @@ EXAMPLES = {
         "in 1930."
     ),
     "translation": "The cat is sleeping on the sofa.",
+    "text-to-text": "translate English to German: The house is wonderful.",
     "feature-extraction": "The cat sat on the mat.",
     "sentence-similarity": (
         "A man is eating food.\nA man is eating a piece of bread.\nThe girl is carrying a baby.\n"
@@ -57,7 +59,7 @@ CONTEXT_EXAMPLES = {
     ),
 }
 DEFAULT_LABELS = "sport, politics, cooking"
-GENERATES = ("text-generation", "chat", "summarization", "translation")
+GENERATES = ("text-generation", "chat", "text-to-text", "summarization", "translation")
 
 
 def _text_key(task: str) -> str:
@@ -96,10 +98,22 @@ def _csv_download(rows: list[dict], name: str) -> None:
     st.download_button("Download CSV", frame.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv")
 
 
+def example(task: str) -> str:
+    """The task's example input, fitted to the model: its own mask token, its own job's example."""
+    entry = zoo.ZOO.get(loaded.request.ref) if loaded.request.source == "embedded" else None
+    if task == "text-to-text" and entry is not None and entry.example:
+        return entry.example
+    if task == "fill-mask" and loaded.tokenizer.mask_token:
+        return EXAMPLES[task].replace("[MASK]", loaded.tokenizer.mask_token)
+    return EXAMPLES[task]
+
+
 def _generation_settings(task: str) -> dict:
     with st.expander("Generation settings", expanded=task in ("text-generation", "chat")):
         cols = st.columns(3)
-        default = {"summarization": 60, "translation": 80}.get(task, task_models.DEFAULT_NEW_TOKENS)
+        default = {"summarization": 60, "translation": 80, "text-to-text": 40}.get(
+            task, task_models.DEFAULT_NEW_TOKENS
+        )
         options: dict = {
             "max_new_tokens": cols[0].number_input(
                 "New tokens (at most)", 1, task_models.MAX_NEW_TOKENS, default, key=f"tasks_new_{task}"
@@ -136,7 +150,7 @@ def _inputs(loaded, task: str) -> tuple[tasks.TaskInput | None, str | None]:
         "chat": "Your message",
         "fill-mask": f"Text with {loaded.tokenizer.mask_token or '[MASK]'} where a word is missing",
     }.get(task, "Text")
-    text = _kept(st.text_area, label + (" (one per line)" if batch else ""), key, EXAMPLES[task],
+    text = _kept(st.text_area, label + (" (one per line)" if batch else ""), key, example(task),
                  height=150 if batch else None)  # fmt: skip
     if task == "zero-shot-classification":
         labels_text = _kept(
@@ -263,7 +277,8 @@ def _generated(loaded, item: dict, task: str, key: str) -> None:
         st.code(item["prompt"] + item["generated"], language=None, wrap_lines=True)
         attention, target = item["prompt"] + item["generated"], None
     else:
-        st.markdown(f"**{'Summary' if task == 'summarization' else 'Translation'}** ({md(item['method'])}"
+        name = {"summarization": "Summary", "translation": "Translation"}.get(task, "Output")
+        st.markdown(f"**{name}** ({md(item['method'])}"
                     f"{', ' + md(item['direction']) if item.get('direction') else ''}):")  # fmt: skip
         st.code(item["output"], language=None, wrap_lines=True)
         with st.expander("What the model was given"):
@@ -340,7 +355,7 @@ def _batch_rows(task: str, items: list[dict]) -> list[dict]:
             row.update({"answer": it["answer"], "score": it["score"], "start": it["start"], "end": it["end"]})
         elif task == "fill-mask":
             row.update({"best": it["masks"][0][0]["token_str"], "probability": it["masks"][0][0]["score"]})
-        elif task in ("summarization", "translation"):
+        elif task in ("text-to-text", "summarization", "translation"):
             row.update({"output": it["output"], "tokens": it["n_new_tokens"], "seconds": it["seconds"]})
         elif task == "text-generation":
             row.update({"generated": it["generated"], "tokens": it["n_new_tokens"], "seconds": it["seconds"]})
@@ -381,7 +396,7 @@ def _show(loaded, task: str, result: tasks.TaskResult) -> None:
         _answer(item, key)
     elif task == "fill-mask":
         _fill(item, key)
-    elif task in ("text-generation", "summarization", "translation"):
+    elif task in ("text-generation", "text-to-text", "summarization", "translation"):
         _generated(loaded, item, task, key)
     elif task == "feature-extraction":
         _features(item, key)

@@ -31,6 +31,7 @@ class ZooEntry:
     converts: bool  # a GGUF, converted once to safetensors in the cache
     folder: str | None = None  # weights committed to this repository, relative to its root
     example: str | None = None  # a text that shows what the model is for (the pages' default input)
+    job: str | None = None  # a model trained for one job only: that job, said in a few words
 
     @property
     def version(self) -> str:
@@ -143,6 +144,7 @@ ZOO: dict[str, ZooEntry] = {
             converts=False,
             folder="explorer/weights/date-normalizer",
             example="Tuesday, 23rd November 2026",
+            job="rewriting a date as YYYY-MM-DD",
         ),
     ]
 }

@@ -105,6 +105,7 @@ def run(loaded: LoadedModel, task: str, given: TaskInput, progress: Progress | N
         "question-answering": task_models.answer,
         "text-generation": task_models.generate_text,
         "chat": task_models.chat,
+        "text-to-text": task_models.text_to_text,
         "summarization": task_models.summarize,
         "translation": task_models.translate,
         "feature-extraction": task_models.features,

@@ -80,6 +80,13 @@ TASKS: dict[str, Task] = {
             batch=False,
         ),
         Task(
+            "text-to-text",
+            "Text to text",
+            "an encoder-decoder: the encoder reads the text, the decoder writes what it was trained to "
+            "write (the date normalizer: the date as YYYY-MM-DD; T5: the task its prefix names)",
+            ("date-normalizer (embedded)", "t5-small ('translate English to German: ...')"),
+        ),
+        Task(
             "summarization",
             "Summarization",
             "an encoder-decoder trained to summarize (BART-CNN, T5); an instruct decoder can be prompted",
@@ -244,6 +251,16 @@ def support(loaded: LoadedModel, task: str) -> Support:
                 "use text generation.",
             )
         return Support(True, "under its chat template, generating the assistant's reply")
+    job = own_job(loaded)
+    if task == "text-to-text":
+        if family != "encoder-decoder":
+            return cannot(task, f"{loaded.card.name} is an {family}, not an encoder-decoder.")
+        return Support(True, f"the encoder reads the text, the decoder writes {job or 'its output'} "
+                       "(model.generate)")  # fmt: skip
+    if task in ("summarization", "translation") and job:
+        return cannot(
+            task, f"{loaded.card.name} was trained for one job only, {job}; 'Text to text' runs it."
+        )
     if task in ("summarization", "translation"):
         if family == "encoder-decoder":
             output = "summary" if task == "summarization" else "translation"
@@ -271,6 +288,14 @@ def support(loaded: LoadedModel, task: str) -> Support:
         "mean pooling of the last hidden state, L2-normalized, cosine similarity. Caution: "
         f"{loaded.card.name} was not trained as a sentence embedder, so similarities mean little",
     )
+
+
+def own_job(loaded: LoadedModel) -> str | None:
+    """The one job an embedded model was trained for (explorer.models.zoo), if it has one."""
+    from explorer.models import zoo
+
+    entry = zoo.ZOO.get(loaded.request.ref) if loaded.request.source == "embedded" else None
+    return entry.job if entry is not None else None
 
 
 def supported(loaded: LoadedModel) -> dict[str, Support]:

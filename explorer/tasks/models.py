@@ -377,6 +377,23 @@ def _seq2seq_params(loaded: LoadedModel, key: str, opts: dict) -> tuple[str, dic
     return prefix, extra
 
 
+def text_to_text(
+    loaded: LoadedModel, texts: list[str], given: TaskInput, notes: list[str], progress: Progress
+):
+    """Per text: what the encoder-decoder writes for it, the text given as it is (no task prefix added)."""
+    opts = settings({"max_new_tokens": 40, **given.options})
+    items = []
+    for i, text in enumerate(texts):
+        ids = loaded.tokenizer(text, add_special_tokens=True)["input_ids"]
+        run = generate_ids(loaded, ids, opts, notes, _sub(progress, i, len(texts)), f"output {i + 1}")
+        out = _decode(loaded, run["new_ids"]).strip()
+        items.append(
+            {"text": text, "output": out, "method": "sequence-to-sequence", "prompt": text, "settings": opts,
+             **run}
+        )  # fmt: skip
+    return items
+
+
 def summarize(loaded: LoadedModel, texts: list[str], given: TaskInput, notes: list[str], progress: Progress):
     """Per text: the summary. An encoder-decoder generates it from the text (with T5's 'summarize: '
     prefix when the checkpoint keeps one); a decoder is prompted (and says so in `method`)."""

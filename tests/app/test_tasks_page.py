@@ -199,3 +199,20 @@ def test_the_text_survives_a_visit_to_another_page(tiny_dir):
     run(at)
     assert at.selectbox(key="tasks_task").value == "fill-mask"
     assert at.text_area(key="tasks_text_fill-mask").value == "a dog [MASK] to the park"
+
+
+def test_the_date_normalizer_opens_on_its_own_job():
+    at = app(timeout=120)
+    at.session_state[session.EMBEDDED] = "date-normalizer"
+    run(at)
+    at.sidebar.button[0].click()
+    run(at)
+    at.switch_page(PAGE)
+    run(at)
+    assert at.selectbox(key="tasks_task").value == "text-to-text"
+    labels = at.selectbox(key="tasks_task").options  # as shown: each with its ✓ or ✗
+    assert "✗ Summarization" in labels and "✗ Translation" in labels and "✓ Text to text" in labels
+    assert "Tuesday, 23rd November 2026" in [t.value for t in at.text_area]
+    at.button(key="tasks_run").click()
+    run(at)
+    assert any(c.value == "2026-11-23" for c in at.code)  # what the model writes for its own example

@@ -88,6 +88,7 @@ def test_support_follows_the_family_and_the_head(tiny):
     assert "no chat template" in tasks.support(gpt2, "chat").how
     assert tasks.support(tiny("chat"), "chat").ok
     assert tasks.support(t5, "summarization").ok and tasks.support(t5, "translation").ok
+    assert tasks.support(t5, "text-to-text").ok and not tasks.support(gpt2, "text-to-text").ok
     assert not tasks.support(t5, "text-generation").ok
     refusal = tasks.support(bert, "token-classification").how
     assert "dslim/bert-base-NER" in refusal  # names hub models that can
@@ -533,3 +534,26 @@ def test_gemma_base_generates_but_does_not_chat():
     ids = torch.tensor([item["prompt_ids"]])
     ref = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
     assert item["new_ids"] == ref[0, ids.shape[1] :].tolist()
+
+
+def test_text_to_text_writes_what_the_model_generates(tiny):
+    loaded = tiny("t5")
+    item = run(loaded, "text-to-text", ["the cat sat"], options={"max_new_tokens": 4}).items[0]
+    ids = loaded.tokenizer("the cat sat", return_tensors="pt")["input_ids"]
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())  # T5's decoder is shallower than its encoder
+    greedy = loaded.model.generate(ids, max_new_tokens=4, do_sample=False, cache=cache)[0]
+    assert item["prompt"] == "the cat sat"  # no task prefix
+    assert item["output"] == loaded.tokenizer.decode(greedy, skip_special_tokens=True).strip()
+
+
+@pytest.mark.slow
+def test_the_date_normalizer_does_its_own_job_and_not_summaries():
+    from explorer.models.loading import LoadRequest, load_model
+
+    loaded = load_model(LoadRequest("embedded", "date-normalizer"))
+    assert not tasks.support(loaded, "summarization").ok and not tasks.support(loaded, "translation").ok
+    assert "rewriting a date" in tasks.support(loaded, "translation").how
+    item = run(loaded, "text-to-text", ["Tuesday, 23rd November 2026"]).items[0]
+    assert item["output"] == "2026-11-23"
