@@ -72,6 +72,9 @@ EXPERIMENT = "exp_kind"
 ABL_TEXT, ABL_TARGET, ABL_MODE = "exp_abl_text", "exp_abl_target", "exp_abl_mode"
 PATCH_CLEAN, PATCH_CORRUPT = "exp_patch_clean", "exp_patch_corrupt"
 PATCH_TARGET, PATCH_FOIL = "exp_patch_target", "exp_patch_foil"
+# FFN memory and From scratch: their choices that links carry
+FFN_LAYER, FFN_POSITION, FFN_PUSHED = "ffn_layer", "ffn_position", "ffn_pushed"
+SCRATCH_STACK, SCRATCH_LAYER, SCRATCH_HEAD = "scratch_stack", "scratch_layer", "scratch_head"
 GEN_PICKS = "generate_picks"  # tokens a link asks the Generate page to replay: ((token id, forced), ...)
 # shareable links
 LINK_READ = "link_read"  # this session has read the link it was opened with
@@ -105,6 +108,12 @@ LINK = (
     Param("picks", GEN_PICKS, "picks", label="generated tokens"),
     Param("position", FLOW_POSITION, "int", 0, None, label="position to trace"),
     Param("threshold", FLOW_THRESHOLD, "float", 0.01, 0.5, label="threshold"),
+    Param("ffn_layer", FFN_LAYER, "int", 0, None, label="FFN layer"),
+    Param("ffn_token", FFN_POSITION, "int", 0, None, label="FFN token"),
+    Param("pushes", FFN_PUSHED, label="token whose neurons are searched"),
+    Param("scratch_stack", SCRATCH_STACK, label="attention to compute"),
+    Param("scratch_layer", SCRATCH_LAYER, "int", 0, None, label="layer to compute"),
+    Param("scratch_head", SCRATCH_HEAD, "int", 0, None, label="head to compute"),
     Param("experiment", EXPERIMENT, label="experiment"),
     Param("ablate_text", ABL_TEXT, label="ablation text"),
     Param("ablate_target", ABL_TARGET, label="target token"),

@@ -14,11 +14,9 @@ from explorer.models import anatomy
 from explorer.web.display import md
 from views.common import kept, model_or_stop, or_stop, share, shared_text
 
-LAYER = "ffn_layer"
-POSITION = "ffn_position"
+LAYER, POSITION, PUSHED = session.FFN_LAYER, session.FFN_POSITION, session.FFN_PUSHED
 TOP_K = "ffn_top_k"
 THROUGH_NORM = "ffn_through_norm"
-PUSHED = "ffn_pushed"  # the token whose pushers are searched
 SEEN = "ffn_seen"  # the (model, text) the token choice was made on
 CACHE = "ffn_capture"  # ((request, text, layer), FfnCapture) of this user's last run
 FACT = "The Eiffel Tower is in the city of"  # an example: its last token is the one that predicts " Paris"
@@ -38,7 +36,6 @@ or_stop(parts.blocks(ffn.ffn_stack(loaded.model))[0].ffn.dense)  # a mixture of 
 if st.button("Example: a fact to recall", help=f"Puts “{FACT}” in the text box (for every page)."):
     st.session_state[session.TEXT] = FACT
 text = shared_text(loaded, height=80)  # the workspace's text, the same on every page
-share(session.TEXT)  # the model and the text in the URL: a copied link opens this page on them
 stack = ffn.ffn_stack(loaded.model)
 n_layers = parts.n_layers(stack)
 cols = st.columns([1, 2, 1])
@@ -60,12 +57,15 @@ else:
 
 if st.session_state.get(SEEN) != (loaded.request, text):  # a new text or model: its last token first
     st.session_state[SEEN] = (loaded.request, text)
-    st.session_state[POSITION] = len(cap.ids) - 1
+    if not session.from_link(POSITION):  # (a link's own token is kept, and checked below)
+        st.session_state[POSITION] = len(cap.ids) - 1
 position = kept(
     "selectbox", "Token", POSITION, len(cap.ids) - 1, cols[1], options=list(range(len(cap.ids))),
     format_func=lambda i: f"{i}: {cap.tokens[i]}",
 )  # fmt: skip
 k = cols[2].slider("Neurons", 5, 30, 10, key=TOP_K)
+st.session_state.setdefault(PUSHED, " Paris")
+share(session.TEXT, LAYER, POSITION, PUSHED)  # a copied link opens this page on the same text and choices
 if cap.stack == "decoder" and len(parts.stacks) == 2:
     st.caption(
         "Encoder-decoder: the decoder's layers, reading the text shifted right behind its start token."

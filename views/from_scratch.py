@@ -10,11 +10,9 @@ from explorer.errors import InputError
 from explorer.figures.learn import heatmap
 from explorer.models import anatomy
 from explorer.web.display import md
-from views.common import model_or_stop, or_stop, share, shared_text
+from views.common import kept, model_or_stop, or_stop, share, shared_text
 
-STACK = "scratch_stack"
-LAYER = "scratch_layer"
-HEAD = "scratch_head"
+STACK, LAYER, HEAD = session.SCRATCH_STACK, session.SCRATCH_LAYER, session.SCRATCH_HEAD
 CACHE = "scratch_capture"  # ((request, text, stack, layer), StackCapture) of this user's last run
 KIND_LABELS = {"encoder": "encoder self", "decoder": "decoder self", "cross": "cross"}
 MAX_TOKENS = 640  # every step is a heatmap of up to pos x pos cells; past Gemma's window of 512
@@ -29,11 +27,11 @@ parts = or_stop(anatomy.of, loaded.model)
 stacks = parts.attention_kinds
 
 text = shared_text(loaded, height=80)  # the workspace's text, the same on every page
-share(session.TEXT)  # the model and the text in the URL: a copied link opens this page on them
 cols = st.columns(3)
 if len(stacks) > 1:
-    stack = cols[0].radio(
-        "Attention", stacks, key=STACK, horizontal=True, format_func=KIND_LABELS.get,
+    stack = kept(
+        "radio", "Attention", STACK, stacks[0], cols[0], options=stacks, horizontal=True,
+        format_func=KIND_LABELS.get,
         help="The encoder reads the text; the decoder reads it shifted right behind its start token "
         "(teacher forcing); cross-attention: the decoder's queries on the encoder's output.",
     )  # fmt: skip
@@ -41,9 +39,7 @@ else:
     stack = stacks[0]
     cols[0].markdown(f"**Stack:** {stack}")
 n_layers = parts.n_layers("decoder" if stack == "cross" else stack)
-if st.session_state.get(LAYER, 0) >= n_layers:  # a choice kept from a model with more layers
-    st.session_state.pop(LAYER)
-layer = cols[1].selectbox("Layer", list(range(n_layers)), key=LAYER)
+layer = kept("selectbox", "Layer", LAYER, 0, cols[1], options=list(range(n_layers)))  # checked: in range
 
 # One layer's input and maps are kept per user (every map of a long text would take hundreds of MB).
 key = (loaded.request, text, stack, layer)
@@ -60,9 +56,8 @@ else:
     st.session_state[CACHE] = (key, cap)
 
 n_heads = cap.attentions[layer].shape[0]
-if st.session_state.get(HEAD, 0) >= n_heads:
-    st.session_state.pop(HEAD)
-head = cols[2].selectbox("Head", list(range(n_heads)), key=HEAD)
+head = kept("selectbox", "Head", HEAD, 0, cols[2], options=list(range(n_heads)))
+share(session.TEXT, STACK, LAYER, HEAD)  # a copied link opens this page on the same text and head
 
 walk = walkthrough(loaded.model, cap, layer, head)
 tokens = list(cap.tokens)

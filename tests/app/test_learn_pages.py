@@ -38,8 +38,8 @@ def test_from_scratch_on_the_default_model():
     assert any(t.startswith("Q = X W_Q^{(0)}") for t in latex(at))
     assert any("\\mathrm{rot}" in t for t in latex(at))  # SmolLM2 is rotary
     assert float(at.metric[0].value) <= 1e-5
-    at.selectbox(key="scratch_layer").set_value(7)
-    at.selectbox(key="scratch_head").set_value(4)
+    at.selectbox(key="scratch_layer_box").set_value(7)
+    at.selectbox(key="scratch_head_box").set_value(4)
     run(at)
     assert at.success[0].value.startswith("Layer 7, head 4: the computation below matches")
     names = titles(at)
@@ -57,13 +57,13 @@ def test_from_scratch_encoder_decoder_stacks(tiny_dir):
     at = open_page("views/from_scratch.py", tiny_dir("t5"))
     assert "matches" in at.success[0].value
     assert any("unchanged" in t for t in latex(at))  # the encoder masks nothing
-    at.radio(key="scratch_stack").set_value("decoder")
+    at.radio(key="scratch_stack_box").set_value("decoder")
     run(at)
     assert "matches" in at.success[0].value
     assert any("B_{ij}" in t for t in latex(at))  # T5's relative position bias step
     assert any("j > i" in t for t in latex(at))
     assert "S' = S \\cdot 1" in latex(at)  # T5 does not scale
-    at.radio(key="scratch_stack").set_value("cross")
+    at.radio(key="scratch_stack_box").set_value("cross")
     run(at)
     assert "matches" in at.success[0].value
     assert "K = E W_K^{(0)}" in latex(at)  # keys from the encoder's output
@@ -251,7 +251,7 @@ def test_from_scratch_on_gemma_past_its_window():
     masked = [c for c in charts(at) if ". Masked" in c["layout"]["title"]["text"]][0]
     n = len(masked["data"][0]["y"])
     assert n > 512
-    at.selectbox(key="scratch_layer").set_value(5)  # a full-attention layer
+    at.selectbox(key="scratch_layer_box").set_value(5)  # a full-attention layer
     run(at)
     assert "matches" in at.success[0].value
     assert any("full-attention layers" in c.value for c in at.caption)

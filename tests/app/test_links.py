@@ -172,3 +172,28 @@ def test_a_link_carries_the_token_focus_and_statistic_choices(tiny_dir):
     assert stats.session_state[session.ATTN_STAT] == "entropy" and stats.query_params["stat"] == "entropy"
     bad = opened({**model, "view": "Token focus", "query": "70"}, ATTENTION)
     assert "query token 70 is not one this model offers" in " ".join(w.value for w in bad.warning)
+
+
+def test_ffn_memory_and_from_scratch_links_reopen_their_pictures(tiny_dir):
+    """FFN memory and From scratch links carried only the model: now the text and the choices too."""
+    for page, choose, title_of in (
+        ("views/ffn.py", {"ffn_layer_box": 1, "ffn_position_box": 2}, "strongest neurons"),
+        ("views/from_scratch.py", {"scratch_layer_box": 1, "scratch_head_box": 3}, "Attention weights"),
+    ):
+        at = app()
+        load_folder(at, tiny_dir("llama"))
+        at.session_state[session.TEXT] = TEXT
+        at.switch_page(page)
+        run(at)
+        for box, value in choose.items():
+            at.selectbox(key=box).set_value(value)
+            run(at)
+        link = dict(at.query_params)
+        assert link["text"] == TEXT, page
+        other = opened(link, page)
+        assert not other.exception and not warnings(other), page
+        for box, value in choose.items():
+            assert other.selectbox(key=box).value == value, (page, box)
+        mine = [c for c in charts(at) if title_of in c["layout"]["title"]["text"]][0]
+        theirs = [c for c in charts(other) if title_of in c["layout"]["title"]["text"]][0]
+        assert theirs["layout"]["title"]["text"] == mine["layout"]["title"]["text"], page
