@@ -22,11 +22,9 @@ from views.common import chips, kept, model_or_stop, share
 EXPERIMENT = session.EXPERIMENT
 ABL_TEXT, ABL_PREFIX, ABL_TARGET = session.ABL_TEXT, "exp_abl_prefix", session.ABL_TARGET
 ABL_STACK, ABL_MODE, ABL_HEADS, ABL_TOP = "exp_abl_stack", session.ABL_MODE, "exp_abl_heads", "exp_abl_top"
-SCAN = "exp_scan"  # (key, Scan) of this user's last head scan
 PATCH_CLEAN, PATCH_CORRUPT = session.PATCH_CLEAN, session.PATCH_CORRUPT
 PATCH_TARGET, PATCH_FOIL, PATCH_PREFIX = session.PATCH_TARGET, session.PATCH_FOIL, "exp_patch_prefix"
 PATCH_STACK, PATCH_KINDS = "exp_patch_stack", "exp_patch_kinds"
-PATCHING = "exp_patching"  # (key, Patching) of this user's last patching run
 CMP_SOURCE, CMP_REF, CMP_REQUEST = "exp_cmp_source", "exp_cmp_ref", "exp_cmp_request"
 CMP_TEXT, CMP_LAYER, CMP_HEAD = "exp_cmp_text", "exp_cmp_layer", "exp_cmp_head"  # + _0 / _1 per model
 ROUTE_TEXT, ROUTE_LAYER = "exp_route_text", "exp_route_layer"
@@ -145,12 +143,16 @@ def ablation() -> None:
             return
         finally:
             bar.empty()
-        st.session_state[SCAN] = (key, scan)
-    kept_scan = st.session_state.get(SCAN)
-    if kept_scan is None or kept_scan[0] != key:
-        st.caption("Runs the text once per head, in batches; the model stays shared with other sessions.")
+        session.store().put(key, scan, scan.nbytes)
+    # kept in the server's store: a link to this scan, or another session asking for it, shows it at once
+    scan = session.store().get(key)
+    if scan is None:
+        st.caption(
+            "Not run on this server for this text, target and way of knocking out (a link opens here when "
+            "the scan it shows has not run, or was dropped to free memory): press the button to run it. It "
+            "runs the text once per head, in batches; the model stays shared with other sessions."
+        )
         return
-    scan = kept_scan[1]
     st.plotly_chart(
         head_scan_figure(scan.delta_logprob,
                          f"Change in log p({tgt.token}) when one head is knocked out ({mode})"),
@@ -215,16 +217,17 @@ def patching() -> None:
             return
         finally:
             bar.empty()
-        st.session_state[PATCHING] = (key, result)
-    kept_result = st.session_state.get(PATCHING)
-    if kept_result is None or kept_result[0] != key:
+        session.store().put(key, result, result.nbytes)
+    result = session.store().get(key)  # kept in the server's store, as the head scan
+    if result is None:
         st.caption(
-            "Each run copies one activation of the clean prompt into the corrupted one and measures how "
-            "much of the logit difference logit(target) − logit(foil) comes back: 1 is the clean answer "
-            "fully restored, 0 no effect."
+            "Not run on this server for these prompts and tokens (a link opens here when the patching it "
+            "shows has not run, or was dropped to free memory): press the button to run it. Each run "
+            "copies one activation of the clean prompt into the corrupted one and measures how much of the "
+            "logit difference logit(target) − logit(foil) comes back: 1 is the clean answer fully "
+            "restored, 0 no effect."
         )
         return
-    result = kept_result[1]
     for note in (result.target.note, result.foil.note):
         if note:
             st.info(md(note))

@@ -259,6 +259,10 @@ class Scan:
     delta_logprob: np.ndarray  # [layer, head]
     kl: np.ndarray  # [layer, head]
 
+    @property
+    def nbytes(self) -> int:
+        return self.delta_logprob.nbytes + self.kl.nbytes
+
 
 def head_means(loaded: LoadedModel, probe: Probe) -> dict[int, torch.Tensor]:
     """Per layer: each head's mean output over the text's positions (head, d_head), from a clean pass."""
@@ -409,6 +413,10 @@ class Patching:
     ld_clean: float  # logit(target) - logit(foil) on the clean prompt
     ld_corrupt: float
     restored: dict[str, np.ndarray]  # kind -> [layer, pos]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.restored.values())
 
 
 def _hook_point(model: Any, stack: str, kind: str, layer: int) -> tuple[Any, str]:

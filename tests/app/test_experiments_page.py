@@ -215,3 +215,23 @@ def test_bad_input_gets_a_message_and_the_page_keeps_working(tiny_dir, text, tar
     assert not at.error
     assert any("is 2 tokens" in i.value and "first token" in i.value for i in at.info)
     assert len(charts(at)) == 1
+
+
+def test_a_link_to_a_head_scan_shows_it_from_the_server_or_says_it_will_run(tiny_dir):
+    from tests.app.test_links import opened
+
+    at = open_page(tiny_dir("gpt2"))
+    box(at, "text_area", page.ABL_TEXT).set_value(TEXT)
+    box(at, "text_input", page.ABL_TARGET).set_value(" mat")
+    run(at)
+    button(at, "Scan all 8 heads").click()
+    run(at)
+    mine = [c for c in charts(at) if "knocked out" in c["layout"]["title"]["text"]][-1]
+    link = dict(at.query_params)
+    other = opened(link, PAGE)  # someone else's browser: the scan is in the server's store
+    theirs = [c for c in charts(other) if "knocked out" in c["layout"]["title"]["text"]]
+    assert theirs and np.array_equal(z_of(theirs[-1]), z_of(mine))
+    link["ablate_target"] = " cat"  # a scan nobody has run here
+    third = opened(link, PAGE)
+    assert not [c for c in charts(third) if "knocked out" in c["layout"]["title"]["text"]]
+    assert any("Not run on this server" in c.value for c in third.caption)
