@@ -75,7 +75,8 @@ def ablation() -> None:
     seq2seq = loaded.card.family == "encoder-decoder"
     masked = loaded.card.family == "encoder"
     left, right = st.columns([3, 1])
-    example = "The capital of France is [MASK]." if masked else "The capital of France is"
+    mask = loaded.tokenizer.mask_token or "[MASK]"
+    example = f"The capital of France is {mask}." if masked else "The capital of France is"
     text = kept("text_area", "Source (the encoder's input)" if seq2seq else "Text", ABL_TEXT, example,
                 left, height=68)  # fmt: skip
     prefix = ""
