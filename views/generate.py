@@ -15,6 +15,7 @@ from views.common import DEFAULT_TEXT, default_text, kept, share
 DEFAULT_PROMPT = "The capital of France is"  # a base model continues it
 DEFAULT_QUESTION = "What is the capital of France?"  # an instruct model answers it
 MAX_RUN = 256
+GEN_FOR = "generate_prompt_for"  # the model the prompt box was last drawn for
 
 
 def settings_panel() -> Settings:
@@ -83,6 +84,11 @@ def inputs(loaded) -> tuple[str, bool, str | None]:
         )
         return prompt, False, source
     default = DEFAULT_QUESTION if loaded.card.chat_template else DEFAULT_PROMPT
+    # coming from another model, its default (or an encoder-decoder's empty prefix) becomes this model's
+    if st.session_state.get(GEN_FOR) != loaded.request:
+        st.session_state[GEN_FOR] = loaded.request
+        if st.session_state.get(session.GEN_PROMPT) in ("", DEFAULT_PROMPT, DEFAULT_QUESTION):
+            st.session_state[session.GEN_PROMPT] = default
     prompt = kept("text_area", "Prompt", session.GEN_PROMPT, default, height=80)
     chat = False
     if loaded.card.chat_template:
@@ -222,6 +228,7 @@ def main() -> None:
             f"{md(loaded.card.name)} is an encoder: it reads a text and represents it, but has no head that "
             "writes the next token. Pick a decoder (SmolLM2, Gemma) or an encoder-decoder in the sidebar."
         )
+        share()  # the model in the URL: the link opens this page on the same model
         return
     prompt, chat, source = inputs(loaded)
     if chat:

@@ -110,3 +110,17 @@ def test_the_generation_and_settings_survive_a_visit_to_another_page():
     assert [s.token_id for s in stepper(at).steps] == before
     assert at.text_area(key=f"{session.GEN_PROMPT}_box").value == "Name a colour."
     assert at.number_input(key=f"{session.GEN_TEMPERATURE}_box").value == 0.7
+
+
+def test_a_decoder_after_an_encoder_decoder_gets_its_own_prompt(tiny_dir):
+    """The encoder-decoder's empty decoder prefix is not a decoder's prompt: it said 'the prompt is empty'."""
+    at = app()
+    load_folder(at, tiny_dir("t5"))
+    open_page(at)
+    assert at.text_input(key=f"{session.GEN_PROMPT}_box").value == ""  # the decoder prefix
+    load_folder(at, tiny_dir("gpt2"))
+    open_page(at)
+    assert not at.error and at.text_area(key=f"{session.GEN_PROMPT}_box").value
+    at.text_area(key=f"{session.GEN_PROMPT}_box").input("")  # a user who empties it is told
+    run(at)
+    assert "empty" in at.error[0].value
