@@ -363,13 +363,16 @@ def logit_lens_figure(
         )
     )  # fmt: skip
     fig.update_layout(
-        title=dict(text="Logit lens: the next token each layer would predict", font_size=15),
+        # the title at the top edge, the axis title below it (they overlapped on a narrow figure)
+        title=dict(
+            text="Logit lens: the next token each layer would predict", font_size=15, y=0.995, yanchor="top"
+        ),
         xaxis=dict(
             title="position (predicting the token after it)", side="top", tickangle=-45, type="category"
         ),
         yaxis=dict(autorange="reversed", type="category"),
         width=int(min(1600, max(560, 140 + 90 * len(positions)))),
-        height=int(min(1600, 200 + 24 * n_states)),
-        margin=dict(l=10, r=10, t=140, b=10),
+        height=int(min(1600, 230 + 24 * n_states)),
+        margin=dict(l=10, r=10, t=170, b=10),
     )
     return fig
