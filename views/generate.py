@@ -340,7 +340,8 @@ def attention_of_last(stepper: Stepper) -> None:
             layer_position_heatmap(
                 cross,
                 stepper.source_tokens,
-                f"Its cross-attention over the source ({label})",
+                f"Its cross-attention over the source, read while writing the token after “{last.token}” "
+                f"({label})",
                 "weight",
                 zmin=0.0,
             ),
