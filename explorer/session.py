@@ -33,6 +33,7 @@ DTYPE = "picker_dtype"
 REMOTE_CODE = "picker_remote_code"
 # the text a user looks at, shared by the Attention and Hidden states pages (and the Tasks page's links)
 TEXT = "attention_text"
+TEXT_GIVEN = "attention_text_given"  # the example the workspace's text was last given (not the user's)
 TARGET = "attention_target"  # encoder-decoders: the decoder's prefix
 CAPTURE = "capture"  # the key in the server's CaptureStore of this user's last run
 ATTN_KIND = "attention_kind"

@@ -13,6 +13,7 @@ from explorer.serving import links
 from explorer.web.display import md
 
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
+DEFAULT_MASKED = "The cat sat on the {mask} because it was tired."
 LONG = 120  # tokens: more go in an expander
 
 
@@ -80,17 +81,29 @@ def _kept_box(label: str, key: str, default: str, height: int, container=st) -> 
 
 
 def default_text(loaded) -> str:
-    """The model's own example text (the date normalizer reads dates), else the classic sentence."""
+    """The model's own example text (the date normalizer reads dates); for a masked-language model, the
+    classic sentence with a word masked by its own mask token; else the classic sentence."""
     request = loaded.request
     entry = zoo.ZOO.get(request.ref) if request.source == "embedded" else None
-    return entry.example if entry is not None and entry.example else DEFAULT_TEXT
+    if entry is not None and entry.example:
+        return entry.example
+    mask = loaded.tokenizer.mask_token
+    names = getattr(loaded.model.config, "architectures", None) or [type(loaded.model).__name__]
+    if mask and any(name.endswith("ForMaskedLM") for name in names):
+        return DEFAULT_MASKED.format(mask=mask)
+    return DEFAULT_TEXT
 
 
 def _follow_model(loaded) -> None:
-    """A text the user has not written (another model's example) becomes this model's example."""
-    examples = {DEFAULT_TEXT} | {e.example for e in zoo.ZOO.values() if e.example}
+    """A text the user has not written (the example the workspace was given for another model) becomes
+    this model's example."""
+    given = st.session_state.get(session.TEXT_GIVEN)
+    examples = {DEFAULT_TEXT, given} | {e.example for e in zoo.ZOO.values() if e.example}
     if st.session_state.get(session.TEXT) in examples:
         st.session_state[session.TEXT] = default_text(loaded)
+    if session.TEXT not in st.session_state:
+        st.session_state[session.TEXT] = default_text(loaded)
+    st.session_state[session.TEXT_GIVEN] = default_text(loaded)
 
 
 def shared_text(loaded, height: int = 90) -> str:

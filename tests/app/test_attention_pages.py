@@ -224,3 +224,19 @@ def test_token_focus_starts_again_on_a_new_text(tiny_dir):
     assert at.session_state[session.ATTN_QUERY] == 4  # "it" in the new text, not the old index 0
     focus = charts(at)[0]["layout"]["title"]["text"]
     assert focus.startswith("How much “it” (4) attends to")
+
+
+def test_a_masked_language_model_opens_on_a_sentence_with_its_mask(tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("bert"))  # BertForMaskedLM
+    at.switch_page(ATTENTION)
+    run(at)
+    assert at.text_area(key=f"{session.TEXT}_box").value == "The cat sat on the [MASK] because it was tired."
+    load_folder(at, tiny_dir("gpt2"))  # the example follows the model; a text the user wrote would stay
+    run(at)
+    assert at.text_area(key=f"{session.TEXT}_box").value == "The cat sat on the mat because it was tired."
+    at.text_area(key=f"{session.TEXT}_box").set_value("my own words")
+    run(at)
+    load_folder(at, tiny_dir("bert"))
+    run(at)
+    assert at.text_area(key=f"{session.TEXT}_box").value == "my own words"
