@@ -76,6 +76,8 @@ PATCH_TARGET, PATCH_FOIL = "exp_patch_target", "exp_patch_foil"
 # FFN memory and From scratch: their choices that links carry
 FFN_LAYER, FFN_POSITION, FFN_PUSHED = "ffn_layer", "ffn_position", "ffn_pushed"
 SCRATCH_STACK, SCRATCH_LAYER, SCRATCH_HEAD = "scratch_stack", "scratch_layer", "scratch_head"
+# the Tasks page's link: the task, its text, and whether the answer was shown (the link then runs it)
+TASK_CHOICE, TASK_TEXT, TASK_RUN = "tasks_task_kept", "tasks_link_text", "tasks_link_run"
 GEN_PICKS = "generate_picks"  # tokens a link asks the Generate page to replay: ((token id, forced), ...)
 # shareable links
 LINK_READ = "link_read"  # this session has read the link it was opened with
@@ -115,6 +117,9 @@ LINK = (
     Param("scratch_stack", SCRATCH_STACK, label="attention to compute"),
     Param("scratch_layer", SCRATCH_LAYER, "int", 0, None, label="layer to compute"),
     Param("scratch_head", SCRATCH_HEAD, "int", 0, None, label="head to compute"),
+    Param("task", TASK_CHOICE, label="task"),
+    Param("task_text", TASK_TEXT, label="task's text"),
+    Param("run", TASK_RUN, "bool", label="run the task"),
     Param("experiment", EXPERIMENT, label="experiment"),
     Param("ablate_text", ABL_TEXT, label="ablation text"),
     Param("ablate_target", ABL_TARGET, label="target token"),

@@ -175,6 +175,9 @@ def _inputs(loaded, task: str) -> tuple[tasks.TaskInput | None, str | None]:
         options.update(_generation_settings(task))
     cols = st.columns([1, 1, 4])
     go = cols[0].button("Send" if task == "chat" else "Run", type="primary", key="tasks_run")
+    if session.from_link(session.TASK_RUN):  # a link to an answer: run it, once
+        go = go or (bool(st.session_state.get(session.TASK_RUN)) and task != "chat")
+        session.checked(session.TASK_RUN)
     if task == "chat" and st.session_state.get(CHAT) and cols[1].button("Clear chat", key="tasks_clear"):
         st.session_state[CHAT] = []
         st.session_state.pop(RESULT, None)
@@ -410,7 +413,6 @@ def _show(loaded, task: str, result: tasks.TaskResult) -> None:
 
 st.title("Tasks")
 loaded = model_or_stop()
-share()  # the model in the URL: a copied link opens this page on it
 
 card = loaded.card
 available = tasks.supported(loaded)
@@ -437,6 +439,11 @@ task = _kept(
     options=names,
     format_func=lambda n: f"{'✓' if available[n].ok else '✗'} {tasks.TASKS[n].title}",
 )
+text_key = _kept_key(_text_key(task))
+if session.from_link(session.TASK_TEXT):  # a link's text goes in its task's box
+    st.session_state[text_key] = st.session_state[session.TASK_TEXT]
+    session.checked(session.TASK_TEXT)
+share(session.TASK_CHOICE, session.TASK_TEXT, **{session.TASK_TEXT: st.session_state.get(text_key)})
 spec, found = tasks.TASKS[task], available[task]
 st.caption(f"Suits {md(spec.suits)}.")
 if not found.ok:
@@ -458,6 +465,9 @@ if error and error[0] == task:
 last = st.session_state.get(RESULT)
 if last and last[0] == loaded.request and last[1] == task:
     _show(loaded, task, last[2])
+    if task != "chat":  # the link runs the task again on its text, so that it opens on this answer
+        share(session.TASK_CHOICE, session.TASK_TEXT, session.TASK_RUN,
+              **{session.TASK_TEXT: st.session_state.get(text_key), session.TASK_RUN: True})  # fmt: skip
     if task == "chat":
         _generation_caption(last[2].items[0])
         _open_attention(last[2].items[0]["prompt"] + last[2].items[0]["reply"], None, "chat")

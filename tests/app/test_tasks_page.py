@@ -216,3 +216,21 @@ def test_the_date_normalizer_opens_on_its_own_job():
     at.button(key="tasks_run").click()
     run(at)
     assert any(c.value == "2026-11-23" for c in at.code)  # what the model writes for its own example
+
+
+def test_a_link_to_an_answer_opens_on_it(tiny_dir):
+    from tests.app.test_links import opened
+
+    at = tasks_page(tiny_dir("bert"))
+    choose(at, "fill-mask")
+    at.text_area(key="tasks_text_fill-mask").set_value("the cat [MASK] on the mat")
+    press_run(at)
+    link = dict(at.query_params)
+    assert link["task"] == "fill-mask" and link["run"] == "1"
+    assert link["task_text"] == "the cat [MASK] on the mat"
+    other = opened(link, PAGE)  # someone else's browser: the same task, text and answer
+    assert other.selectbox(key="tasks_task").value == "fill-mask"
+    assert other.text_area(key="tasks_text_fill-mask").value == "the cat [MASK] on the mat"
+    mine = [c for c in charts(at) if c["layout"]["title"]["text"].startswith("Mask 1")][0]
+    theirs = [c for c in charts(other) if c["layout"]["title"]["text"].startswith("Mask 1")][0]
+    assert theirs["data"][0]["y"] == mine["data"][0]["y"] and theirs["data"][0]["x"] == mine["data"][0]["x"]
