@@ -88,7 +88,8 @@ def test_positions_and_ffn_pages(page, app_url):
     page.locator('[data-testid="stSidebarNav"] a', has_text="FFN memory").click()
     expect(page.get_by_role("heading", name="FFN memory: how LLMs store facts")).to_be_visible(timeout=60_000)
     wait_for_app_run(page)
-    expect(page.get_by_test_id("stDataFrame")).to_have_count(1)
+    expect(page.get_by_test_id("stDataFrame")).to_have_count(2)  # what neurons promote; who pushes a token
+    expect(page.get_by_role("heading", name="Which neurons push a token?")).to_be_visible()
     expect(page.get_by_test_id("stPlotlyChart").filter(has_text="strongest neurons")).to_have_count(1)
     screenshot(page, "ffn_smollm2")
     assert page.dialogs == []
