@@ -33,7 +33,8 @@ def labels(tokens: Sequence[str], start: int = 0) -> list[str]:
 def _axis(tokens: Sequence[str], cats: list[str], title: str) -> dict:
     axis = dict(title=title, type="category", categoryorder="array", categoryarray=cats)
     if len(tokens) <= LABEL_LIMIT:  # every token, without its index, when they fit
-        short = all(len(t) <= 2 for t in tokens)  # characters (the date normalizer): upright and larger
+        # characters (the date normalizer: its </s> aside): upright and larger
+        short = bool(tokens) and sorted(len(t) for t in tokens)[len(tokens) // 2] <= 2
         axis.update(
             tickmode="array", tickvals=cats, ticktext=[plotly_text(t) for t in tokens],
             tickfont_size=15 if short else 11,

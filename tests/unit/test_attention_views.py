@@ -202,3 +202,12 @@ def test_logit_lens_reads_layers_through_the_final_norm_and_unembedding(tiny_dir
         p1 = torch.softmax(model.get_output_embeddings()(norm(h)), -1)
         np.testing.assert_allclose(lens.top_probs[1, :, 0], p1.max(-1).values.numpy(), atol=1e-5)
     np.testing.assert_allclose(lens.top_probs.sum(-1) <= 1.0 + 1e-6, True)
+
+
+def test_character_keys_are_upright_and_larger():
+    """The date normalizer's keys are characters: rotated and small they were hard to read."""
+    chars = [*"Tuesday, 23rd", "</s>"]
+    fig = token_heatmap(np.full((2, len(chars)), 1 / len(chars)), ["a", "b"], chars, "t")
+    assert fig.layout.xaxis.tickangle == 0 and fig.layout.xaxis.tickfont.size == 15
+    words = token_heatmap(causal_uniform(3), ["the", "cat", "sat"], ["the", "cat", "sat"], "t")
+    assert words.layout.xaxis.tickangle == -60 and words.layout.xaxis.tickfont.size == 11
