@@ -60,7 +60,11 @@ def sequence_html(
     was chosen (raw logits); hover gives the numbers. `joined` (explorer.analyses.tokens.split_characters
     over prompt and steps together): tokens that hold the bytes of one character between them are shown
     as that character, once, in one chip naming them. Every token is escaped."""
-    chip = "display:inline; padding:1px 1px; border-radius:3px; white-space:pre; font-family:monospace;"
+    # each chip isolated for the bidirectional algorithm: right-to-left letters stay in token order
+    chip = (
+        "display:inline; padding:1px 1px; border-radius:3px; white-space:pre; font-family:monospace; "
+        "unicode-bidi:isolate;"
+    )
 
     def after(token: str) -> str:  # a line break after a newline token, else a place the line may wrap
         return "<br>" if token.endswith("↵") else "<wbr>"
