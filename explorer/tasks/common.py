@@ -255,8 +255,8 @@ def support(loaded: LoadedModel, task: str) -> Support:
     if task == "text-to-text":
         if family != "encoder-decoder":
             return cannot(task, f"{loaded.card.name} is an {family}, not an encoder-decoder.")
-        return Support(True, f"the encoder reads the text, the decoder writes {job or 'its output'} "
-                       "(model.generate)")  # fmt: skip
+        done = f"its output (its one job: {job})" if job else "its output"
+        return Support(True, f"the encoder reads the text, the decoder writes {done} (model.generate)")
     if task in ("summarization", "translation") and job:
         return cannot(
             task, f"{loaded.card.name} was trained for one job only, {job}; 'Text to text' runs it."
