@@ -326,12 +326,12 @@ def layer_position_heatmap(
         )
     )  # fmt: skip
     fig.update_layout(
-        title=dict(text=plotly_text(title), font_size=15),
+        title=dict(text=plotly_text(title), font_size=15, y=0.995, yanchor="top"),  # above the axis title
         xaxis=dict({"tickangle": -60, **_axis(tokens, cats, "token")}, side="top"),
         yaxis=dict(title="layer", autorange="reversed", type="category"),
         width=int(min(1400, max(520, 200 + 22 * n_pos))),
-        height=int(min(1400, 200 + 24 * n_layers)),
-        margin=dict(l=10, r=10, t=130, b=10),
+        height=int(min(1400, 230 + 24 * n_layers)),
+        margin=dict(l=10, r=10, t=160, b=10),
     )
     return fig
 
