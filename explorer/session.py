@@ -70,7 +70,7 @@ LENS_FOR = "lens_for"  # the model and token ids the logit lens's positions were
 FLOW_POSITION = "flow_position"
 FLOW_THRESHOLD = "flow_threshold"
 EXPERIMENT = "exp_kind"
-ABL_TEXT, ABL_TARGET, ABL_MODE = "exp_abl_text", "exp_abl_target", "exp_abl_mode"
+ABL_TARGET, ABL_MODE = "exp_abl_target", "exp_abl_mode"  # the ablation's text is the workspace's
 PATCH_CLEAN, PATCH_CORRUPT = "exp_patch_clean", "exp_patch_corrupt"
 PATCH_TARGET, PATCH_FOIL = "exp_patch_target", "exp_patch_foil"
 # FFN memory and From scratch: their choices that links carry
@@ -121,7 +121,6 @@ LINK = (
     Param("task_text", TASK_TEXT, label="task's text"),
     Param("run", TASK_RUN, "bool", label="run the task"),
     Param("experiment", EXPERIMENT, label="experiment"),
-    Param("ablate_text", ABL_TEXT, label="ablation text"),
     Param("ablate_target", ABL_TARGET, label="target token"),
     Param("ablate_mode", ABL_MODE, label="way to knock out"),
     Param("clean", PATCH_CLEAN, label="clean prompt"),

@@ -6,6 +6,7 @@ import streamlit as st
 
 from explorer import session
 from explorer.analyses import compare, experiments, routing
+from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError, LoadError
 from explorer.figures.attention import token_heatmap
 from explorer.figures.experiments import (
@@ -17,10 +18,12 @@ from explorer.figures.experiments import (
 )
 from explorer.models.loading import LoadRequest
 from explorer.web.display import md
-from views.common import chips, kept, model_or_stop, share
+from views.common import chips, kept, model_or_stop, share, shared_text
 
 EXPERIMENT = session.EXPERIMENT
-ABL_TEXT, ABL_PREFIX, ABL_TARGET = session.ABL_TEXT, "exp_abl_prefix", session.ABL_TARGET
+# the ablation reads the workspace's text (an encoder-decoder's source and decoder prefix)
+ABL_TEXT, ABL_PREFIX, ABL_TARGET = session.TEXT, session.TARGET, session.ABL_TARGET
+FACT, FACT_TARGET = "The Eiffel Tower is in the city of", " Paris"  # the example a button puts in
 ABL_STACK, ABL_MODE, ABL_HEADS, ABL_TOP = "exp_abl_stack", session.ABL_MODE, "exp_abl_heads", "exp_abl_top"
 PATCH_CLEAN, PATCH_CORRUPT = session.PATCH_CLEAN, session.PATCH_CORRUPT
 PATCH_TARGET, PATCH_FOIL, PATCH_PREFIX = session.PATCH_TARGET, session.PATCH_FOIL, "exp_patch_prefix"
@@ -76,21 +79,30 @@ def ablation() -> None:
     masked = loaded.card.family == "encoder"
     left, right = st.columns([3, 1])
     mask = loaded.tokenizer.mask_token or "[MASK]"
-    example = f"The capital of France is {mask}." if masked else "The capital of France is"
-    text = kept("text_area", "Source (the encoder's input)" if seq2seq else "Text", ABL_TEXT, example,
-                left, height=68)  # fmt: skip
+    example = f"The capital of France is {mask}." if masked else FACT
+    if left.button("Example: a fact to recall", help=f"Puts “{example}” in the text (for every page) and "
+                   f"“{FACT_TARGET}” as the target."):  # fmt: skip
+        st.session_state[ABL_TEXT], st.session_state[ABL_TARGET] = example, FACT_TARGET
+    with left:
+        text = shared_text(loaded, height=68)  # the workspace's text, the same on every page
     prefix = ""
     if seq2seq:
         prefix = kept("text_input", "Target prefix (the decoder's start; its next token is read)",
                       ABL_PREFIX, "", left)  # fmt: skip
-    target = kept("text_input", "Target token", ABL_TARGET, " Paris", right,
+    target = kept("text_input", "Target token (empty: the model's own prediction)", ABL_TARGET, "", right,
                   help="The token whose probability you follow, with its leading space.")  # fmt: skip
     mode = kept("radio", "Knock out by", ABL_MODE, "zero", right, options=["zero", "mean"],
                 format_func={"zero": "zero", "mean": "its mean output over the text"}.get)  # fmt: skip
     stack = stack_choice(ABL_STACK, "Heads of the")
     try:
         probe = experiments.prepare(loaded, text, prefix, stack)
-        tgt = experiments.target_token(loaded, probe, target)
+        if target.strip():
+            tgt = experiments.target_token(loaded, probe, target)
+        else:  # the model's own prediction
+            with session.model_turn(loaded, "a forward pass"):
+                best = int(experiments.clean_logits(loaded, probe).argmax())
+            word = display_tokens(loaded.tokenizer, [best])[0]
+            tgt = experiments.Target(best, word, f"Target: the model's own prediction, {word}.")
     except InputError as err:
         st.error(md(err))
         return
@@ -350,7 +362,7 @@ def expert_routing() -> None:
 
 {KINDS[0]: ablation, KINDS[1]: patching, KINDS[2]: comparison, KINDS[3]: expert_routing}[kind]()
 LINKED = {  # what a link to this page carries, per experiment
-    KINDS[0]: (ABL_TEXT, ABL_TARGET, ABL_MODE),
+    KINDS[0]: (ABL_TEXT, ABL_PREFIX, ABL_TARGET, ABL_MODE),
     KINDS[1]: (PATCH_CLEAN, PATCH_CORRUPT, PATCH_TARGET, PATCH_FOIL),
 }
 share(EXPERIMENT, *LINKED.get(kind, ()))

@@ -46,7 +46,8 @@ def errors(at) -> str:
 def test_ablation_and_head_scan(tiny_dir):
     at = open_page(tiny_dir("gpt2"))
     assert at.title[0].value == "Experiments"
-    assert "not in this model's vocabulary" in errors(at)  # the default ' Paris' is not a tiny-model word
+    # with no target typed, the target is the model's own prediction for the workspace's text
+    assert not errors(at) and any("the model's own prediction" in i.value for i in at.info)
     box(at, "text_area", page.ABL_TEXT).set_value(TEXT)
     box(at, "text_input", page.ABL_TARGET).set_value(" is")
     run(at)
@@ -199,7 +200,6 @@ def test_encoder_decoder_reads_the_decoder_after_a_prefix(tiny_dir):
     [
         ("   ", " is", "The text is empty"),
         ("the cat " * 200, " is", "The text is 400 tokens long"),
-        (TEXT, "", "The target is empty"),
         (TEXT, " <img src=x onerror=alert(1)>", "not in this model's vocabulary"),
     ],
 )
@@ -235,3 +235,17 @@ def test_a_link_to_a_head_scan_shows_it_from_the_server_or_says_it_will_run(tiny
     third = opened(link, PAGE)
     assert not [c for c in charts(third) if "knocked out" in c["layout"]["title"]["text"]]
     assert any("Not run on this server" in c.value for c in third.caption)
+
+
+def test_the_ablation_reads_the_workspace_text_and_follows_the_models_prediction(tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("gpt2"))
+    at.session_state[session.TEXT] = TEXT  # typed on another page
+    at.session_state[page.EXPERIMENT] = page.KINDS[0]
+    at.switch_page(PAGE)
+    run(at)
+    assert box(at, "text_area", page.ABL_TEXT).value == TEXT
+    loaded = load_model(LoadRequest("folder", str(tiny_dir("gpt2"))))
+    probe = experiments.prepare(loaded, TEXT)
+    best = int(experiments.clean_logits(loaded, probe).argmax())
+    assert any(f"(id {best})" in c.value for c in at.caption)  # the target read is the model's top token

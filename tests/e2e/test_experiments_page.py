@@ -16,6 +16,11 @@ HOSTILE = "The </script><b>x</b> <img src=x onerror=alert(1)> is"
 
 def test_head_scan_and_patching_on_smollm2(page, app_url):
     open_page(page, app_url, "Experiments")
+    page.get_by_role("button", name="Example: a fact to recall").click()  # the Eiffel Tower and ' Paris'
+    wait_for_app_run(page)
+    expect(page.get_by_test_id("stMain").get_by_role("textbox", name="Text")).to_have_value(
+        "The Eiffel Tower is in the city of"
+    )
     charts = page.get_by_test_id("stPlotlyChart")
     bars = charts.filter(has_text="Next-token probabilities before and after")
     expect(bars.locator(".main-svg").first).to_be_visible(timeout=60_000)
