@@ -67,14 +67,16 @@ GEN_MESSAGE = "generate_message"  # why the last action was refused, shown once
 LENS_POSITIONS = "lens_positions"
 LENS_FOR = "lens_for"  # the model and token ids the logit lens's positions were chosen on
 # the Flow and Experiments pages' keys that links carry (the pages hold their other keys)
-FLOW_POSITION = "flow_position"
+# the focused token, shared by the pages that read one position of the same sequence (Flow, FFN memory)
+FOCUS, FOCUS_FOR = "focus_position", "focus_for"  # the position; the (model, tokens) it was chosen on
+FLOW_POSITION = FOCUS
 FLOW_THRESHOLD = "flow_threshold"
 EXPERIMENT = "exp_kind"
 ABL_TARGET, ABL_MODE = "exp_abl_target", "exp_abl_mode"  # the ablation's text is the workspace's
 PATCH_CLEAN, PATCH_CORRUPT = "exp_patch_clean", "exp_patch_corrupt"
 PATCH_TARGET, PATCH_FOIL = "exp_patch_target", "exp_patch_foil"
 # FFN memory and From scratch: their choices that links carry
-FFN_LAYER, FFN_POSITION, FFN_PUSHED = "ffn_layer", "ffn_position", "ffn_pushed"
+FFN_LAYER, FFN_POSITION, FFN_PUSHED = "ffn_layer", FOCUS, "ffn_pushed"
 SCRATCH_STACK, SCRATCH_LAYER, SCRATCH_HEAD = "scratch_stack", "scratch_layer", "scratch_head"
 # the Tasks page's link: the task, its text, and whether the answer was shown (the link then runs it)
 TASK_CHOICE, TASK_TEXT, TASK_RUN = "tasks_task_kept", "tasks_link_text", "tasks_link_run"
@@ -109,10 +111,9 @@ LINK = (
     Param("top_p", GEN_TOP_P, "float", 0.01, 1.0, label="top-p"),
     Param("penalty", GEN_REPETITION, "float", 0.5, 3.0, label="repetition penalty"),
     Param("picks", GEN_PICKS, "picks", label="generated tokens"),
-    Param("position", FLOW_POSITION, "int", 0, None, label="position to trace"),
+    Param("position", FOCUS, "int", 0, None, label="focused token"),
     Param("threshold", FLOW_THRESHOLD, "float", 0.01, 0.5, label="threshold"),
     Param("ffn_layer", FFN_LAYER, "int", 0, None, label="FFN layer"),
-    Param("ffn_token", FFN_POSITION, "int", 0, None, label="FFN token"),
     Param("pushes", FFN_PUSHED, label="token whose neurons are searched"),
     Param("scratch_stack", SCRATCH_STACK, label="attention to compute"),
     Param("scratch_layer", SCRATCH_LAYER, "int", 0, None, label="layer to compute"),

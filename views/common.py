@@ -106,6 +106,17 @@ def _follow_model(loaded) -> None:
     st.session_state[session.TEXT_GIVEN] = default_text(loaded)
 
 
+def focus_position(loaded, tokens, default: int) -> None:
+    """The focused position (session.FOCUS), shared by the pages that read the same sequence: kept while
+    the model and the tokens are the ones it was chosen on, else set to `default` (a link's own position
+    is kept, and checked by the page's widget)."""
+    seen = (loaded.request, tuple(tokens))
+    if st.session_state.get(session.FOCUS_FOR) != seen:
+        st.session_state[session.FOCUS_FOR] = seen
+        if not session.from_link(session.FOCUS):
+            st.session_state[session.FOCUS] = default
+
+
 def shared_text(loaded, height: int = 90) -> str:
     """The workspace's text (an encoder-decoder's source) in one box, for the pages that read one text: the
     same text as on the Attention page, carried from page to page."""

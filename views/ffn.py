@@ -12,12 +12,11 @@ from explorer.errors import InputError
 from explorer.figures.learn import bars, stacked_shares
 from explorer.models import anatomy
 from explorer.web.display import md
-from views.common import kept, model_or_stop, or_stop, share, shared_text
+from views.common import focus_position, kept, model_or_stop, or_stop, share, shared_text
 
 LAYER, POSITION, PUSHED = session.FFN_LAYER, session.FFN_POSITION, session.FFN_PUSHED
 TOP_K = "ffn_top_k"
 THROUGH_NORM = "ffn_through_norm"
-SEEN = "ffn_seen"  # the (model, text) the token choice was made on
 CACHE = "ffn_capture"  # ((request, text, layer), FfnCapture) of this user's last run
 FACT = "The Eiffel Tower is in the city of"  # an example: its last token is the one that predicts " Paris"
 MAX_TOKENS = 512
@@ -55,10 +54,8 @@ else:
         st.stop()
     st.session_state[CACHE] = (key, cap)
 
-if st.session_state.get(SEEN) != (loaded.request, text):  # a new text or model: its last token first
-    st.session_state[SEEN] = (loaded.request, text)
-    if not session.from_link(POSITION):  # (a link's own token is kept, and checked below)
-        st.session_state[POSITION] = len(cap.ids) - 1
+# the token chosen here or on Flow for this text; a new text or model: its last token first
+focus_position(loaded, cap.tokens, len(cap.ids) - 1)
 position = kept(
     "selectbox", "Token", POSITION, len(cap.ids) - 1, cols[1], options=list(range(len(cap.ids))),
     format_func=lambda i: f"{i}: {cap.tokens[i]}",

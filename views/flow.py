@@ -8,7 +8,7 @@ from explorer.analyses import flow
 from explorer.errors import InputError
 from explorer.figures.flow import graph
 from explorer.web.display import md
-from views.common import kept, model_or_stop, or_stop, share, text_inputs
+from views.common import focus_position, kept, model_or_stop, or_stop, share, text_inputs
 
 SEEN = "flow_seen"  # the (model, text, target) key this user's page last showed
 LENS = "flow_lens"  # ((request, text, target), {(boundary, pos): [(token, prob)]}) computed so far
@@ -31,11 +31,9 @@ or_stop(flow.flow_stack, loaded.model)
 
 text, target = text_inputs(loaded)
 key = ("flow", loaded.request, text, target or "")
-if st.session_state.get(SEEN) != key:  # a new text starts from its last token, with nothing opened
+if st.session_state.get(SEEN) != key:  # a new text starts with nothing opened
     st.session_state[SEEN] = key  # (set before running, so that a choice made meanwhile is not undone)
     st.session_state[LENS] = (key, {})
-    if not session.from_link(POSITION):  # a link's position is kept (and checked below)
-        st.session_state[POSITION] = None  # the last token, once the text is read
     st.session_state[DETAIL] = NONE
     st.session_state.pop(PICKED, None)
 # one Flow per (model, text, target) in the server's store, shared by the sessions reading the same text
@@ -49,8 +47,8 @@ try:
 except InputError as err:
     st.error(md(err))
     st.stop()
-if st.session_state.get(POSITION) is None:
-    st.session_state[POSITION] = result.n_pos - 1
+# the token chosen here or on FFN memory for this text; a new text or model: its last token first
+focus_position(loaded, result.tokens, result.n_pos - 1)
 
 if result.source_tokens is not None:
     how = "the model's own greedy output" if result.target_generated else "your prefix"

@@ -94,7 +94,7 @@ def test_threshold_and_position():
     after = graph(at)
     assert len(trace(after, "edges")["customdata"]) < before
     assert "threshold 0.3" in after["layout"]["title"]["text"]
-    at.selectbox(key="flow_position_box").select_index(2)
+    at.selectbox(key="focus_position_box").select_index(2)
     run(at)
     spec = graph(at)
     assert spec["layout"]["title"]["text"].startswith("Routes to 2 ")
@@ -113,11 +113,11 @@ def test_threshold_and_position():
 
 def test_encoder_from_any_position(tiny_dir):
     at = open_page(tiny_dir("bert"))
-    at.selectbox(key="flow_position_box").select_index(0)
+    at.selectbox(key="focus_position_box").select_index(0)
     run(at)
     spec = graph(at)
     assert spec["layout"]["title"]["text"].startswith("Routes to 0 ")
-    assert len(at.selectbox(key="flow_position_box").options) == len(spec["layout"]["xaxis"]["ticktext"])
+    assert len(at.selectbox(key="focus_position_box").options) == len(spec["layout"]["xaxis"]["ticktext"])
     assert not any("logit lens" in h for h in trace(spec, "nodes")["hovertext"])  # no LM head to read with
 
 

@@ -203,7 +203,7 @@ def test_ffn_page_opens_on_the_token_that_predicts_and_follows_a_new_text():
     at = open_page("views/ffn.py")
     [b for b in at.button if b.label == "Example: a fact to recall"][0].click()
     run(at)
-    box = at.selectbox(key="ffn_position_box")
+    box = at.selectbox(key="focus_position_box")
     assert box.format_func(box.value).endswith("of")  # the token whose next word is " Paris"
     pushers = at.dataframe[1].value  # which neurons push " Paris" at "of"
     effect = [c for c in pushers.columns if c.startswith("adds to the logit of")][0]
@@ -216,12 +216,12 @@ def test_ffn_page_opens_on_the_token_that_predicts_and_follows_a_new_text():
     at.text_area(key=f"{session.TEXT}_box").set_value("A much longer sentence than the one before, ending")
     run(at)
     assert not at.exception
-    box = at.selectbox(key="ffn_position_box")
+    box = at.selectbox(key="focus_position_box")
     assert box.value == len(box.options) - 1  # the new text's last token, not the old index
-    at.session_state["ffn_position"] = "3: mangled"  # what a browser can send back after the options change
+    at.session_state["focus_position"] = "3: mangled"  # what a browser can send back after the options change
     run(at)
     assert not at.exception  # replaced by the default, the last token
-    assert at.selectbox(key="ffn_position_box").value == len(box.options) - 1
+    assert at.selectbox(key="focus_position_box").value == len(box.options) - 1
 
 
 def test_ffn_page_encoder(tiny_dir):
@@ -275,3 +275,21 @@ def test_one_text_across_the_pages():
     assert at.text_area(key=f"{session.TEXT}_box").value == "Changed on the Flow page"
     probs = [c for c in charts(at) if "Attention weights" in c["layout"]["title"]["text"]][0]
     assert any("Changed" in str(label) for label in probs["data"][0]["y"])  # the page ran on it
+
+
+def test_the_focused_token_is_shared_by_ffn_memory_and_flow():
+    at = open_page("views/ffn.py")
+    at.selectbox(key="focus_position_box").set_value(2)
+    run(at)
+    at.switch_page("views/flow.py")
+    run(at)
+    assert not at.exception and at.selectbox(key="focus_position_box").value == 2  # the same token traced
+    at.selectbox(key="focus_position_box").set_value(4)
+    run(at)
+    at.switch_page("views/ffn.py")
+    run(at)
+    assert at.selectbox(key="focus_position_box").value == 4
+    at.text_area(key=f"{session.TEXT}_box").set_value("A new text on the FFN page")
+    run(at)
+    box = at.selectbox(key="focus_position_box")
+    assert box.value == len(box.options) - 1  # a new text: its last token

@@ -153,7 +153,7 @@ def test_links_to_the_flow_and_experiments_pages(tiny_dir):
     )
     assert flow.query_params["position"] == "3" and not flow.warning
     far = opened({**model, "text": TEXT, "position": "500"}, "views/flow.py")
-    assert "position to trace 500 is not one this model offers" in " ".join(w.value for w in far.warning)
+    assert "focused token 500 is not one this model offers" in " ".join(w.value for w in far.warning)
 
     link = {**model, "experiment": "Activation patching", "clean": "the cat sat on the mat",
             "corrupt": "the dog sat on the mat", "patch_target": " mat", "foil": " rug"}  # fmt: skip
@@ -177,7 +177,7 @@ def test_a_link_carries_the_token_focus_and_statistic_choices(tiny_dir):
 def test_ffn_memory_and_from_scratch_links_reopen_their_pictures(tiny_dir):
     """FFN memory and From scratch links carried only the model: now the text and the choices too."""
     for page, choose, title_of in (
-        ("views/ffn.py", {"ffn_layer_box": 1, "ffn_position_box": 2}, "strongest neurons"),
+        ("views/ffn.py", {"ffn_layer_box": 1, "focus_position_box": 2}, "strongest neurons"),
         ("views/from_scratch.py", {"scratch_layer_box": 1, "scratch_head_box": 3}, "Attention weights"),
     ):
         at = app()
