@@ -78,6 +78,8 @@ PATCH_TARGET, PATCH_FOIL = "exp_patch_target", "exp_patch_foil"
 # FFN memory and From scratch: their choices that links carry
 FFN_LAYER, FFN_POSITION, FFN_PUSHED = "ffn_layer", FOCUS, "ffn_pushed"
 SCRATCH_STACK, SCRATCH_LAYER, SCRATCH_HEAD = "scratch_stack", "scratch_layer", "scratch_head"
+# the Positions page's sliders
+POS_SINE, POS_LEARNED, POS_REACH = "positions_sine_n", "positions_learned_n", "positions_rotary_reach"
 # the Tasks page's link: the task, its text, and whether the answer was shown (the link then runs it)
 TASK_CHOICE, TASK_TEXT, TASK_RUN = "tasks_task_kept", "tasks_link_text", "tasks_link_run"
 GEN_PICKS = "generate_picks"  # tokens a link asks the Generate page to replay: ((token id, forced), ...)
@@ -118,6 +120,9 @@ LINK = (
     Param("scratch_stack", SCRATCH_STACK, label="attention to compute"),
     Param("scratch_layer", SCRATCH_LAYER, "int", 0, None, label="layer to compute"),
     Param("scratch_head", SCRATCH_HEAD, "int", 0, None, label="head to compute"),
+    Param("sine", POS_SINE, "int", 16, 512, label="sinusoidal positions"),
+    Param("learned", POS_LEARNED, "int", 8, None, label="learned positions shown"),
+    Param("reach", POS_REACH, "int", 16, None, label="distance shown"),
     Param("task", TASK_CHOICE, label="task"),
     Param("task_text", TASK_TEXT, label="task's text"),
     Param("run", TASK_RUN, "bool", label="run the task"),

@@ -8,11 +8,9 @@ from explorer.analyses import positions
 from explorer.figures.learn import heatmap, lines
 from explorer.models import anatomy
 from explorer.web.display import md
-from views.common import or_stop, share
+from views.common import kept, or_stop, share
 
-SINE_POSITIONS = "positions_sine_n"
-LEARNED_POSITIONS = "positions_learned_n"
-REACH = "positions_rotary_reach"
+SINE_POSITIONS, LEARNED_POSITIONS, REACH = session.POS_SINE, session.POS_LEARNED, session.POS_REACH
 
 st.title("Positions")
 st.caption(
@@ -23,14 +21,25 @@ st.caption(
 
 loaded = session.current_model()
 d_model = loaded.card.d_model if loaded is not None else 128
-share()  # the model in the URL: a copied link opens this page on it
+LINKED = (session.POS_SINE, session.POS_LEARNED, session.POS_REACH)
+
+
+def slider(label: str, key: str, lo: int, hi: int, default: int, **kwargs) -> int:
+    """A slider whose value, kept across visits and carried by links, is brought within [lo, hi] first
+    (a link or another model may hold one this model's slider does not reach)."""
+    value = st.session_state.get(key, default)
+    st.session_state[key] = min(max(int(value), lo), hi)
+    session.checked(key)
+    return kept("slider", label, key, default, min_value=lo, max_value=hi, **kwargs)
+
 
 st.subheader("Sinusoidal encoding (Vaswani et al., 2017)")
 st.latex(
     r"PE_{(pos,\,2i)} = \sin\!\left(\frac{pos}{10000^{2i/d_{model}}}\right), \qquad "
     r"PE_{(pos,\,2i+1)} = \cos\!\left(\frac{pos}{10000^{2i/d_{model}}}\right)"
 )
-n_sine = st.slider("Positions", 16, 512, 128, step=16, key=SINE_POSITIONS)
+n_sine = slider("Positions", SINE_POSITIONS, 16, 512, 128, step=16)
+share(*LINKED)  # the model and the sliders in the URL (again at the end, with the model's own sliders)
 st.caption(
     f"d_model = {d_model} (the loaded model's width). Each pair of columns is a clock turning at its own "
     "speed: the first pairs turn once every few tokens, the last ones take thousands of tokens; any "
@@ -58,7 +67,7 @@ if kind == positions.LEARNED:
     if offset:
         st.caption(f"Position 0 is row {offset} of the table (the rows before it are reserved).")
     most = len(table)
-    n = st.slider("Positions shown", 8, min(most, 1024), min(most, 128), key=LEARNED_POSITIONS)
+    n = slider("Positions shown", LEARNED_POSITIONS, 8, min(most, 1024), min(most, 128))
     left, right = st.columns(2)
     with left:
         st.plotly_chart(
@@ -94,7 +103,7 @@ elif kind == positions.ROTARY:
             f"{len(s.inv_freq)} pairs per head, attention scaling {s.attention_scaling:g}."
         )
     limit = loaded.card.context_length or 4096
-    reach = st.slider("Distance shown (tokens)", 16, int(min(limit, 32768)), int(min(limit, 512)), key=REACH)
+    reach = slider("Distance shown (tokens)", REACH, 16, int(min(limit, 32768)), int(min(limit, 512)))
     dist = np.arange(reach + 1)
     left, right = st.columns(2)
     with left:
@@ -140,3 +149,5 @@ else:
                         col_title="key − query", x_values=rb.distances.tolist(), height=360),
                 key=f"positions-bias-{stack}",
             )  # fmt: skip
+
+share(*LINKED)

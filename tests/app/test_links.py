@@ -197,3 +197,23 @@ def test_ffn_memory_and_from_scratch_links_reopen_their_pictures(tiny_dir):
         mine = [c for c in charts(at) if title_of in c["layout"]["title"]["text"]][0]
         theirs = [c for c in charts(other) if title_of in c["layout"]["title"]["text"]][0]
         assert theirs["layout"]["title"]["text"] == mine["layout"]["title"]["text"], page
+
+
+def test_a_positions_link_reopens_its_sliders_within_the_models_range(tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("gpt2"))  # learned positions
+    at.switch_page("views/positions.py")
+    run(at)
+    at.slider(key="positions_sine_n_box").set_value(64)
+    at.slider(key="positions_learned_n_box").set_value(32)
+    run(at)
+    link = dict(at.query_params)
+    assert link["sine"] == "64" and link["learned"] == "32"
+    other = opened(link, "views/positions.py")
+    assert other.slider(key="positions_sine_n_box").value == 64
+    assert other.slider(key="positions_learned_n_box").value == 32
+    titles = [c["layout"]["title"]["text"] for c in charts(other)]
+    assert any(t.startswith("Sinusoidal encoding (64 ×") for t in titles)
+    far = opened({**link, "learned": "5000"}, "views/positions.py")  # more than this model has
+    learned = far.slider(key="positions_learned_n_box")
+    assert not far.exception and learned.value == learned.max == 64  # the tiny GPT-2 has 64 positions
