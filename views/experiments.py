@@ -16,6 +16,7 @@ from explorer.figures.experiments import (
     routing_figure,
     usage_figure,
 )
+from explorer.models import zoo
 from explorer.models.loading import LoadRequest
 from explorer.web.display import md
 from views.common import chips, kept, model_or_stop, share, shared_text
@@ -24,6 +25,8 @@ EXPERIMENT = session.EXPERIMENT
 # the ablation reads the workspace's text (an encoder-decoder's source and decoder prefix)
 ABL_TEXT, ABL_PREFIX, ABL_TARGET = session.TEXT, session.TARGET, session.ABL_TARGET
 FACT, FACT_TARGET = "The Eiffel Tower is in the city of", " Paris"  # the example a button puts in
+# causal tracing's example: (clean, corrupted, decoder prefix, target, foil)
+PATCH_EXAMPLE = (FACT, "The Colosseum is in the city of", "", " Paris", " Rome")
 ABL_STACK, ABL_MODE, ABL_HEADS, ABL_TOP = "exp_abl_stack", session.ABL_MODE, "exp_abl_heads", "exp_abl_top"
 PATCH_CLEAN, PATCH_CORRUPT = session.PATCH_CLEAN, session.PATCH_CORRUPT
 PATCH_TARGET, PATCH_FOIL, PATCH_PREFIX = session.PATCH_TARGET, session.PATCH_FOIL, "exp_patch_prefix"
@@ -192,15 +195,22 @@ def patching() -> None:
     if loaded.card.family == "encoder":
         st.info("Causal tracing reads a next-token prediction: load a decoder or an encoder-decoder.")
         return
+    # the model's own example where it has one (the date normalizer: November against December); another
+    # model's example, never edited, is replaced by this model's
+    keys = (PATCH_CLEAN, PATCH_CORRUPT, PATCH_PREFIX, PATCH_TARGET, PATCH_FOIL)
+    entry = zoo.ZOO.get(loaded.request.ref) if loaded.request.source == "embedded" else None
+    example = entry.patching if entry is not None and entry.patching else PATCH_EXAMPLE
+    examples = [PATCH_EXAMPLE] + [e.patching for e in zoo.ZOO.values() if e.patching]
+    if tuple(st.session_state.get(k) for k in keys) in examples or PATCH_CLEAN not in st.session_state:
+        st.session_state.update(dict(zip(keys, example)))
     a, b = st.columns(2)
-    clean = kept("text_input", "Clean prompt", PATCH_CLEAN, "The Eiffel Tower is in the city of", a)
-    corrupt = kept("text_input", "Corrupted prompt (same number of tokens)", PATCH_CORRUPT,
-                   "The Colosseum is in the city of", b)  # fmt: skip
-    target = kept("text_input", "Target (the clean answer)", PATCH_TARGET, " Paris", a)
-    foil = kept("text_input", "Foil (the corrupted answer)", PATCH_FOIL, " Rome", b)
+    clean = kept("text_input", "Clean prompt", PATCH_CLEAN, example[0], a)
+    corrupt = kept("text_input", "Corrupted prompt (same number of tokens)", PATCH_CORRUPT, example[1], b)
+    target = kept("text_input", "Target (the clean answer)", PATCH_TARGET, example[3], a)
+    foil = kept("text_input", "Foil (the corrupted answer)", PATCH_FOIL, example[4], b)
     prefix = ""
     if seq2seq:
-        prefix = kept("text_input", "Target prefix (the decoder's start)", PATCH_PREFIX, "", a)
+        prefix = kept("text_input", "Target prefix (the decoder's start)", PATCH_PREFIX, example[2], a)
     stack = stack_choice(PATCH_STACK, "Patch the")
     names = list(experiments.KIND_TITLES)
     kinds = kept("multiselect", "Activations to patch", PATCH_KINDS, names, options=names,

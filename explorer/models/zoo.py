@@ -32,6 +32,8 @@ class ZooEntry:
     folder: str | None = None  # weights committed to this repository, relative to its root
     example: str | None = None  # a text that shows what the model is for (the pages' default input)
     job: str | None = None  # a model trained for one job only: that job, said in a few words
+    # causal tracing's example for this model: (clean, corrupted, decoder prefix, target, foil)
+    patching: tuple[str, str, str, str, str] | None = None
 
     @property
     def version(self) -> str:
@@ -145,6 +147,8 @@ ZOO: dict[str, ZooEntry] = {
             folder="explorer/weights/date-normalizer",
             example="Tuesday, 23rd November 2026",
             job="rewriting a date as YYYY-MM-DD",
+            # November and December: the same length; after "2026-1" the month's second digit, 1 or 2
+            patching=("Tuesday, 23rd November 2026", "Tuesday, 23rd December 2026", "2026-1", "1", "2"),
         ),
     ]
 }

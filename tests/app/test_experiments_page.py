@@ -249,3 +249,22 @@ def test_the_ablation_reads_the_workspace_text_and_follows_the_models_prediction
     probe = experiments.prepare(loaded, TEXT)
     best = int(experiments.clean_logits(loaded, probe).argmax())
     assert any(f"(id {best})" in c.value for c in at.caption)  # the target read is the model's top token
+
+
+def test_patching_opens_on_the_models_own_example():
+    at = app(timeout=120)
+    at.session_state[page.EXPERIMENT] = page.KINDS[1]
+    at.switch_page(PAGE)
+    run(at)
+    assert box(at, "text_input", page.PATCH_CLEAN).value == "The Eiffel Tower is in the city of"
+    at.session_state[session.EMBEDDED] = "date-normalizer"
+    run(at)
+    at.sidebar.button[0].click()
+    run(at)
+    assert box(at, "text_input", page.PATCH_CORRUPT).value == "Tuesday, 23rd December 2026"
+    assert box(at, "text_input", page.PATCH_PREFIX).value == "2026-1"
+    assert (box(at, "text_input", page.PATCH_TARGET).value, box(at, "text_input", page.PATCH_FOIL).value) == (
+        "1",
+        "2",
+    )
+    assert not at.error

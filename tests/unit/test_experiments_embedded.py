@@ -46,3 +46,14 @@ def test_causal_tracing_on_smollm2_restores_the_clean_run_at_the_first_layer():
     assert resid[0, 0] == pytest.approx(0.0, abs=1e-5)  # 'The' is the same in both prompts
     assert resid[-1, -1] > 0.5  # at the top, the last position carries the answer
     assert resid[5, 1:4].sum() > 0.5  # early on, the subject's tokens do
+
+
+@pytest.mark.slow
+def test_the_date_normalizers_patching_example_traces_the_month():
+    """Its example: November against December, read after '2026-1' (the month's second digit, 1 or 2)."""
+    from explorer.models import zoo
+
+    loaded = load_model(LoadRequest("embedded", "date-normalizer"))
+    clean, corrupt, prefix, target, foil = zoo.ZOO["date-normalizer"].patching
+    result = experiments.patch(loaded, clean, corrupt, target, foil, prefix=prefix)
+    assert result.ld_clean > 0 > result.ld_corrupt  # 1 after November, 2 after December
