@@ -15,6 +15,11 @@ import torch
 from explorer.errors import LoadError, first_line
 from explorer.models.loading import LoadedModel, LoadRequest, Progress, load_model
 
+# Loads run one at a time in a process. Two at once (the server's preload of the default model and a link's
+# own model, on a fresh server) raced in transformers' lazy imports: "cannot import name 'AutoConfig' from
+# 'transformers'" in the second load, seen in Chromium. A load mostly uses the CPU anyway.
+_ONE_LOAD_AT_A_TIME = threading.Lock()
+
 
 class _Job:
     def __init__(self, request: LoadRequest) -> None:
@@ -70,7 +75,8 @@ class ModelRegistry:
 
     def _run(self, job: _Job) -> None:
         try:
-            job.result = load_model(job.request, job.report)
+            with _ONE_LOAD_AT_A_TIME:
+                job.result = load_model(job.request, job.report)
         except LoadError as err:
             job.error = err
         except Exception as err:  # a failure nobody foresaw still reaches the user as a message
