@@ -174,6 +174,8 @@ def controls(stepper: Stepper, settings: Settings, text_box) -> None:
     c1, c2, c3, c4 = st.columns([1, 2, 2, 1])
     if c1.button("Step", type="primary", disabled=bool(stepper.finished)):
         do(stepper.step, settings)
+        if stepper.finished:
+            st.rerun()  # Step above was drawn enabled: the end of the text disables it
     n = kept(
         "number_input",
         "Steps to run",
@@ -200,6 +202,8 @@ def controls(stepper: Stepper, settings: Settings, text_box) -> None:
             if stepper.finished:
                 break
         bar.empty()
+        if stepper.finished:
+            st.rerun()  # Step and Run were drawn enabled before the run reached the end of the text
     if stepper.steps:
         options = list(range(len(stepper.steps)))
         to = c3.selectbox(

@@ -49,6 +49,7 @@ def test_undo_after_the_end_of_text_enables_step_and_run_again():
     run(at)
     s = stepper(at)
     assert s.finished  # the chat answer ends with <|im_end|> within 10 tokens
+    assert button(at, "Step").disabled and button(at, "Run 10 steps").disabled  # as soon as it ends
     at.selectbox[0].set_value(0)  # undo back to the prompt
     button(at, "Undo").click()
     run(at)
