@@ -179,14 +179,14 @@ def suggested_key(s: AttentionSet, query: int) -> int:
     return int(np.argmax(mean))
 
 
-def token_focus(s: AttentionSet) -> None:
+def token_focus(s: AttentionSet, request) -> None:
     q_opts = list(range(len(s.queries)))
     k_opts = list(range(len(s.keys)))
     # Token positions chosen on another text or model mean other tokens here: a new text starts from the
     # suggested pair (a link's own choice is kept, and checked below).
     seen = (s.name, s.queries.ids, s.keys.ids)
-    if st.session_state.get(session.FOCUS_FOR) != seen:
-        st.session_state[session.FOCUS_FOR] = seen
+    if st.session_state.get(session.PAIR_FOR) != seen:
+        st.session_state[session.PAIR_FOR] = seen
         if not session.from_link(session.ATTN_QUERY):
             st.session_state[session.ATTN_QUERY] = default_query(s)
         if not session.from_link(session.ATTN_KEY):
@@ -194,6 +194,19 @@ def token_focus(s: AttentionSet) -> None:
             st.session_state[session.ATTN_KEY] = suggested_key(
                 s, query if query in q_opts else default_query(s)
             )
+    # The focused token the other pages share (FFN memory, Flow), when it was chosen on this very sequence
+    # and has changed since this page last took it, becomes the query (with its suggested key).
+    shared = (request, tuple(s.queries.tokens))
+    focused = st.session_state.get(session.FOCUS)
+    if (
+        s.same_sequence
+        and st.session_state.get(session.FOCUS_FOR) == shared
+        and focused in q_opts
+        and focused != st.session_state.get(session.PAIR_SYNCED)
+        and not session.from_link(session.ATTN_QUERY)
+    ):
+        st.session_state[session.ATTN_QUERY] = focused
+        st.session_state[session.ATTN_KEY] = suggested_key(s, focused)
     c1, c2 = st.columns(2)
     query = kept(
         "selectbox",
@@ -213,6 +226,9 @@ def token_focus(s: AttentionSet) -> None:
         options=k_opts,
         format_func=lambda i: f"{i}: {s.keys.tokens[i]}",
     )
+    if s.same_sequence:  # the query is the focused token for the other pages too
+        st.session_state[session.FOCUS], st.session_state[session.FOCUS_FOR] = query, shared
+        st.session_state[session.PAIR_SYNCED] = query
     values = focus(s.maps, query, key)
     qt, kt = s.queries.tokens[query], s.keys.tokens[key]
     notes = [f"sliding {w}" if w else "" for w in s.windows]
@@ -331,7 +347,7 @@ def main() -> None:
     found = capture_page("attention")
     if found is None:
         return
-    _, cap = found
+    loaded, cap = found
     sets = cap.attention_sets()
     if len(sets) > 1:
         kind = kept(
@@ -374,7 +390,7 @@ def main() -> None:
     elif view == "Mean and rollout":
         mean_and_rollout(s, layer)
     elif view == "Token focus":
-        token_focus(s)
+        token_focus(s, loaded.request)
     elif view == "Head statistics":
         head_stats(s)
     else:

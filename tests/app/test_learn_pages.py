@@ -293,3 +293,20 @@ def test_the_focused_token_is_shared_by_ffn_memory_and_flow():
     run(at)
     box = at.selectbox(key="focus_position_box")
     assert box.value == len(box.options) - 1  # a new text: its last token
+
+
+def test_the_token_focus_query_is_the_focused_token_of_the_other_pages():
+    at = open_page("views/attention.py")
+    at.session_state[session.ATTN_VIEW] = "Token focus"
+    run(at)
+    query = at.session_state[session.ATTN_QUERY]  # "it", suggested
+    at.switch_page("views/ffn.py")
+    run(at)
+    assert at.selectbox(key="focus_position_box").value == query  # FFN memory reads the same token
+    at.selectbox(key="focus_position_box").set_value(3)
+    run(at)
+    at.switch_page("views/attention.py")
+    run(at)
+    assert not at.exception and at.session_state[session.ATTN_QUERY] == 3
+    focus = [c for c in charts(at) if c["layout"]["title"]["text"].startswith("How much")][0]
+    assert "(3) attends to" in focus["layout"]["title"]["text"]
