@@ -83,8 +83,10 @@ def ablation() -> None:
     left, right = st.columns([3, 1])
     mask = loaded.tokenizer.mask_token or "[MASK]"
     example = f"The capital of France is {mask}." if masked else FACT
-    if left.button("Example: a fact to recall", help=f"Puts “{example}” in the text (for every page) and "
-                   f"“{FACT_TARGET}” as the target."):  # fmt: skip
+    entry = zoo.ZOO.get(loaded.request.ref) if loaded.request.source == "embedded" else None
+    one_job = entry is not None and entry.job  # the date normalizer: a fact to recall is not its job
+    if not one_job and left.button("Example: a fact to recall", help=f"Puts “{example}” in the text (for "
+                                   f"every page) and “{FACT_TARGET}” as the target."):  # fmt: skip
         st.session_state[ABL_TEXT], st.session_state[ABL_TARGET] = example, FACT_TARGET
     with left:
         text = shared_text(loaded, height=68)  # the workspace's text, the same on every page
