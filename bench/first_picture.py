@@ -50,24 +50,30 @@ def serve_command(port: int) -> list[str]:
     return out.stdout.split()
 
 
-def first_picture(browser, command: list[str], port: int, path: str, title: str) -> float:
-    """Seconds from starting `command` to the heatmap titled `title` drawn at `path`."""
+def start(command: list[str], port: int, poll_s: float = 0.05) -> subprocess.Popen:
+    """`command` (a Streamlit server on `port`) started headless; returns once it answers its health check."""
     env = {**os.environ, "STREAMLIT_SERVER_HEADLESS": "true", "TOKENIZERS_PARALLELISM": "false"}
-    started = time.perf_counter()
     proc = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         start_new_session=True,
     )  # fmt: skip
+    deadline = time.perf_counter() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+                return proc
+        except OSError:
+            if time.perf_counter() > deadline:
+                os.killpg(proc.pid, signal.SIGTERM)
+                raise SystemExit(f"{command} did not start") from None
+            time.sleep(poll_s)
+
+
+def first_picture(browser, command: list[str], port: int, path: str, title: str) -> float:
+    """Seconds from starting `command` to the heatmap titled `title` drawn at `path`."""
+    started = time.perf_counter()
+    proc = start(command, port)
     try:
-        deadline = started + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                if time.perf_counter() > deadline:
-                    raise SystemExit(f"{command} did not start") from None
-                time.sleep(0.05)
         context = browser.new_context(viewport={"width": 1400, "height": 1100})
         page = context.new_page()
         page.goto(f"http://127.0.0.1:{port}{path}", wait_until="commit")

@@ -25,10 +25,8 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
@@ -36,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.first_picture import serve_command  # noqa: E402
+from bench.first_picture import serve_command, start  # noqa: E402
 from bench.sessions import DONE, free_port  # noqa: E402
 from explorer.models import zoo  # noqa: E402
 from explorer.models.loading import LoadRequest, load_model  # noqa: E402
@@ -159,23 +157,10 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     port = free_port()
-    env = {**os.environ, "STREAMLIT_SERVER_HEADLESS": "true", "TOKENIZERS_PARALLELISM": "false"}
-    server = subprocess.Popen(
-        serve_command(port), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        start_new_session=True,
-    )  # fmt: skip
+    server = start(serve_command(port), port, poll_s=0.2)
     base = f"http://127.0.0.1:{port}"
     rows = []
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    raise SystemExit("the app did not start") from None
-                time.sleep(0.2)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             for model in args.models:

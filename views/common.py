@@ -84,7 +84,7 @@ def default_text(loaded) -> str:
     """The model's own example text (the date normalizer reads dates); for a masked-language model, the
     classic sentence with a word masked by its own mask token; else the classic sentence."""
     request = loaded.request
-    entry = zoo.ZOO.get(request.ref) if request.source == "embedded" else None
+    entry = zoo.entry_of(request)
     if entry is not None and entry.example:
         return entry.example
     mask = loaded.tokenizer.mask_token

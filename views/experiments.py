@@ -83,7 +83,7 @@ def ablation() -> None:
     left, right = st.columns([3, 1])
     mask = loaded.tokenizer.mask_token or "[MASK]"
     example = f"The capital of France is {mask}." if masked else FACT
-    entry = zoo.ZOO.get(loaded.request.ref) if loaded.request.source == "embedded" else None
+    entry = zoo.entry_of(loaded.request)
     one_job = entry is not None and entry.job  # the date normalizer: a fact to recall is not its job
     if not one_job and left.button("Example: a fact to recall", help=f"Puts “{example}” in the text (for "
                                    f"every page) and “{FACT_TARGET}” as the target."):  # fmt: skip
@@ -200,7 +200,7 @@ def patching() -> None:
     # the model's own example where it has one (the date normalizer: November against December); another
     # model's example, never edited, is replaced by this model's
     keys = (PATCH_CLEAN, PATCH_CORRUPT, PATCH_PREFIX, PATCH_TARGET, PATCH_FOIL)
-    entry = zoo.ZOO.get(loaded.request.ref) if loaded.request.source == "embedded" else None
+    entry = zoo.entry_of(loaded.request)
     example = entry.patching if entry is not None and entry.patching else PATCH_EXAMPLE
     examples = [PATCH_EXAMPLE] + [e.patching for e in zoo.ZOO.values() if e.patching]
     if tuple(st.session_state.get(k) for k in keys) in examples or PATCH_CLEAN not in st.session_state:

@@ -100,7 +100,7 @@ def _csv_download(rows: list[dict], name: str) -> None:
 
 def example(task: str) -> str:
     """The task's example input, fitted to the model: its own mask token, its own job's example."""
-    entry = zoo.ZOO.get(loaded.request.ref) if loaded.request.source == "embedded" else None
+    entry = zoo.entry_of(loaded.request)
     if task == "text-to-text" and entry is not None and entry.example:
         return entry.example
     if task == "fill-mask" and loaded.tokenizer.mask_token:

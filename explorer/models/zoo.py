@@ -156,6 +156,11 @@ ZOO: dict[str, ZooEntry] = {
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
+def entry_of(request) -> ZooEntry | None:
+    """The embedded model a LoadRequest names, or None for a hub id, folder or GGUF file."""
+    return ZOO.get(request.ref) if request.source == "embedded" else None
+
+
 def entry(name: str) -> ZooEntry:
     try:
         return ZOO[name]

@@ -294,7 +294,7 @@ def own_job(loaded: LoadedModel) -> str | None:
     """The one job an embedded model was trained for (explorer.models.zoo), if it has one."""
     from explorer.models import zoo
 
-    entry = zoo.ZOO.get(loaded.request.ref) if loaded.request.source == "embedded" else None
+    entry = zoo.entry_of(loaded.request)
     return entry.job if entry is not None else None
 
 
