@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from explorer.analyses import ffn
+from explorer.analyses.hidden import unembed_top
 from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError
 from explorer.models import anatomy
@@ -524,21 +525,14 @@ def lens_tops(
     a = anatomy.of(model)
     head, norm = a.unembed, a.stacks["decoder"].final_norm
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    found: dict[tuple[int, int], list] = {}
     with loaded.lock, torch.no_grad():
-        for lo in range(0, len(nodes), 64):
-            part = nodes[lo : lo + 64]
-            h = torch.from_numpy(np.stack([flow.residuals[b, p] for b, p in part]))
-            h = h.to(head.weight.device, head.weight.dtype)
-            if norm is not None:
-                h = norm(h)
-            logits = head(h).float()
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            values, index = torch.softmax(logits, -1).topk(top, -1)
-            for node, vals, idx in zip(part, values.cpu().tolist(), index.cpu().tolist()):
-                found[node] = list(zip(display_tokens(loaded.tokenizer, idx), vals))
-    return found
+        h = torch.from_numpy(np.stack([flow.residuals[b, p] for b, p in nodes]))
+        h = h.to(head.weight.device, head.weight.dtype)
+        probs, ids = unembed_top(head, norm(h) if norm is not None else h, top, softcap)
+    return {
+        node: list(zip(display_tokens(loaded.tokenizer, idx), vals))
+        for node, vals, idx in zip(nodes, probs.tolist(), ids.tolist())
+    }
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,25 @@ def final_norm(model):
     return None
 
 
+def unembed_top(
+    head: torch.nn.Module, rows: torch.Tensor, top: int, softcap: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `top` most likely next tokens of each residual-stream row (already through the final norm) under
+    the LM head `head` (and logit soft-capping): (probabilities, ids), each (rows, top), on the CPU. The
+    rows go through in chunks: the unembedding, the largest matrix of a small model, is read once per
+    chunk instead of once per row group (the logit lens: three times faster on Gemma 3)."""
+    probs = torch.zeros(len(rows), top)
+    ids = torch.zeros(len(rows), top, dtype=torch.int64)
+    for start in range(0, len(rows), LENS_ROWS):
+        logits = head(rows[start : start + LENS_ROWS]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        values, index = logits.topk(top, dim=-1)
+        probs[start : start + LENS_ROWS] = (values - logits.logsumexp(-1, keepdim=True)).exp().cpu()
+        ids[start : start + LENS_ROWS] = index.cpu()
+    return probs, ids
+
+
 def logit_lens(loaded, cap: Capture, positions: list[int], top: int = LENS_TOP) -> Lens:
     """What each layer's hidden state at `positions` would predict if it were the last layer: the
     model's own final norm and unembedding (and logit soft-capping, where the config has it) applied
@@ -107,22 +126,11 @@ def logit_lens(loaded, cap: Capture, positions: list[int], top: int = LENS_TOP) 
     norm = final_norm(model)
     cap_value = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     n_states = cap.hidden_states.shape[0]
-    ids = torch.zeros(n_states * len(positions), top, dtype=torch.int64)
-    probs = torch.zeros(n_states * len(positions), top)
-    # Every layer and position in one batch, in row chunks: the unembedding, the largest matrix of a small
-    # model, is read once per chunk instead of once per layer (three times faster on Gemma 3).
     with loaded.lock, torch.inference_mode():
         h = torch.from_numpy(cap.hidden_states[:, positions]).to(head.weight.device, head.weight.dtype)
         if norm is not None:  # the last entry is already normed
             h = torch.cat([norm(h[:-1]), h[-1:]])
-        rows = h.reshape(-1, h.shape[-1])
-        for start in range(0, len(rows), LENS_ROWS):
-            logits = head(rows[start : start + LENS_ROWS]).float()
-            if cap_value:
-                logits = torch.tanh(logits / cap_value) * cap_value
-            values, index = logits.topk(top, dim=-1)
-            probs[start : start + LENS_ROWS] = (values - logits.logsumexp(-1, keepdim=True)).exp().cpu()
-            ids[start : start + LENS_ROWS] = index.cpu()
+        probs, ids = unembed_top(head, h.reshape(-1, h.shape[-1]), top, cap_value)
     ids_np = ids.numpy().reshape(n_states, len(positions), top)
     probs_np = probs.numpy().reshape(n_states, len(positions), top)
     words = display_tokens(loaded.tokenizer, ids_np.reshape(-1).tolist())
