@@ -104,6 +104,7 @@ for problem in session.link_problems():
 page = st.navigation(
     [
         st.Page("views/model.py", title="Model", icon="🧱", default=True),
+        st.Page("views/lessons.py", title="Lessons", icon="🎓"),
         st.Page("views/attention.py", title="Attention", icon="🔦"),
         st.Page("views/hidden_states.py", title="Hidden states", icon="📈"),
         st.Page("views/generate.py", title="Generate", icon="✍️"),

@@ -83,6 +83,8 @@ SCRATCH_STACK, SCRATCH_LAYER, SCRATCH_HEAD = "scratch_stack", "scratch_layer", "
 POS_SINE, POS_LEARNED, POS_REACH = "positions_sine_n", "positions_learned_n", "positions_rotary_reach"
 # the Tasks page's link: the task, its text, and whether the answer was shown (the link then runs it)
 TASK_CHOICE, TASK_TEXT, TASK_RUN = "tasks_task_kept", "tasks_link_text", "tasks_link_run"
+# the Lessons page: which lesson, presentation mode and its screen (0 idea, 1 the model, 2 the question)
+LESSON, PRESENT, LESSON_SCREEN = "lesson_id", "lesson_present", "lesson_screen"
 GEN_PICKS = "generate_picks"  # tokens a link asks the Generate page to replay: ((token id, forced), ...)
 # shareable links
 LINK_READ = "link_read"  # this session has read the link it was opened with
@@ -134,6 +136,9 @@ LINK = (
     Param("corrupt", PATCH_CORRUPT, label="corrupted prompt"),
     Param("patch_target", PATCH_TARGET, label="patching target"),
     Param("foil", PATCH_FOIL, label="foil"),
+    Param("lesson", LESSON, label="lesson"),
+    Param("present", PRESENT, "bool", label="presentation mode"),
+    Param("screen", LESSON_SCREEN, "int", 0, 2, label="lesson screen"),
 )
 
 
@@ -190,6 +195,15 @@ def load(request: LoadRequest) -> LoadedModel | None:
     st.session_state[REQUEST] = request
     st.session_state.pop(LOAD_ERROR, None)
     return loaded
+
+
+def switch_to(name: str) -> None:
+    """A button's on_click: this user's model becomes the embedded model `name`, on the device and dtype
+    they use now; the sidebar shows it, and the run that follows loads it with progress."""
+    now = current_request()
+    request = LoadRequest("embedded", name, now.device, now.dtype) if now else LoadRequest("embedded", name)
+    st.session_state[SOURCE], st.session_state[EMBEDDED] = "embedded", name
+    st.session_state[PENDING] = request
 
 
 def fetch(request: LoadRequest) -> LoadedModel:

@@ -125,6 +125,12 @@ def shared_text(loaded, height: int = 90) -> str:
     return _kept_box(label, session.TEXT, default_text(loaded), height)
 
 
+def workspace_text(loaded) -> str:
+    """The workspace's text without a box (a page that only shows it, as the Lessons' presentation)."""
+    _follow_model(loaded)
+    return st.session_state[session.TEXT]
+
+
 def text_inputs(loaded) -> tuple[str, str | None]:
     """The workspace's text box(es) with the decoder's prefix for encoder-decoders (Attention, Hidden
     states, Flow); the pages that read one text use `shared_text`."""

@@ -1,0 +1,112 @@
+"""The Lessons page in presentation mode, as a class would follow it: on each embedded model, every
+lesson's three screens reached with the arrow keys; every question answered right (with the answer the
+page reveals), the first one wrong before, and the verdicts checked; a lesson that does not apply says why
+and offers a model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from explorer.lessons import course
+from explorer.models import zoo
+from tests.e2e.conftest import screenshot, wait_for_app_run
+
+pytestmark = pytest.mark.e2e
+
+
+def main(page):
+    return page.get_by_test_id("stMain")
+
+
+def press(page, key: str) -> None:
+    page.evaluate("document.activeElement && document.activeElement.blur()")  # keys go to the page
+    page.keyboard.press(key)
+    page.wait_for_timeout(100)
+    wait_for_app_run(page)
+
+
+def revealed(page) -> str:
+    main(page).get_by_role("button", name="Show the answer").click()
+    wait_for_app_run(page)
+    info = main(page).get_by_test_id("stAlertContentInfo").filter(has_text="Answer:")
+    expect(info).to_be_visible()
+    return re.search(r"Answer:\s*(.+)", info.inner_text()).group(1).strip()
+
+
+def answer(page, kind: str, value: str, options: list[str] | None = None) -> None:
+    """Puts `value` in the answer box (for a choice of many, the options it names) and presses Check."""
+    m = main(page)
+    if kind == "choice":
+        m.get_by_test_id("stRadio").get_by_text(value, exact=True).click()
+    elif kind == "many":
+        chosen = set(value.split(", "))
+        group = m.get_by_test_id("stButtonGroup")
+        for name in options:
+            button = group.get_by_role("button", name=name, exact=True)
+            on = button.get_attribute("aria-pressed") == "true" or "Active" in (
+                button.get_attribute("data-testid") or ""
+            )
+            if (name in chosen) != on:
+                button.click()
+    else:
+        m.get_by_label(re.compile("^Your answer")).fill(value)
+    m.get_by_role("button", name="Check").click()
+    wait_for_app_run(page)
+
+
+def wrong_value(kind: str, right: str, options: list[str]) -> str:
+    if kind == "choice":
+        return next(o for o in options if o != right)
+    if kind == "many":
+        chosen = right.split(", ")
+        return ", ".join(chosen[:-1] or [o for o in options if o not in chosen][:1])
+    return str(float(right.replace(",", "")) + 1.0)
+
+
+@pytest.mark.parametrize("model", list(zoo.ZOO))
+def test_every_lesson_in_presentation_mode(page, app_url, model):
+    page.goto(f"{app_url}/lessons?model={model}&lesson={course.LESSONS[0].id}&present=1&screen=0")
+    wait_for_app_run(page)
+    wrong_once = True
+    for n, lesson in enumerate(course.LESSONS, 1):
+        title = f"{n}. {lesson.title}"
+        expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(timeout=120_000)
+        expect(page.get_by_test_id("stSidebar")).to_be_hidden()  # presentation: the sidebar is out of the way
+        expect(main(page).get_by_text("(1/3)")).to_be_visible()
+        press(page, "ArrowRight")
+        expect(main(page).get_by_text("(2/3)")).to_be_visible(timeout=120_000)
+        assert page.get_by_test_id("stException").count() == 0, f"{model} {lesson.id}"
+        screenshot(page, f"lesson-{model}-{lesson.id}-model")
+        press(page, "ArrowRight")
+        expect(main(page).get_by_text("(3/3)")).to_be_visible(timeout=120_000)
+        offer = main(page).get_by_role("button", name=re.compile(r"^Load .* for this lesson$"))
+        check = main(page).get_by_role("button", name="Check")
+        expect(offer.or_(check)).to_be_visible(timeout=120_000)
+        if offer.count():  # the lesson does not apply: it says why, and offers a model
+            assert lesson.instead is not None, f"{lesson.id} offers a model but names none"
+            expect(offer).to_have_text(f"Load {zoo.ZOO[lesson.instead].title} for this lesson")
+        else:
+            radios = main(page).get_by_test_id("stRadio")
+            pills = main(page).get_by_test_id("stButtonGroup")
+            kind = "choice" if radios.count() else "many" if pills.count() else "number"
+            options = []
+            if kind == "choice":
+                options = [t.strip() for t in radios.locator("label").all_inner_texts() if t.strip()]
+                options = [o for o in options if o != "Your answer"]
+            elif kind == "many":
+                options = [t.strip() for t in pills.get_by_role("button").all_inner_texts()]
+            right = revealed(page)
+            if wrong_once:
+                answer(page, kind, wrong_value(kind, right, options), options)
+                expect(main(page).get_by_text("Not quite.")).to_be_visible()
+            answer(page, kind, right, options)
+            expect(main(page).get_by_text(re.compile(r"^Right\."))).to_be_visible()
+            if wrong_once:
+                screenshot(page, f"lesson-{model}-{lesson.id}-question")
+                wrong_once = False
+        if n < len(course.LESSONS):
+            press(page, "ArrowRight")
+    assert page.get_by_test_id("stException").count() == 0
