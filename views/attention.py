@@ -22,6 +22,7 @@ from explorer.figures.attention import (
     token_heatmap,
     top_attended_figure,
 )
+from explorer.lessons.glossary import help_for
 from explorer.models.devices import human_bytes
 from explorer.runs.capture import AttentionSet, Capture
 from explorer.runs.export import npz_bytes
@@ -377,9 +378,18 @@ def main() -> None:
             c1,
             options=list(range(s.n_layers)),
             format_func=lambda i: layer_label(s, i),
+            help=help_for("layer"),
         )
         if view == "One head":
-            head = kept("selectbox", "Head", session.ATTN_HEAD, 0, c2, options=list(range(s.n_heads)))
+            head = kept(
+                "selectbox",
+                "Head",
+                session.ATTN_HEAD,
+                0,
+                c2,
+                options=list(range(s.n_heads)),
+                help=help_for("head", "attention map"),
+            )
     # The address bar is written before the picture is drawn: whenever a user (or a test) sees the
     # picture, the link they copy already opens it.
     share(*link_keys(view))

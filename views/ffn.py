@@ -10,6 +10,7 @@ from explorer.analyses import ffn
 from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError
 from explorer.figures.learn import bars, stacked_shares
+from explorer.lessons.glossary import help_for
 from explorer.models import anatomy
 from explorer.web.display import md
 from views.common import focus_position, kept, model_or_stop, or_stop, share, shared_text
@@ -21,7 +22,7 @@ CACHE = "ffn_capture"  # ((request, text, layer), FfnCapture) of this user's las
 FACT = "The Eiffel Tower is in the city of"  # an example: its last token is the one that predicts " Paris"
 MAX_TOKENS = 512
 
-st.title("FFN memory: how LLMs store facts")
+st.title("FFN memory: how LLMs store facts", help=help_for("feed-forward network", "neuron"))
 st.caption(
     "Each layer's feed-forward network is a large set of neurons. A neuron reads the token's vector, "
     "fires (its activation), and adds its own output vector to the residual stream, scaled by that "
@@ -40,7 +41,9 @@ n_layers = parts.n_layers(stack)
 cols = st.columns([1, 2, 1])
 # kept(): the choices are checked against what this model and text offer (a stale or mangled one is
 # replaced, never compared as it is)
-layer = kept("selectbox", "Layer", LAYER, n_layers // 2, cols[0], options=list(range(n_layers)))
+layer = kept(
+    "selectbox", "Layer", LAYER, n_layers // 2, cols[0], options=list(range(n_layers)), help=help_for("layer")
+)
 key = (loaded.request, text, layer)  # one layer's FFN input per user
 cached = st.session_state.get(CACHE)
 if cached is not None and cached[0] == key:

@@ -7,6 +7,7 @@ from explorer import session
 from explorer.analyses import flow
 from explorer.errors import InputError
 from explorer.figures.flow import graph
+from explorer.lessons.glossary import help_for
 from explorer.web.display import md
 from views.common import focus_position, kept, model_or_stop, or_stop, share, text_inputs
 
@@ -18,7 +19,7 @@ DETAIL = "flow_detail"  # the key of the edge or FFN mark whose details are show
 PICKED = "flow_picked"  # the last point clicked in the graph (so that one click is acted on once)
 NONE = "(none)"
 
-st.title("Flow")
+st.title("Flow", help=help_for("residual stream", "logit lens"))
 st.caption(
     "Which routes carry information to a position: an edge where an attention head moves a meaningful "
     "part of one position's residual stream into another, a square where the feed-forward network writes "

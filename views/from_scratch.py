@@ -8,6 +8,7 @@ from explorer.analyses import scratch
 from explorer.analyses.scratch_steps import KEYS, TOKENS, walkthrough
 from explorer.errors import InputError
 from explorer.figures.learn import heatmap
+from explorer.lessons.glossary import help_for
 from explorer.models import anatomy
 from explorer.web.display import md
 from views.common import kept, model_or_stop, or_stop, share, shared_text
@@ -17,7 +18,7 @@ CACHE = "scratch_capture"  # ((request, text, stack, layer), StackCapture) of th
 KIND_LABELS = {"encoder": "encoder self", "decoder": "decoder self", "cross": "cross"}
 MAX_TOKENS = 640  # every step is a heatmap of up to pos x pos cells; past Gemma's window of 512
 
-st.title("Attention from scratch")
+st.title("Attention from scratch", help=help_for("query", "key", "value", "softmax"))
 st.caption(
     "One attention head of the loaded model, computed here step by step from the layer's input and the "
     "model's own weights, then compared with the attention map the model returned."
@@ -39,7 +40,7 @@ else:
     stack = stacks[0]
     cols[0].markdown(f"**Stack:** {stack}")
 n_layers = parts.n_layers("decoder" if stack == "cross" else stack)
-layer = kept("selectbox", "Layer", LAYER, 0, cols[1], options=list(range(n_layers)))  # checked: in range
+layer = kept("selectbox", "Layer", LAYER, 0, cols[1], options=list(range(n_layers)), help=help_for("layer"))
 
 # One layer's input and maps are kept per user (every map of a long text would take hundreds of MB).
 key = (loaded.request, text, stack, layer)
@@ -56,7 +57,7 @@ else:
     st.session_state[CACHE] = (key, cap)
 
 n_heads = cap.attentions[layer].shape[0]
-head = kept("selectbox", "Head", HEAD, 0, cols[2], options=list(range(n_heads)))
+head = kept("selectbox", "Head", HEAD, 0, cols[2], options=list(range(n_heads)), help=help_for("head"))
 share(session.TEXT, STACK, LAYER, HEAD)  # a copied link opens this page on the same text and head
 
 walk = walkthrough(loaded.model, cap, layer, head)

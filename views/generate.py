@@ -7,6 +7,7 @@ from explorer.analyses.tokens import split_characters, token_bytes
 from explorer.errors import InputError
 from explorer.figures.attention import layer_position_heatmap
 from explorer.figures.steps import candidates_figure, sequence_html, tree_figure
+from explorer.lessons.glossary import help_for
 from explorer.models import zoo
 from explorer.runs.stepping import Settings, Stepper, templated
 from explorer.web.display import md
@@ -49,10 +50,28 @@ def settings_panel() -> Settings:
         min_value=0.05,
         max_value=5.0,
         step=0.05,
+        help=help_for("temperature"),
     )
-    top_k = kept("number_input", "top-k (0 = off)", session.GEN_TOP_K, 0, c3, min_value=0, max_value=1000)
+    top_k = kept(
+        "number_input",
+        "top-k (0 = off)",
+        session.GEN_TOP_K,
+        0,
+        c3,
+        min_value=0,
+        max_value=1000,
+        help=help_for("top-k"),
+    )
     top_p = kept(
-        "number_input", "top-p", session.GEN_TOP_P, 1.0, c4, min_value=0.01, max_value=1.0, step=0.01
+        "number_input",
+        "top-p",
+        session.GEN_TOP_P,
+        1.0,
+        c4,
+        min_value=0.01,
+        max_value=1.0,
+        step=0.01,
+        help=help_for("top-p"),
     )
     rep = kept(
         "number_input",

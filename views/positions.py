@@ -6,13 +6,14 @@ import streamlit as st
 from explorer import session
 from explorer.analyses import positions
 from explorer.figures.learn import heatmap, lines
+from explorer.lessons.glossary import help_for
 from explorer.models import anatomy
 from explorer.web.display import md
 from views.common import kept, or_stop, share
 
 SINE_POSITIONS, LEARNED_POSITIONS, REACH = session.POS_SINE, session.POS_LEARNED, session.POS_REACH
 
-st.title("Positions")
+st.title("Positions", help=help_for("position encoding", "RoPE"))
 st.caption(
     "Attention itself does not know the order of tokens: with no position signal, an encoder given a "
     "shuffled sentence returns the same vectors, shuffled (a decoder's causal mask tells it only which "

@@ -6,6 +6,7 @@ import streamlit as st
 from explorer import session
 from explorer.analyses import token_table
 from explorer.errors import LoadError
+from explorer.lessons.glossary import help_for
 from explorer.models import zoo
 from explorer.web.display import md
 from views.common import model_or_stop, share, shared_text
@@ -44,7 +45,7 @@ def show(rows: list[token_table.TokenRow], context: int | None) -> None:
     st.html(token_table.chips_html(rows))
 
 
-st.title("Tokens")
+st.title("Tokens", help=help_for("token", "vocabulary", "embedding"))
 st.caption(
     "A model never sees letters: its tokenizer cuts the text into pieces from a fixed vocabulary and "
     "gives each an id. Hover a chip for its id and how the tokenizer stores it; ␣ is a space, ↵ a new line, "
