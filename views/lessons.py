@@ -95,7 +95,8 @@ def _question(live, lesson: course.Lesson) -> None:
     st.markdown(f"**Question.** {q.prompt}")
     with st.form(f"form-{box}", border=False):
         if q.kind == CHOICE:
-            given = st.radio("Your answer", q.options, index=None, key=box, format_func=md)
+            short = len(q.options) > 6 and max(len(o) for o in q.options) <= 24
+            given = st.radio("Your answer", q.options, index=None, key=box, format_func=md, horizontal=short)
         elif q.kind == MANY:
             given = st.pills("Your answer", q.options, selection_mode="multi", key=box, format_func=md)
         else:

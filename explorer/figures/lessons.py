@@ -62,7 +62,7 @@ def growth_times(
     )
     fig.add_trace(go.Scatter(x=n, y=att, mode="lines+markers", name="inside attention"))
     fig.add_trace(go.Scatter(x=n, y=att[0] * (n / n[0]) ** 2, mode="lines", line=dict(dash="dot"),
-                             name="n² from the first attention time"))  # fmt: skip
+                             name="n², for comparison"))  # fmt: skip
     fig.update_xaxes(title_text="tokens", type="log")
     fig.update_yaxes(title_text="milliseconds", type="log")
     return _layout(fig, title, 360)

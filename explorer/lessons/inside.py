@@ -309,7 +309,9 @@ def scaling(loaded: LoadedModel, text: str, cap: Capture) -> Live:
             ),
         ),  # fmt: skip
         notes=(
-            "At short lengths the per-token work (projections, feed-forward) dominates; the attention "
-            "time bends towards the n² line as the text grows.",
+            "Inside attention also counts the Q, K, V and output projections, which grow like n; the "
+            "comparison of every query with every key grows like n² and takes over on long texts. The "
+            f"weights alone, kept as float32 maps, would take {4 * grow.weights[-1] / 2**20:,.0f} MiB at "
+            f"{grow.lengths[-1]} tokens.",
         ),
     )

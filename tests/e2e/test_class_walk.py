@@ -19,6 +19,7 @@ pytestmark = pytest.mark.e2e
 # (None: where the model allows the page's work)
 PAGES = {
     "Model": (None, False),
+    "Lessons": ("1. Tokens and embeddings", True),
     "Attention": ("Attention", True),
     "Hidden states": ("Hidden states", True),
     "Generate": ("Generate, one token at a time", False),

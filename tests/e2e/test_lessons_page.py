@@ -110,3 +110,50 @@ def test_every_lesson_in_presentation_mode(page, app_url, model):
         if n < len(course.LESSONS):
             press(page, "ArrowRight")
     assert page.get_by_test_id("stException").count() == 0
+
+
+def test_a_lesson_that_does_not_apply_offers_its_model_one_click_away(page, app_url):
+    page.goto(f"{app_url}/lessons?model={zoo.DEFAULT_MODEL}&lesson=cross-attention")
+    wait_for_app_run(page)
+    expect(main(page).get_by_text("it has no cross-attention")).to_be_visible(timeout=120_000)
+    dates = zoo.ZOO["date-normalizer"]
+    main(page).get_by_role("button", name=f"Load {dates.title} for this lesson").click()
+    expect(page.get_by_test_id("stSidebar").get_by_text("Loaded: date-normalizer")).to_be_visible(
+        timeout=120_000
+    )
+    wait_for_app_run(page)
+    expect(page.get_by_role("heading", name="6. Cross-attention", exact=True)).to_be_visible()
+    expect(main(page).get_by_text("Question.")).to_be_visible()
+    expect(main(page).get_by_role("radio")).not_to_have_count(0)  # the source tokens to choose from
+    screenshot(page, "lesson-offered-model")
+
+
+def test_a_teachers_link_opens_the_lesson_model_text_and_screen(page, app_url):
+    text = "Rivers carry water from the mountains down to the sea."
+    page.goto(f"{app_url}/lessons?model=gemma-3-270m&lesson=masks&present=1&screen=1&text={text}")
+    wait_for_app_run(page)
+    expect(
+        page.get_by_role("heading", name="5. Encoder, decoder, encoder-decoder", exact=True)
+    ).to_be_visible(timeout=120_000)
+    expect(main(page).get_by_text(f"gemma-3-270m · “{text}”")).to_be_visible()
+    expect(main(page).get_by_text("(2/3)")).to_be_visible()
+    expect(main(page).get_by_test_id("stPlotlyChart")).to_have_count(2)  # the model's map, the three families
+    press(page, "ArrowLeft")
+    expect(main(page).get_by_text("(1/3)")).to_be_visible()
+    press(page, "ArrowLeft")
+    expect(page.get_by_role("heading", name="4. Where is each token?", exact=True)).to_be_visible()
+    expect(main(page).get_by_text("(3/3)")).to_be_visible()
+    main(page).get_by_role("button", name="Leave presentation mode").click()
+    wait_for_app_run(page)
+    expect(page.get_by_test_id("stSidebar")).to_be_visible()
+    expect(main(page).get_by_role("textbox", name="Text")).to_have_value(text)
+
+
+def test_the_glossary_explains_words_on_hover(page, app_url):
+    page.goto(f"{app_url}/lessons?model=all-minilm-l6-v2&lesson=one-head")
+    wait_for_app_run(page)
+    query = main(page).locator("span.gloss", has_text="query").first
+    expect(query).to_be_visible(timeout=120_000)
+    assert query.get_attribute("title").startswith("query: A head's question vector")
+    main(page).get_by_text("Glossary: the words this app uses").click()
+    expect(main(page).get_by_text(re.compile(r"^KV cache: The keys and values"))).to_be_visible()
