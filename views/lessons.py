@@ -6,16 +6,18 @@ import zlib
 import streamlit as st
 
 from explorer import session
-from explorer.errors import InputError
-from explorer.lessons import course, glossary
+from explorer.errors import InputError, LoadError
+from explorer.lessons import course, glossary, reading
 from explorer.lessons.questions import CHOICE, MANY, parse_number
 from explorer.models import zoo
 from explorer.models.anatomy import UnsupportedModel
+from explorer.models.loading import LoadRequest
 from explorer.web.display import md
 from views.common import chips, kept, model_or_stop, share, shared_text, workspace_text
 
 LESSON, PRESENT, SCREEN = session.LESSON, session.PRESENT, session.LESSON_SCREEN
 BUILT = "lesson_built"  # ((request, text, lesson id), Live | error message) of this user's last lesson
+FAMILIES = "lesson_families"  # the three families' maps were asked for
 VERDICTS = "lesson_verdicts"  # answer box key -> (what was given, right)
 REVEALED = "lesson_revealed"  # answer box keys whose answer was shown
 SCREENS = ("The idea", "On this model", "Question")
@@ -74,7 +76,7 @@ def _live(loaded, text: str, lesson: course.Lesson):
     return built[1]
 
 
-def _show_model(live, lesson: course.Lesson) -> None:
+def _show_model(loaded, text: str, live, lesson: course.Lesson) -> None:
     for fact in live.facts:
         st.markdown(fact)
     if live.tokens is not None:
@@ -87,6 +89,38 @@ def _show_model(live, lesson: course.Lesson) -> None:
         st.plotly_chart(fig, key=f"lesson-{lesson.id}-{i}")
     for note in live.notes:
         st.caption(note)
+    if live.offers:
+        cols = st.columns(len(live.offers) + 2)
+        for col, name in zip(cols, live.offers):
+            col.button(f"Compare: load {zoo.ZOO[name].title}", key=f"offer-{lesson.id}-{name}",
+                       on_click=session.switch_to, args=(name,))  # fmt: skip
+    if lesson.id == "masks":
+        _families(loaded, text)
+
+
+def _families(loaded, text: str) -> None:
+    """The three embedded families' maps side by side, once asked for (it loads the three models on this
+    server): each reads the workspace's text, the date normalizer a date."""
+    if not st.session_state.get(FAMILIES) and not st.button("Side by side: an encoder, a decoder and an "
+                                                            "encoder-decoder (loads the three)"):  # fmt: skip
+        return
+    st.session_state[FAMILIES] = True
+    figures = []
+    for name in reading.FAMILIES:
+        request = LoadRequest("embedded", name, loaded.request.device, loaded.request.dtype)
+        try:
+            other = session.fetch(request)
+        except LoadError as err:
+            st.warning(md(err))
+            continue
+        own = zoo.ZOO[name].example  # the date normalizer reads only dates: its own, unless it is loaded
+        read = own if own and request != loaded.request else text
+        cap = session.capture_for(other, read, None)
+        if cap is not None:
+            figures += reading.family_maps(cap, name)
+    for i, (col, fig) in enumerate(zip(st.columns(max(len(figures), 1)), figures)):
+        with col:
+            st.plotly_chart(fig, key=f"lesson-family-{i}")
 
 
 def _question(live, lesson: course.Lesson) -> None:
@@ -169,7 +203,7 @@ elif screen in (None, 1, 2):
     if screen in (None, 1):
         if screen is None:
             st.subheader(f"On {loaded.card.name}")
-        _show_model(live, lesson)
+        _show_model(loaded, text, live, lesson)
     if screen in (None, 2):
         _question(live, lesson)
 

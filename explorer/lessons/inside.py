@@ -26,6 +26,7 @@ from explorer.web.display import md, plotly_text
 if TYPE_CHECKING:
     from explorer.models.loading import LoadedModel
 
+MODERN = ("smollm2-135m-instruct", "gemma-3-270m")  # the embedded models the modern lesson compares
 NEURONS = 8  # neurons of the FFN lesson's table
 TOP_K, TOP_P = 10, 0.9  # the sampling lesson's filters
 TEMPERATURES = (0.5, 1.0, 2.0)
@@ -258,6 +259,7 @@ def modern(loaded: LoadedModel, text: str, cap: Capture) -> Live:
         question=question,
         table=_uses(card, a),
         figures=(fig,),
+        offers=tuple(name for name in MODERN if name != getattr(loaded.request, "ref", None)),
     )
 
 

@@ -19,6 +19,7 @@ class Live:
     tokens: Sequence | None = None  # shown as token chips
     latex: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)  # Markdown, shown under the figures
+    offers: tuple[str, ...] = ()  # embedded models worth switching to from here, to compare
 
 
 def label(i: int, token: str) -> str:

@@ -255,7 +255,8 @@ def masks(loaded: LoadedModel, text: str, cap: Capture) -> Live:
     labels_q, labels_k = list(s.queries.tokens), list(s.keys.tokens)
     return Live(
         facts=(
-            f"{md(loaded.card.name)} is an **{loaded.card.family}**; this map is {what}.",
+            f"{md(loaded.card.name)} is {'a' if loaded.card.family == 'decoder' else 'an'} "
+            f"**{loaded.card.family}**; this map is {what}.",
             "The three families differ in where a query may look: the blue cells below, drawn for "
             f"{len(src.ids)} source and {n_q} target tokens.",
         ),
@@ -300,3 +301,16 @@ def cross(loaded: LoadedModel, text: str, cap: Capture) -> Live:
             ),
         ),  # fmt: skip
     )
+
+
+FAMILIES = ("all-minilm-l6-v2", "smollm2-135m-instruct", "date-normalizer")  # one embedded model per family
+
+
+def family_maps(cap: Capture, name: str) -> tuple:
+    """Layer 0, head 0 of each kind of attention `cap` holds (an encoder-decoder: its encoder, decoder and
+    cross-attention), titled with the model's `name`, for the three families side by side."""
+    return tuple(
+        heatmap(s.maps[0, 0], f"{name}: {s.title.lower()}", list(s.queries.tokens), list(s.keys.tokens),
+                "query", "key", "Blues", False, height=360)
+        for s in cap.attention_sets()
+    )  # fmt: skip

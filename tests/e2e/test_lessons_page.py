@@ -157,3 +157,17 @@ def test_the_glossary_explains_words_on_hover(page, app_url):
     assert query.get_attribute("title").startswith("query: A head's question vector")
     main(page).get_by_text("Glossary: the words this app uses").click()
     expect(main(page).get_by_text(re.compile(r"^KV cache: The keys and values"))).to_be_visible()
+
+
+def test_the_three_families_side_by_side(page, app_url):
+    page.goto(f"{app_url}/lessons?model=all-minilm-l6-v2&lesson=masks")
+    wait_for_app_run(page)
+    main(page).get_by_role("button", name=re.compile("^Side by side")).click()
+    wait_for_app_run(page)
+    titles = main(page).locator(".gtitle")
+    for title in ("all-minilm-l6-v2: self-attention", "smollm2-135m-instruct: causal self-attention",
+                  "date-normalizer: encoder self-attention", "date-normalizer: decoder self-attention",
+                  "date-normalizer: cross-attention (decoder → encoder)"):  # fmt: skip
+        expect(titles.filter(has_text=title)).to_have_count(1, timeout=120_000)
+    assert page.get_by_test_id("stException").count() == 0
+    screenshot(page, "lesson-families")
