@@ -16,7 +16,7 @@ from explorer.web.display import md
 from views.common import chips, kept, model_or_stop, share, shared_text, workspace_text
 
 LESSON, PRESENT, SCREEN = session.LESSON, session.PRESENT, session.LESSON_SCREEN
-BUILT = "lesson_built"  # ((request, text, lesson id), Live | error message) of this user's last lesson
+BUILT = "lesson_built"  # ((request, text), {lesson id: Live | error message}) of this user's lessons
 FAMILIES = "lesson_families"  # the three families' maps were asked for
 VERDICTS = "lesson_verdicts"  # answer box key -> (what was given, right)
 REVEALED = "lesson_revealed"  # answer box keys whose answer was shown
@@ -55,25 +55,26 @@ def _idea(lesson: course.Lesson) -> None:
 
 
 def _live(loaded, text: str, lesson: course.Lesson):
-    """The lesson's view of this model and text, built once per user (kept while they stay on it)."""
-    key = (loaded.request, text, lesson.id)
-    built = st.session_state.get(BUILT)
-    if built is None or built[0] != key:
+    """The lesson's view of this model and text, built once per user and kept (every lesson of one
+    model and text: going back to one runs nothing)."""
+    seen, built = st.session_state.get(BUILT, ((), {}))
+    if seen != (loaded.request, text):
+        seen, built = (loaded.request, text), {}
+        st.session_state[BUILT] = seen, built
+    if lesson.id not in built:
         cap = session.capture_for(loaded, text, None)
         if cap is None:  # the message is on the page
             st.stop()
+        spinner = f"Working out “{lesson.title}” on {md(loaded.card.name)} …"
         try:
-            with session.model_turn(loaded, "a lesson"), st.spinner(f"Working out “{lesson.title}” on "
-                                                                     f"{md(loaded.card.name)} "
-                                                                     "…"):  # fmt: skip
-                built = (key, lesson.build(loaded, text, cap))
+            with session.model_turn(loaded, "a lesson"), st.spinner(spinner):
+                built[lesson.id] = lesson.build(loaded, text, cap)
         except (InputError, UnsupportedModel) as err:
-            built = (key, str(err))
-        st.session_state[BUILT] = built
-    if isinstance(built[1], str):
-        st.warning(md(built[1]))
+            built[lesson.id] = str(err)
+    if isinstance(built[lesson.id], str):
+        st.warning(md(built[lesson.id]))
         st.stop()
-    return built[1]
+    return built[lesson.id]
 
 
 def _show_model(loaded, text: str, live, lesson: course.Lesson) -> None:

@@ -51,17 +51,16 @@ def step_times(series: dict[str, Sequence[float]], title: str) -> go.Figure:
 
 
 def growth_times(
-    lengths: Sequence[int], attention: Sequence[float], total: Sequence[float], title: str
+    series: dict[str, tuple[Sequence[int], Sequence[float]]], squared: str, title: str
 ) -> go.Figure:
-    """Measured seconds against length, with the n² curve through the first attention time."""
-    n = np.asarray(lengths, dtype=float)
-    att = np.asarray(attention) * 1000
+    """Measured milliseconds against the length, one line per measurement (name -> (lengths, seconds)),
+    on log axes, with an n² line through the first point of `squared` for comparison."""
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(x=n, y=np.asarray(total) * 1000, mode="lines+markers", name="whole forward pass")
-    )
-    fig.add_trace(go.Scatter(x=n, y=att, mode="lines+markers", name="inside attention"))
-    fig.add_trace(go.Scatter(x=n, y=att[0] * (n / n[0]) ** 2, mode="lines", line=dict(dash="dot"),
+    for name, (lengths, seconds) in series.items():
+        fig.add_trace(go.Scatter(x=list(lengths), y=np.asarray(seconds) * 1000, mode="lines+markers",
+                                 name=plotly_text(name)))  # fmt: skip
+    n, t = (np.asarray(a, dtype=float) for a in series[squared])
+    fig.add_trace(go.Scatter(x=n, y=t[0] * 1000 * (n / n[0]) ** 2, mode="lines", line=dict(dash="dot"),
                              name="n², for comparison"))  # fmt: skip
     fig.update_xaxes(title_text="tokens", type="log")
     fig.update_yaxes(title_text="milliseconds", type="log")

@@ -67,7 +67,7 @@ def memory(loaded: LoadedModel, text: str, cap: Capture) -> Live:
     return Live(
         facts=(
             f"Layer {layer}'s feed-forward network has **{acts.numel():,} neurons** for d_model = "
-            f"{out.shape[1]}: {md(ffn_memory.formula(model))}.",
+            f"{out.shape[1]}: ${ffn_memory.formula(model)}$.",
             "Most neurons barely fire on a given token; the few that do each add their own value vector, "
             "scaled by how strongly they fire.",
         ),
@@ -280,6 +280,8 @@ def scaling(loaded: LoadedModel, text: str, cap: Capture) -> Live:
         return float(-(p * p.clamp_min(1e-30).log()).sum(-1).mean())
 
     grow = measure.growth(loaded, text)
+    q, k = (m.q_rot, m.k_rot) if m.q_rot is not None else (m.q, m.k)  # what the scores read
+    core = measure.core_times(q, k, m.v, m.scale, m.causal)
     divide = 1.0 / m.scale
     question = Question(
         f"By what number does this model divide Q·K^T before the softmax? (d_head = {m.q.shape[-1]})",
@@ -294,8 +296,7 @@ def scaling(loaded: LoadedModel, text: str, cap: Capture) -> Live:
             "d numbers grows like √d, and large scores make the softmax pick one key and pass almost no "
             "gradient to the others.",
             f"Measured on this text: the softmax rows have a mean entropy of {entropy(m.scale):.2f} nats "
-            "with the "
-            f"division and {entropy(1.0):.2f} nats without it (lower: peakier).",
+            f"with the division and {entropy(1.0):.2f} nats without it (lower: peakier).",
             f"**Why quadratic?** Every query meets every key: {grow.lengths[0]} tokens make "
             f"{grow.weights[0]:,} attention weights in this model, {grow.lengths[-1]} tokens "
             f"{grow.weights[-1]:,} ({grow.weights[-1] / grow.weights[0]:.0f}× for "
@@ -304,16 +305,21 @@ def scaling(loaded: LoadedModel, text: str, cap: Capture) -> Live:
         question=question,
         figures=(
             growth_times(
-                grow.lengths,
-                grow.attention,
-                grow.total,
-                "One forward pass, measured now: time inside attention and in all",
+                {
+                    f"softmax(QKᵀ)V, all heads of layer {layer}": (measure.CORE_LENGTHS, core),
+                    "one forward pass: inside attention": (grow.lengths, grow.attention),
+                    "one forward pass: in all": (grow.lengths, grow.total),
+                },
+                f"softmax(QKᵀ)V, all heads of layer {layer}",
+                "Measured now on this server",
             ),
-        ),  # fmt: skip
+        ),
         notes=(
-            "Inside attention also counts the Q, K, V and output projections, which grow like n; the "
-            "comparison of every query with every key grows like n² and takes over on long texts. The "
-            f"weights alone, kept as float32 maps, would take {4 * grow.weights[-1] / 2**20:,.0f} MiB at "
+            "The step that compares every query with every key grows like n²: twice the text, four times "
+            f"the work ({core[-1] / core[-2]:.1f}× measured from {measure.CORE_LENGTHS[-2]} to "
+            f"{measure.CORE_LENGTHS[-1]} tokens). In a whole forward pass of a short text the projections "
+            "and the feed-forward networks, which grow like n, take most of the time. The weights alone, "
+            f"kept as float32 maps, would take {4 * grow.weights[-1] / 2**20:,.0f} MiB at "
             f"{grow.lengths[-1]} tokens.",
         ),
     )

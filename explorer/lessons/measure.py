@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from explorer.models.loading import LoadedModel
 
 
+CORE_LENGTHS = (256, 512, 1024, 2048)  # where the n² step is timed alone
+
+
 def cache_numbers(cache) -> int:
     """How many numbers a transformers cache holds: every layer's keys and values."""
     total = 0
@@ -118,10 +121,10 @@ class Growth:
     lengths: tuple[int, ...]
     attention: tuple[float, ...]  # seconds inside every attention module, summed
     total: tuple[float, ...]  # seconds of the whole forward pass
-    weights: tuple[int, ...]  # attention weights computed: layers x heads x n^2, every kind of attention
+    weights: tuple[int, ...]  # attention weights computed: layers x heads x n², every kind of attention
 
 
-def growth(loaded: LoadedModel, text: str, lengths: tuple[int, ...] = (64, 128, 256, 512)) -> Growth:
+def growth(loaded: LoadedModel, text: str, lengths: tuple[int, ...] = (32, 64, 128, 256)) -> Growth:
     """Times one forward pass of the text's tokens repeated to each length (within the context), and
     the share of it inside the attention modules, measured by hooks around them."""
     model = loaded.model
@@ -151,10 +154,11 @@ def growth(loaded: LoadedModel, text: str, lengths: tuple[int, ...] = (64, 128, 
     hooks += [hooked.Hook(m, "post", post(i)) for i, m in enumerate(modules)]
     attn_t, total_t, weights = [], [], []
     heads = sum(a.attention(kind, 0).n_heads * n for kind, n in layers.items())
-    for n in lengths:
+    for i, n in enumerate(lengths):
         seq = (ids * (n // max(len(ids), 1) + 1))[:n]
         inputs = hooked.inputs(model, seq)
-        hooked.run(loaded, inputs, (), **hooked.options(model, last_logits_only=True))  # warm the sizes
+        if i == 0:  # a first pass pays for allocations the later ones reuse
+            hooked.run(loaded, inputs, (), **hooked.options(model, last_logits_only=True))
         spent[0] = 0.0
         t = time.perf_counter()
         hooked.run(loaded, inputs, hooks, **hooked.options(model, last_logits_only=True))
@@ -162,3 +166,33 @@ def growth(loaded: LoadedModel, text: str, lengths: tuple[int, ...] = (64, 128, 
         attn_t.append(spent[0])
         weights.append(heads * n * n)
     return Growth(tuple(lengths), tuple(attn_t), tuple(total_t), tuple(weights))
+
+
+def core_times(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    causal: bool,
+    lengths: tuple[int, ...] = CORE_LENGTHS,
+) -> tuple[float, ...]:
+    """Seconds of the step that compares every query with every key, softmax(Q Kᵀ · scale [+ mask]) V, for
+    all heads of one layer at each length: q (head, pos, d_head), k and v (kv_head, pos, d_head), a
+    layer's own vectors repeated to the length (best of two runs)."""
+    rep = q.shape[0] // k.shape[0]
+    k, v = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)  # each query head's key/value head
+    times = []
+    with torch.no_grad():
+        for n in lengths:
+            tile = -(-n // q.shape[1])  # ceil
+            qn, kn, vn = (t.repeat(1, tile, 1)[:, :n].contiguous() for t in (q, k, v))
+            best = float("inf")
+            for _ in range(2):
+                t = time.perf_counter()
+                s = qn @ kn.transpose(-1, -2) * scale  # (head, n, n)
+                if causal:
+                    s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+                _ = s.softmax(-1) @ vn
+                best = min(best, time.perf_counter() - t)
+            times.append(best)
+    return tuple(times)

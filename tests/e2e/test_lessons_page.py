@@ -5,6 +5,7 @@ and offers a model."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -15,6 +16,7 @@ from explorer.models import zoo
 from tests.e2e.conftest import screenshot, wait_for_app_run
 
 pytestmark = pytest.mark.e2e
+SHOTS = os.environ.get("LESSON_SHOTS") == "1"
 
 
 def main(page):
@@ -79,7 +81,8 @@ def test_every_lesson_in_presentation_mode(page, app_url, model):
         press(page, "ArrowRight")
         expect(main(page).get_by_text("(2/3)")).to_be_visible(timeout=120_000)
         assert page.get_by_test_id("stException").count() == 0, f"{model} {lesson.id}"
-        screenshot(page, f"lesson-{model}-{lesson.id}-model")
+        if SHOTS:  # every lesson's screens, for a person to look at (make shots)
+            screenshot(page, f"lesson-{model}-{lesson.id}-model")
         press(page, "ArrowRight")
         expect(main(page).get_by_text("(3/3)")).to_be_visible(timeout=120_000)
         offer = main(page).get_by_role("button", name=re.compile(r"^Load .* for this lesson$"))
