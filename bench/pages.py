@@ -6,7 +6,8 @@ typed and sent with Ctrl+Enter; the clock runs from the key to the page drawn ag
 spinner, every Plotly chart drawn. The Model and Positions pages have no text: the clock runs from a click
 on the page's name in the Attention page's sidebar to the page drawn. A page with no text box for a model
 (Generate on an encoder) is left out. "hidden_states/lens" is the Hidden states page on its
-logit-lens view (decoders only).
+logit-lens view (decoders only); "attention/stats" the Attention page's head statistics, and
+"attention/stats-long" the same for a text of about 1,500 tokens (models that read that many).
 
 Beside it, the same text's forward pass, timed in this process on the same weights (median of 5), so that
 each page's time reads as a ratio: `page_s / forward_s`. `excess_s` is what the page takes beyond one forward
@@ -47,6 +48,9 @@ PAGES = {
     "attention": "",
     "hidden_states": "",
     "hidden_states/lens": "hidden=Logit+lens",
+    "attention/stats": "view=Head+statistics",
+    "attention/stats-long": "view=Head+statistics",  # a text of about 1,500 tokens
+    "lessons": "",  # the first lesson
     "generate": "",
     "from_scratch": "",
     "positions": "",
@@ -95,6 +99,17 @@ READY = """() => {
     if (!c.querySelector('.main-svg')) return false;
   return true;
 }"""
+
+
+LONG_TOKENS = 1500
+
+
+def long_text(loaded, index: int) -> str:
+    """A text no page has seen of about LONG_TOKENS tokens for this model's tokenizer."""
+    words = f"{SENTENCE} page {index}".split()
+    text = " ".join(words * (LONG_TOKENS // len(words) + 1))
+    ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"][: LONG_TOKENS - 2]
+    return loaded.tokenizer.decode(ids)
 
 
 def new_text(model: str, index: int) -> str:
@@ -169,11 +184,17 @@ def main() -> None:
                 for index, path in enumerate(args.pages):
                     if path == "hidden_states/lens" and not decoder:
                         continue
+                    long = path.endswith("-long")
+                    reads = (
+                        loaded.card.context_length or 10**9
+                    ) >= LONG_TOKENS and model != "date-normalizer"
+                    if long and not reads:
+                        continue  # MiniLM reads 512 tokens; the date normalizer reads dates
                     context = browser.new_context(viewport={"width": 1500, "height": 1100})
                     page = context.new_page()
                     url_path, _, _ = path.partition("/")
                     query = "&".join(q for q in (f"model={model}", PAGES[path]) if q)
-                    text = new_text(model, index)
+                    text = long_text(loaded, index) if long else new_text(model, index)
                     row = {"model": model, "page": path or "model"}
                     try:
                         if path in NO_TEXT:  # opened from the sidebar of a page that has drawn a chart

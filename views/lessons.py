@@ -90,11 +90,9 @@ def _show_model(loaded, text: str, live, lesson: course.Lesson) -> None:
         st.plotly_chart(fig, key=f"lesson-{lesson.id}-{i}")
     for note in live.notes:
         st.caption(note)
-    if live.offers:
-        cols = st.columns(len(live.offers) + 2)
-        for col, name in zip(cols, live.offers):
-            col.button(f"Compare: load {zoo.ZOO[name].title}", key=f"offer-{lesson.id}-{name}",
-                       on_click=session.switch_to, args=(name,))  # fmt: skip
+    for name in live.offers:
+        st.button(f"Compare: load {zoo.ZOO[name].title}", key=f"offer-{lesson.id}-{name}",
+                  on_click=session.switch_to, args=(name,))  # fmt: skip
     if lesson.id == "masks":
         _families(loaded, text)
 
