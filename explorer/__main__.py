@@ -1,4 +1,4 @@
-"""Command line: `python -m explorer models|info|trace|generate|ablate|patch|prepare ...` over the
+"""Command line: `python -m explorer models|info|trace|generate|ablate|patch|heads|flow|prepare ...` over the
 app's library."""
 
 from __future__ import annotations
@@ -277,6 +277,21 @@ def _patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _heads(args: argparse.Namespace) -> int:
+    """Every head scored for a pattern on a probe of random tokens repeated, highest first."""
+    from explorer.analyses import heads
+    from explorer.models.loading import load_model
+
+    loaded = load_model(_request(args))
+    found = heads.detect(loaded, args.detect, seed=args.seed, length=args.length, stack=args.stack)
+    for row in found.ranked():
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"layer {row['layer']:>3}  head {row['head']:>3}  {row['score']:.4f}")
+    return 0
+
+
 def _flow(args: argparse.Namespace) -> int:
     """Information flow: one JSON object per (layer, position) with the importance of every term of its
     residual updates; with --position, only the rows on the routes to that position (at --threshold)."""
@@ -404,6 +419,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stack", choices=["encoder", "decoder"], help="encoder-decoders: which stack to patch")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(run=_patch)
+
+    p = sub.add_parser("heads", help="find heads by what they do: every head scored for a pattern")
+    _model_arguments(p)
+    p.add_argument("--detect", required=True, choices=["induction", "previous", "duplicate", "first"])
+    p.add_argument("--seed", type=int, default=0, help="of the random tokens of the probe")
+    p.add_argument("--length", type=int, default=50, help="random tokens, repeated once")
+    p.add_argument("--stack", choices=["encoder", "decoder"], help="encoder-decoders: whose heads")
+    p.add_argument("--json", action="store_true", help="one JSON object per head, highest score first")
+    p.set_defaults(run=_heads)
 
     p = sub.add_parser("flow", help="information flow: importance of each term of each residual update")
     _model_arguments(p)

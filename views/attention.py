@@ -4,6 +4,7 @@ import numpy as np
 import streamlit as st
 
 from explorer import session
+from explorer.analyses import heads
 from explorer.analyses.attention import (
     SAME_SEQUENCE_ONLY,
     STATISTICS,
@@ -33,6 +34,7 @@ from views.common import capture_page, choice, kept, share
 VIEWS = ["One head", "All heads", "Mean and rollout", "Token focus", "Head statistics", "bertviz"]
 FULL_MAP_LIMIT = 768  # longer texts show one window of the map at full detail
 WINDOW = 512
+DETECT_KIND, DETECT_SEED, DETECT_LENGTH = session.DETECT_KIND, session.DETECT_SEED, session.DETECT_LENGTH
 
 
 def layer_label(s: AttentionSet, layer: int) -> str:
@@ -251,6 +253,51 @@ def token_focus(s: AttentionSet, request) -> None:
     )
 
 
+def find_heads(loaded, s: AttentionSet) -> None:
+    """Every head scored for a pattern on a probe of random tokens repeated (explorer.analyses.heads), and
+    one head opened on the probe."""
+    st.subheader("Find heads by what they do", help=help_for("head"))
+    st.caption(
+        "Each head is scored on a probe: random tokens, then the same tokens again. The score is the "
+        "attention the pattern asks for, averaged over the positions where it applies (1: the head does "
+        "nothing else)."
+    )
+    c1, c2, c3 = st.columns([3, 1, 1])
+    kind = kept("selectbox", "Pattern", DETECT_KIND, "induction", c1, options=list(heads.DETECTORS),
+                format_func=heads.DETECTORS.get)  # fmt: skip
+    seed = kept("number_input", "Seed", DETECT_SEED, 0, c2, min_value=0, max_value=2**31 - 1)
+    length = kept(
+        "number_input", "Random tokens", DETECT_LENGTH, heads.DEFAULT_LENGTH, c3, min_value=2,
+        max_value=1000, help="The probe is these tokens twice, after the start token if any.",
+    )  # fmt: skip
+    stack = {"self": None}.get(s.name, s.name)
+    key = ("heads", loaded.request, kind, int(seed), int(length), stack)
+    try:
+        found = session.shared_run(
+            loaded, key, "head detection", "Scoring every head on the probe …",
+            lambda: heads.detect(loaded, kind, int(seed), int(length), stack),
+        )  # fmt: skip
+    except InputError as err:
+        st.error(md(err))
+        return
+    notes = [f"sliding {w}" if w else "" for w in s.windows]
+    st.plotly_chart(
+        layer_head_heatmap(found.scores, heads.DETECTORS[kind], "score", layer_notes=notes, zmax=1.0),
+        width="content", key="detect_map",
+    )  # fmt: skip
+    top = found.ranked()[:10]
+    pick = st.selectbox(
+        "Open a head on the probe (the ten highest scores)", range(len(top)),
+        format_func=lambda i: f"layer {top[i]['layer']}, head {top[i]['head']}: {top[i]['score']:.3f}",
+    )  # fmt: skip
+    layer, head = top[pick]["layer"], top[pick]["head"]
+    st.plotly_chart(
+        token_heatmap(found.maps[layer, head], found.tokens, found.tokens,
+                      f"Layer {layer}, head {head} on the probe ({len(found.ids)} tokens)"),
+        key="detect_head",
+    )  # fmt: skip
+
+
 def head_stats(s: AttentionSet) -> None:
     names = [n for n in STATISTICS if s.same_sequence or n not in SAME_SEQUENCE_ONLY]
     name = kept("radio", "Statistic", session.ATTN_STAT, names[0], options=names, format_func=STATISTICS.get)
@@ -332,7 +379,7 @@ def bertviz_views(cap: Capture, layer: int, kind: str) -> None:
 PER_VIEW = {
     "All heads": (session.ATTN_SCALE,),
     "Token focus": (session.ATTN_QUERY, session.ATTN_KEY),
-    "Head statistics": (session.ATTN_STAT,),
+    "Head statistics": (session.ATTN_STAT, DETECT_KIND, DETECT_SEED, DETECT_LENGTH),
     "bertviz": (session.BERTVIZ_VIEW,),
 }
 
@@ -403,6 +450,8 @@ def main() -> None:
         token_focus(s, loaded.request)
     elif view == "Head statistics":
         head_stats(s)
+        if s.same_sequence:
+            find_heads(loaded, s)
     else:
         bertviz_views(cap, choice(session.ATTN_LAYER, range(s.n_layers), 0), s.name)
     # once more: a view's own widgets (drawn inside it) may have just set their first value

@@ -3,6 +3,8 @@ from it, bertviz's view drawn offline, and a hostile text shown as text."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -156,3 +158,22 @@ def test_switching_to_gemma_keeps_the_page_working(page, app_url):
     expect(page.get_by_text("tokens the model read")).to_be_visible(timeout=300_000)
     assert page.get_by_test_id("stException").count() == 0
     screenshot(page, "attention-gemma")
+
+
+def test_induction_heads_are_found_on_a_probe(page, app_url):
+    page.goto(f"{app_url}/attention?model=smollm2-135m-instruct&view=Head+statistics")
+    wait_for_app_run(page)
+    main = page.get_by_test_id("stMain")
+    expect(main.get_by_role("heading", name="Find heads by what they do")).to_be_visible(timeout=120_000)
+    expect(main.locator(".gtitle", has_text="Induction: from a token")).to_have_count(1, timeout=60_000)
+    expect(main.locator(".gtitle", has_text="Layer 18, head 6 on the probe")).to_have_count(1)
+    pattern = main.get_by_role("combobox", name="Pattern")
+    pattern.click()
+    pattern.fill("Previous token")  # the list opens on what is typed
+    page.get_by_role("option", name="Previous token: attends to the token just before").click()
+    wait_for_app_run(page)
+    expect(main.locator(".gtitle", has_text="Previous token: attends")).to_have_count(1, timeout=60_000)
+    expect(page).to_have_url(re.compile(r"detect=previous"))  # a copied link opens this pattern
+    assert page.get_by_test_id("stException").count() == 0
+    main.locator(".gtitle", has_text="Previous token: attends").scroll_into_view_if_needed()
+    screenshot(page, "attention-find-heads")
