@@ -1,5 +1,5 @@
-"""Command line: `python -m explorer models|info|trace|generate|ablate|patch|heads|flow|prepare ...` over the
-app's library."""
+"""Command line: `python -m explorer models|info|trace|generate|ablate|patch|heads|dla|flow|prepare ...`
+over the app's library."""
 
 from __future__ import annotations
 
@@ -292,6 +292,26 @@ def _heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dla(args: argparse.Namespace) -> int:
+    """Direct logit attribution: every part's direct effect on logit(target) - logit(foil)."""
+    from explorer.analyses import dla
+    from explorer.models.loading import load_model
+
+    loaded = load_model(_request(args))
+    found = dla.attribute(loaded, args.text, args.target, args.foil, prefix=args.prefix or "")
+    for note in (found.target.note, found.foil.note if found.foil else ""):
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(found.to_dict()))
+    else:
+        for p in sorted(found.parts, key=lambda p: -abs(p.value))[:20]:
+            where = "".join(f" {k} {v}" for k, v in (("layer", p.layer), ("head", p.head)) if v is not None)
+            print(f"{p.value:+9.4f}  {p.name}{where}")
+        print(f"total {found.total:+.4f}; the model's own logit difference {found.logit_diff:+.4f}")
+    return 0
+
+
 def _flow(args: argparse.Namespace) -> int:
     """Information flow: one JSON object per (layer, position) with the importance of every term of its
     residual updates; with --position, only the rows on the routes to that position (at --threshold)."""
@@ -428,6 +448,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stack", choices=["encoder", "decoder"], help="encoder-decoders: whose heads")
     p.add_argument("--json", action="store_true", help="one JSON object per head, highest score first")
     p.set_defaults(run=_heads)
+
+    p = sub.add_parser("dla", help="direct logit attribution: each head's and block's share of a logit")
+    _model_arguments(p)
+    p.add_argument("--text", required=True, help="the text (encoder-decoders: the source)")
+    p.add_argument("--target", required=True, help="the next token, e.g. ' Paris'")
+    p.add_argument("--foil", help="a token to compare with, e.g. ' Rome' (logit difference)")
+    p.add_argument("--prefix", help="encoder-decoders: the decoder's prefix")
+    p.add_argument("--json", action="store_true", help='one JSON object: {"total", "parts", "logit_diff"}')
+    p.set_defaults(run=_dla)
 
     p = sub.add_parser("flow", help="information flow: importance of each term of each residual update")
     _model_arguments(p)

@@ -77,6 +77,7 @@ EXPERIMENT = "exp_kind"
 ABL_TARGET, ABL_MODE = "exp_abl_target", "exp_abl_mode"  # the ablation's text is the workspace's
 PATCH_CLEAN, PATCH_CORRUPT = "exp_patch_clean", "exp_patch_corrupt"
 PATCH_TARGET, PATCH_FOIL = "exp_patch_target", "exp_patch_foil"
+DLA_TARGET, DLA_FOIL = "exp_dla_target", "exp_dla_foil"  # direct logit attribution reads the workspace text
 # FFN memory and From scratch: their choices that links carry
 FFN_LAYER, FFN_POSITION, FFN_PUSHED = "ffn_layer", FOCUS, "ffn_pushed"
 SCRATCH_STACK, SCRATCH_LAYER, SCRATCH_HEAD = "scratch_stack", "scratch_layer", "scratch_head"
@@ -140,6 +141,8 @@ LINK = (
     Param("corrupt", PATCH_CORRUPT, label="corrupted prompt"),
     Param("patch_target", PATCH_TARGET, label="patching target"),
     Param("foil", PATCH_FOIL, label="foil"),
+    Param("dla_target", DLA_TARGET, label="attribution target"),
+    Param("dla_foil", DLA_FOIL, label="attribution foil"),
     Param("lesson", LESSON, label="lesson"),
     Param("present", PRESENT, "bool", label="presentation mode"),
     Param("screen", LESSON_SCREEN, "int", 0, 2, label="lesson screen"),

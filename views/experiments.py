@@ -1,11 +1,12 @@
-"""The Experiments page: knock out heads, patch activations, compare two models, see expert routing."""
+"""The Experiments page: knock out heads, patch activations, compare two models, see expert routing,
+attribute a logit to heads and blocks."""
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from explorer import session
-from explorer.analyses import compare, experiments, routing
+from explorer.analyses import compare, dla, experiments, routing
 from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError, LoadError
 from explorer.figures.attention import token_heatmap
@@ -16,6 +17,7 @@ from explorer.figures.experiments import (
     routing_figure,
     usage_figure,
 )
+from explorer.figures.lessons import grouped_bars
 from explorer.models import zoo
 from explorer.models.loading import LoadRequest
 from explorer.web.display import md
@@ -35,7 +37,9 @@ CMP_SOURCE, CMP_REF, CMP_REQUEST = "exp_cmp_source", "exp_cmp_ref", "exp_cmp_req
 CMP_TEXT, CMP_LAYER, CMP_HEAD = "exp_cmp_text", "exp_cmp_layer", "exp_cmp_head"  # + _0 / _1 per model
 ROUTE_TEXT, ROUTE_LAYER = "exp_route_text", "exp_route_layer"
 
-KINDS = ["Head ablation", "Activation patching", "Compare two models", "Expert routing"]
+KINDS = ["Head ablation", "Activation patching", "Compare two models", "Expert routing",
+         "Direct logit attribution"]  # fmt: skip
+DLA_TARGET, DLA_FOIL, DLA_PREFIX, DLA_DONE = session.DLA_TARGET, session.DLA_FOIL, "exp_dla_prefix", "exp_dla"
 SOURCES = {"embedded": "Embedded", "hub": "Hub id", "folder": "Folder", "gguf": "GGUF file"}
 
 st.title("Experiments")
@@ -188,6 +192,67 @@ def ablation() -> None:
                       "KL (nats)": [round(float(scan.kl[a, b]), 4) for _, a, b in worst]}),
         hide_index=True,
     )  # fmt: skip
+
+
+def attribution() -> None:
+    """Direct logit attribution of the workspace's text: each head's and block's direct share of
+    logit(target) - logit(foil) at the predicting position (explorer.analyses.dla)."""
+    seq2seq = loaded.card.family == "encoder-decoder"
+    left, right = st.columns([3, 1])
+    with left:
+        text = shared_text(loaded, height=68)  # the workspace's text, the same on every page
+    prefix = (
+        kept("text_input", "Target prefix (the decoder's start)", DLA_PREFIX, "", left) if seq2seq else ""
+    )
+    target = kept("text_input", "Target token (empty: the model's own prediction)", DLA_TARGET, "", right,
+                  help="The token whose logit is attributed, with its leading space.")  # fmt: skip
+    foil = kept("text_input", "Foil (empty: none)", DLA_FOIL, "", right,
+                help="A token to compare with: the difference target − foil is attributed.")  # fmt: skip
+    try:
+        if not target.strip():  # the model's own prediction
+            probe = experiments.prepare(loaded, text, prefix, stack=None)
+            with session.model_turn(loaded, "a forward pass"):
+                best = int(experiments.clean_logits(loaded, probe).argmax())
+            target = loaded.tokenizer.decode([best])
+        key = (loaded.request, text, prefix, target, (foil if foil.strip() else None))
+        found = st.session_state.get(DLA_DONE)
+        if found is None or found[0] != key:
+            with session.model_turn(loaded, "an attribution"), st.spinner("Attributing the logit …"):
+                found = (key, dla.attribute(loaded, text, target, (foil if foil.strip() else None), prefix))
+            st.session_state[DLA_DONE] = found
+    except InputError as err:  # bad text or token, or a model this does not decompose
+        st.warning(md(err))
+        return
+    found = found[1]
+    for note in (found.target.note, found.foil.note if found.foil else ""):
+        if note:
+            st.info(md(note))
+    what = (
+        f"logit({found.target.token}) − logit({found.foil.token})"
+        if found.foil
+        else f"logit({found.target.token})"
+    )
+    c1, c2, c3 = st.columns(3)
+    c1.metric("The model's own", f"{found.logit_diff:+.4f}", help=md(what))
+    c2.metric("Sum of the parts below", f"{found.total:+.4f}")
+    c3.metric("Position read", f"{found.position}: {found.tokens[found.position]}")
+    st.caption(
+        f"{md(what)} at the position that predicts the next token, split into what each part writes to the "
+        "residual stream, read through the final norm (its scale from this run) and the unembedding."
+    )
+    st.plotly_chart(head_scan_figure(found.heads().numpy(), f"Heads: direct effect on {what}", "logit"),
+                    key="dla-heads")  # fmt: skip
+    if any(p.name == "cross head" for p in found.parts):
+        st.plotly_chart(head_scan_figure(found.heads("cross head").numpy(), f"Cross-attention heads: {what}",
+                                         "logit"), key="dla-cross")  # fmt: skip
+    layers = sorted({p.layer for p in found.parts if p.layer is not None})
+    attn = [sum(p.value for p in found.parts if p.layer == i and p.name != "ffn") for i in layers]
+    mlp = [sum(p.value for p in found.parts if p.layer == i and p.name == "ffn") for i in layers]
+    st.plotly_chart(grouped_bars([f"L{i}" for i in layers], {"attention (all heads and biases)": attn,
+                                 "feed-forward": mlp}, f"Each block's direct effect on {what}", "logit"),
+                    key="dla-blocks")  # fmt: skip
+    rest = [p for p in found.parts if p.layer is None]
+    st.caption(" · ".join(f"{md(p.name)}: {p.value:+.4f}" for p in rest))
 
 
 def patching() -> None:
@@ -372,9 +437,12 @@ def expert_routing() -> None:
     )
 
 
-{KINDS[0]: ablation, KINDS[1]: patching, KINDS[2]: comparison, KINDS[3]: expert_routing}[kind]()
+RUN = {KINDS[0]: ablation, KINDS[1]: patching, KINDS[2]: comparison, KINDS[3]: expert_routing,
+       KINDS[4]: attribution}  # fmt: skip
+RUN[kind]()
 LINKED = {  # what a link to this page carries, per experiment
     KINDS[0]: (ABL_TEXT, ABL_PREFIX, ABL_TARGET, ABL_MODE),
     KINDS[1]: (PATCH_CLEAN, PATCH_CORRUPT, PATCH_TARGET, PATCH_FOIL),
+    KINDS[4]: (ABL_TEXT, DLA_TARGET, DLA_FOIL),
 }
 share(EXPERIMENT, *LINKED.get(kind, ()))

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pytest
 from playwright.sync_api import expect
 
@@ -88,3 +90,20 @@ def test_compare_smollm2_with_gemma_and_routing_message(page, app_url):
     page.get_by_test_id("stRadio").get_by_text("Expert routing").click()
     expect(page.get_by_text("this model has no experts")).to_be_visible(timeout=60_000)
     assert page.dialogs == []
+
+
+def test_direct_logit_attribution_of_paris_against_rome(page, app_url):
+    query = urlencode({"model": "smollm2-135m-instruct", "experiment": "Direct logit attribution",
+                       "text": "The Eiffel Tower is in the city of", "dla_target": " Paris",
+                       "dla_foil": " Rome"})  # fmt: skip
+    page.goto(f"{app_url}/experiments?{query}")
+    wait_for_app_run(page)
+    main = page.get_by_test_id("stMain")
+    title = main.locator(".gtitle", has_text="Heads: direct effect on logit(␣Paris) − logit(␣Rome)")
+    expect(title).to_have_count(1, timeout=120_000)
+    metrics = main.get_by_test_id("stMetricValue")
+    own, total = (float(metrics.nth(i).inner_text()) for i in range(2))
+    assert own == total and own > 0  # shown to 4 decimals: equal
+    assert page.get_by_test_id("stException").count() == 0
+    main.locator(".gtitle", has_text="Each block's direct effect").scroll_into_view_if_needed()
+    screenshot(page, "experiments_dla")

@@ -1,0 +1,42 @@
+"""The head finder and direct logit attribution on the embedded checkpoints (slow)."""
+
+from __future__ import annotations
+
+import pytest
+
+from explorer.analyses import dla, heads
+from explorer.models.loading import LoadRequest, load_model
+
+pytestmark = pytest.mark.slow
+CASES = {  # model: (text, decoder prefix, target, foil)
+    "smollm2-135m-instruct": ("The Eiffel Tower is in the city of", "", " Paris", " Rome"),
+    "gemma-3-270m": ("The Eiffel Tower is in the city of", "", " Paris", " Rome"),
+    "date-normalizer": ("Tuesday, 23rd November 2026", "2026-1", "1", "2"),
+}
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            made[name] = load_model(LoadRequest("embedded", name))
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_attribution_adds_up_to_the_models_logit_difference(loaded, name):
+    text, prefix, target, foil = CASES[name]
+    found = dla.attribute(loaded(name), text, target, foil, prefix)
+    assert found.total == pytest.approx(found.logit_diff, abs=1e-4)
+    assert found.logit_diff > 0  # each model prefers the right answer
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_the_decoders_have_induction_heads(loaded, name):
+    found = heads.detect(loaded(name), "induction", seed=0)
+    scores = [r["score"] for r in found.ranked()]
+    assert scores[0] > 0.5 and scores[len(scores) // 2] < 0.1  # a few heads do it, most do not
