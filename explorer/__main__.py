@@ -1,4 +1,4 @@
-"""Command line: `python -m explorer models|info|trace|generate|ablate|patch|heads|dla|flow|prepare ...`
+"""Command line: `python -m explorer models|info|trace|generate|ablate|patch|heads|dla|attribute|... ...`
 over the app's library."""
 
 from __future__ import annotations
@@ -312,6 +312,24 @@ def _dla(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attribute(args: argparse.Namespace) -> int:
+    """Which input tokens the prediction of --target comes from, by one method (Captum's, or rollout)."""
+    from explorer.analyses import attribution
+    from explorer.models.loading import load_model
+
+    loaded = load_model(_request(args))
+    found = attribution.attribute(loaded, args.text, args.target, args.method, args.foil, args.prefix or "",
+                                  steps=args.steps)  # fmt: skip
+    if args.json:
+        print(json.dumps(found.to_dict(), ensure_ascii=False))
+    else:
+        for token, score in zip(found.tokens, found.scores):
+            print(f"{score:+10.4f}  {token!r}")
+        if found.delta is not None:
+            print(f"convergence delta {found.delta:+.4f} (sum of scores - (f(input) - f(baseline)))")
+    return 0
+
+
 def _flow(args: argparse.Namespace) -> int:
     """Information flow: one JSON object per (layer, position) with the importance of every term of its
     residual updates; with --position, only the rows on the routes to that position (at --threshold)."""
@@ -457,6 +475,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", help="encoder-decoders: the decoder's prefix")
     p.add_argument("--json", action="store_true", help='one JSON object: {"total", "parts", "logit_diff"}')
     p.set_defaults(run=_dla)
+
+    p = sub.add_parser("attribute", help="input attribution: which tokens a prediction comes from (Captum)")
+    _model_arguments(p)
+    p.add_argument("--text", required=True, help="the text (encoder-decoders: the source)")
+    p.add_argument("--target", required=True, help="the next token, e.g. ' Paris'")
+    p.add_argument("--foil", help="a token to compare with (the logit difference is attributed)")
+    p.add_argument("--method", default="integrated_gradients",
+                   choices=["integrated_gradients", "saliency", "input_x_gradient", "occlusion",
+                            "attention_rollout"])  # fmt: skip
+    p.add_argument("--steps", type=int, default=32, help="integrated gradients: points on the path")
+    p.add_argument("--prefix", help="encoder-decoders: the decoder's prefix")
+    p.add_argument("--json", action="store_true", help='one JSON object: {"tokens", "scores", "delta"}')
+    p.set_defaults(run=_attribute)
 
     p = sub.add_parser("flow", help="information flow: importance of each term of each residual update")
     _model_arguments(p)

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import session
-from explorer.analyses import compare, dla, experiments, routing
+from explorer.analyses import attribution, compare, dla, experiments, routing
 from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError, LoadError
 from explorer.figures.attention import token_heatmap
@@ -17,6 +17,7 @@ from explorer.figures.experiments import (
     routing_figure,
     usage_figure,
 )
+from explorer.figures.learn import heatmap
 from explorer.figures.lessons import grouped_bars
 from explorer.models import zoo
 from explorer.models.loading import LoadRequest
@@ -38,7 +39,8 @@ CMP_TEXT, CMP_LAYER, CMP_HEAD = "exp_cmp_text", "exp_cmp_layer", "exp_cmp_head" 
 ROUTE_TEXT, ROUTE_LAYER = "exp_route_text", "exp_route_layer"
 
 KINDS = ["Head ablation", "Activation patching", "Compare two models", "Expert routing",
-         "Direct logit attribution"]  # fmt: skip
+         "Direct logit attribution", "Input attribution"]  # fmt: skip
+ATTR_METHODS, ATTR_STEPS, ATTR_DONE = "exp_attr_methods", "exp_attr_steps", "exp_attr"
 DLA_TARGET, DLA_FOIL, DLA_PREFIX, DLA_DONE = session.DLA_TARGET, session.DLA_FOIL, "exp_dla_prefix", "exp_dla"
 SOURCES = {"embedded": "Embedded", "hub": "Hub id", "folder": "Folder", "gguf": "GGUF file"}
 
@@ -194,7 +196,7 @@ def ablation() -> None:
     )  # fmt: skip
 
 
-def attribution() -> None:
+def logit_attribution() -> None:
     """Direct logit attribution of the workspace's text: each head's and block's direct share of
     logit(target) - logit(foil) at the predicting position (explorer.analyses.dla)."""
     seq2seq = loaded.card.family == "encoder-decoder"
@@ -253,6 +255,65 @@ def attribution() -> None:
                     key="dla-blocks")  # fmt: skip
     rest = [p for p in found.parts if p.layer is None]
     st.caption(" · ".join(f"{md(p.name)}: {p.value:+.4f}" for p in rest))
+
+
+def input_attribution() -> None:
+    """Which input tokens the prediction comes from, by Captum's methods and attention rollout."""
+    seq2seq = loaded.card.family == "encoder-decoder"
+    left, right = st.columns([3, 1])
+    with left:
+        text = shared_text(loaded, height=68)  # the workspace's text, the same on every page
+    prefix = (
+        kept("text_input", "Target prefix (the decoder's start)", DLA_PREFIX, "", left) if seq2seq else ""
+    )
+    target = kept("text_input", "Target token", DLA_TARGET, " Paris", right,
+                  help="The token whose logit is attributed, with its leading space.")  # fmt: skip
+    foil = kept("text_input", "Foil (empty: none)", DLA_FOIL, "", right,
+                help="A token to compare with: the difference target − foil is attributed.")  # fmt: skip
+    names = {**attribution.METHODS, attribution.ROLLOUT: "Attention rollout (for comparison)"}
+    c1, c2 = st.columns([3, 1])
+    methods = kept("multiselect", "Methods", ATTR_METHODS, list(names), c1, options=list(names),
+                   format_func=names.get)  # fmt: skip
+    steps = kept("number_input", "Integrated gradients: steps", ATTR_STEPS, attribution.DEFAULT_STEPS, c2,
+                 min_value=4, max_value=1024, help="Points on the path, one batch.")  # fmt: skip
+    done = st.session_state.setdefault(ATTR_DONE, {})
+    found = {}
+    try:
+        for m in methods:
+            key = (loaded.request, text, prefix, target, foil, m, int(steps))
+            if key not in done:
+                with session.model_turn(loaded, "an attribution"), st.spinner(f"{names[m]} …"):
+                    done[key] = attribution.attribute(loaded, text, target, m, foil if foil.strip() else None,
+                                                      prefix, int(steps))  # fmt: skip
+            found[m] = done[key]
+    except InputError as err:
+        st.warning(md(err))
+        return
+    if not found:
+        st.info("Choose at least one method.")
+        return
+    first = next(iter(found.values()))
+    if first.target.note:
+        st.info(md(first.target.note))
+    rows = np.stack([r.scores / max(float(np.abs(r.scores).max()), 1e-12) for r in found.values()])
+    st.plotly_chart(
+        heatmap(rows, f"What the prediction of {first.target.token} comes from (rows scaled to their top)",
+                [names[m] for m in found], list(first.tokens), "method", "input token"),
+        key="attr-map",
+    )  # fmt: skip
+    ig = found.get("integrated_gradients")
+    if ig is not None:
+        change = float(ig.scores.sum()) - ig.delta
+        rel = abs(ig.delta) / max(abs(change), 1e-12)
+        line = (f"Integrated gradients: the scores add up to {float(ig.scores.sum()):+.4f}; f(input) − "
+                f"f(baseline) = {change:+.4f}; convergence delta {ig.delta:+.4f} ({rel:.1%}).")  # fmt: skip
+        if rel > 0.01:
+            st.warning(line + " More than 1 %: the model's output is rough along the path; more steps bring "
+                       "it closer.")  # fmt: skip
+        else:
+            st.success(line)
+    table = {"token": list(first.tokens), **{names[m]: np.round(r.scores, 4) for m, r in found.items()}}
+    st.dataframe(pd.DataFrame(table), hide_index=True)
 
 
 def patching() -> None:
@@ -438,11 +499,12 @@ def expert_routing() -> None:
 
 
 RUN = {KINDS[0]: ablation, KINDS[1]: patching, KINDS[2]: comparison, KINDS[3]: expert_routing,
-       KINDS[4]: attribution}  # fmt: skip
+       KINDS[4]: logit_attribution, KINDS[5]: input_attribution}  # fmt: skip
 RUN[kind]()
 LINKED = {  # what a link to this page carries, per experiment
     KINDS[0]: (ABL_TEXT, ABL_PREFIX, ABL_TARGET, ABL_MODE),
     KINDS[1]: (PATCH_CLEAN, PATCH_CORRUPT, PATCH_TARGET, PATCH_FOIL),
     KINDS[4]: (ABL_TEXT, DLA_TARGET, DLA_FOIL),
+    KINDS[5]: (ABL_TEXT, DLA_TARGET, DLA_FOIL),
 }
 share(EXPERIMENT, *LINKED.get(kind, ()))

@@ -33,4 +33,16 @@ def test_with_no_target_the_models_own_prediction_is_attributed(tiny_dir):
 def test_a_post_norm_model_is_refused_with_a_reason(tiny_dir):
     at = open_page(tiny_dir("bart"), KIND)
     assert any("normalizes the residual stream" in w.value for w in at.main.warning)
-    assert page.KINDS[-1] == KIND
+    assert KIND in page.KINDS
+
+
+def test_input_attribution_draws_every_method_and_checks_integrated_gradients(tiny_dir):
+    at = open_page(tiny_dir("llama"), "Input attribution")
+    at.session_state[session.TEXT] = "the cat sat on the mat because it was"
+    at.session_state[session.DLA_TARGET] = " tired"
+    run(at)
+    spec = next(
+        c for c in charts(at) if c["layout"]["title"]["text"].startswith("What the prediction of tired")
+    )
+    assert len(spec["data"][0]["y"]) == 5  # four Captum methods and rollout, one row each
+    assert any(s.value.startswith("Integrated gradients: the scores add up to") for s in at.main.success)

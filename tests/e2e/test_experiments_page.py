@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlencode
 
 import pytest
@@ -107,3 +108,17 @@ def test_direct_logit_attribution_of_paris_against_rome(page, app_url):
     assert page.get_by_test_id("stException").count() == 0
     main.locator(".gtitle", has_text="Each block's direct effect").scroll_into_view_if_needed()
     screenshot(page, "experiments_dla")
+
+
+def test_input_attribution_of_paris(page, app_url):
+    query = urlencode({"model": "smollm2-135m-instruct", "experiment": "Input attribution",
+                       "text": "The Eiffel Tower is in the city of", "dla_target": " Paris"})  # fmt: skip
+    page.goto(f"{app_url}/experiments?{query}")
+    wait_for_app_run(page)
+    main = page.get_by_test_id("stMain")
+    title = main.locator(".gtitle", has_text="What the prediction of ␣Paris comes from")
+    expect(title).to_have_count(1, timeout=180_000)
+    expect(main.get_by_text(re.compile(r"^Integrated gradients: the scores add up to"))).to_be_visible()
+    assert page.get_by_test_id("stException").count() == 0
+    title.scroll_into_view_if_needed()
+    screenshot(page, "experiments_input_attribution")

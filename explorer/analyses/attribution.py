@@ -1,0 +1,162 @@
+"""Which input tokens a prediction comes from, by Captum's methods on the token embeddings: integrated
+gradients (with its convergence delta), gradient saliency, input x gradient and occlusion, beside attention
+rollout (explorer.analyses.attention.rollout) for comparison.
+
+The function attributed is f(E) = logit(target) [- logit(foil)] at the position that predicts the next
+token, as a function of the input embeddings E (pos, d_model) as the embedding module returns them (Gemma's
+scaling included); encoder-decoders attribute the source tokens, the decoder reading its prefix. A token's
+score is the sum over its embedding dimensions (integrated gradients, input x gradient), the size of the
+gradient (saliency), or f(E) - f(E with the token's embedding replaced by the baseline's) (occlusion).
+The baseline B is every position holding a neutral token's embedding, padding's where it is not zero
+(`_neutral`). Integrated gradients
+goes from B to E in `steps` points, run as one batch, and is complete when Σ scores = f(E) - f(B): `delta`
+is the difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from explorer.analyses import experiments
+from explorer.analyses.attention import rollout
+from explorer.errors import InputError
+from explorer.models.anatomy import input_device
+from explorer.runs import hooked
+
+if TYPE_CHECKING:
+    from explorer.models.loading import LoadedModel
+
+METHODS = {
+    "integrated_gradients": "Integrated gradients",
+    "saliency": "Gradient saliency (size of the gradient)",
+    "input_x_gradient": "Input × gradient",
+    "occlusion": "Occlusion (the token's embedding replaced by a neutral token's)",
+}
+ROLLOUT = "attention_rollout"
+DEFAULT_STEPS = 32
+
+
+@dataclass(frozen=True)
+class InputAttribution:
+    method: str
+    tokens: tuple[str, ...]  # the tokens attributed (an encoder-decoder's source)
+    scores: np.ndarray  # (pos,)
+    delta: float | None  # integrated gradients: Σ scores - (f(E) - f(B))
+    value: float  # f(E): the model's own logit (difference)
+    target: experiments.Target
+    foil: experiments.Target | None
+
+    def to_dict(self) -> dict:
+        return {"tokens": list(self.tokens), "scores": [float(s) for s in self.scores], "delta": self.delta}
+
+
+class _Objective:
+    """f(E) for a batch of embeddings (batch, pos, d_model), reading the probe's position."""
+
+    def __init__(self, loaded: LoadedModel, probe: experiments.Probe, target: int, foil: int | None):
+        self.model = loaded.model
+        self.target, self.foil = target, foil
+        inputs = probe.inputs
+        self.decoder = inputs.get("decoder_input_ids")
+        self.position = probe.position
+        self.last = self.decoder is None and probe.position == inputs["input_ids"].shape[1] - 1
+        self.options = hooked.options(self.model, last_logits_only=self.last)
+
+    def __call__(self, emb: torch.Tensor) -> torch.Tensor:
+        batch = emb.shape[0]
+        kw = dict(
+            inputs_embeds=emb, attention_mask=torch.ones(emb.shape[:2], dtype=torch.long, device=emb.device)
+        )
+        if self.decoder is not None:
+            kw["decoder_input_ids"] = self.decoder.expand(batch, -1)
+        logits = self.model(**kw, **self.options).logits
+        row = logits[:, -1] if self.last else logits[:, self.position]  # (batch, vocab)
+        out = row[:, self.target]
+        return out - row[:, self.foil] if self.foil is not None else out
+
+
+def attribute(
+    loaded: LoadedModel,
+    text: str,
+    target: str,
+    method: str = "integrated_gradients",
+    foil: str | None = None,
+    prefix: str = "",
+    steps: int = DEFAULT_STEPS,
+) -> InputAttribution:
+    """Scores of the input tokens for the prediction of `target` (against `foil`) after `text`."""
+    if method not in METHODS and method != ROLLOUT:
+        raise InputError(f"Unknown method {method!r}; known: {', '.join(METHODS)}, {ROLLOUT}.")
+    model = loaded.model
+    experiments.check_model(model)
+    stack = "encoder" if getattr(model.config, "is_encoder_decoder", False) else None
+    probe = experiments.prepare(loaded, text, prefix, stack=stack)
+    want = experiments.target_token(loaded, probe, target)
+    other = experiments.target_token(loaded, probe, foil, "foil") if foil else None
+    ids = probe.inputs["input_ids"]
+    f = _Objective(loaded, probe, want.token_id, other.token_id if other else None)
+    if method == ROLLOUT:
+        return _rollout(loaded, probe, f, want, other)
+    from captum.attr import InputXGradient, IntegratedGradients, Occlusion, Saliency  # 2 s to import
+
+    with loaded.lock, torch.enable_grad():
+        embed = loaded.model.get_input_embeddings()
+        device = input_device(model)
+        emb = embed(ids.to(device)).detach().requires_grad_()  # (1, pos, d_model)
+        base = embed(torch.full_like(ids, _neutral(loaded.tokenizer, embed)).to(device)).detach()
+        with torch.no_grad():
+            value = float(f(emb)[0])
+        delta = None
+        if method == "integrated_gradients":
+            attr, d = IntegratedGradients(f).attribute(
+                emb, baselines=base, n_steps=steps, internal_batch_size=steps,
+                return_convergence_delta=True,
+            )  # fmt: skip
+            scores, delta = attr[0].float().sum(-1), float(d[0])
+        elif method == "saliency":
+            scores = Saliency(f).attribute(emb, abs=False)[0].float().norm(dim=-1)
+        elif method == "input_x_gradient":
+            scores = InputXGradient(f).attribute(emb)[0].float().sum(-1)
+        else:
+            with torch.no_grad():
+                attr = Occlusion(f).attribute(emb, sliding_window_shapes=(1, emb.shape[-1]), baselines=base)
+            scores = attr[0, :, 0].float()  # every dimension of a token holds the token's own difference
+    return InputAttribution(method, probe.tokens, scores.detach().cpu().numpy(), delta, value, want, other)
+
+
+def _neutral(tokenizer, embed) -> int:
+    """The token whose embedding stands for "no token" in the baselines: padding, else unknown, else the
+    end or start of text, the first whose embedding is not near zero (a padding row is often all zeros,
+    and a norm divides by the vector's size: the straight path from zero starts where it is undefined);
+    else a token of median size."""
+    weight = embed.weight.detach()
+    sample = weight[:: max(1, weight.shape[0] // 4096)].float().norm(dim=-1)
+    typical = float(sample.median())
+    for tid in (
+        tokenizer.pad_token_id,
+        tokenizer.unk_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.bos_token_id,
+    ):
+        if tid is not None and tid < weight.shape[0] and float(weight[tid].float().norm()) >= 0.25 * typical:
+            return int(tid)
+    return int(torch.argmin((weight.float().norm(dim=-1) - typical).abs()))
+
+
+def _rollout(loaded, probe, f, want, other) -> InputAttribution:
+    """Attention rollout's row of the read position: how much of it flows from each input token."""
+    if probe.read_stack != probe.stack:
+        raise InputError(
+            "Attention rollout follows one stack's self-attention: not an encoder-decoder's source."
+        )
+    out = hooked.run(loaded, probe.inputs, output_attentions=True, **hooked.options(loaded.model))
+    maps = torch.stack([m[0].float() for m in out.attentions]).cpu().numpy()  # [layer, head, q, k]
+    with torch.no_grad():
+        value = float(f(loaded.model.get_input_embeddings()(probe.inputs["input_ids"]).detach())[0])
+    return InputAttribution(
+        ROLLOUT, probe.tokens, rollout(maps)[-1][probe.position], None, value, want, other
+    )
