@@ -149,6 +149,7 @@ TASK_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", 
 
 def _generate(args: argparse.Namespace) -> int:
     """Steps through generation; prints one JSON object per step."""
+    from explorer.analyses.tokens import display_tokens
     from explorer.models.loading import load_model
     from explorer.runs.stepping import Settings, Stepper
 
@@ -161,8 +162,17 @@ def _generate(args: argparse.Namespace) -> int:
         args.temperature, args.top_k, args.top_p, args.repetition_penalty, None if args.greedy else args.seed
     )
     settings.check()
-    stepper = Stepper.start(loaded, args.prompt or "", chat=args.chat, source=args.source)
+    steer = None
+    if args.steer_plus or args.steer_minus:
+        from explorer.analyses import steering
+
+        if args.steer_layer is None:
+            raise InputError("--steer-layer is needed with --steer-plus and --steer-minus.")
+        steer = steering.build(loaded, args.steer_plus or [], args.steer_minus or [], args.steer_layer,
+                               args.steer_coef)  # fmt: skip
+    stepper = Stepper.start(loaded, args.prompt or "", chat=args.chat, source=args.source, steer=steer)
     for _ in range(args.steps):
+        unsteered = stepper.unsteered() if steer is not None else None
         s = stepper.step(settings)
         row = {
             "step": s.index,
@@ -177,6 +187,15 @@ def _generate(args: argparse.Namespace) -> int:
                 for c in s.top
             ],
         }
+        if unsteered is not None:  # the same step without the steering, for comparison
+            top = unsteered.topk(len(s.top))
+            row["unsteered_prob"] = float(unsteered[s.token_id])
+            row["unsteered_top"] = [
+                {"token_id": int(i), "token": t, "prob": float(p)}
+                for i, t, p in zip(
+                    top.indices, display_tokens(loaded.tokenizer, top.indices.tolist()), top.values
+                )
+            ]
         if args.json:
             print(json.dumps(row, ensure_ascii=False), flush=True)
         else:
@@ -430,6 +449,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--chat", action="store_true", help="put the prompt in the model's chat template")
+    p.add_argument("--steer-plus", action="append", help="steer toward this prompt (repeat for a list)")
+    p.add_argument("--steer-minus", action="append", help="steer away from this prompt (repeat for a list)")
+    p.add_argument("--steer-layer", type=int, help="the block whose input the steering vector is added to")
+    p.add_argument("--steer-coef", type=float, default=4.0, help="times the vector (0: no change)")
     p.add_argument("--json", action="store_true", help="one JSON object per step")
     p.set_defaults(run=_generate)
 

@@ -87,6 +87,8 @@ POS_SINE, POS_LEARNED, POS_REACH = "positions_sine_n", "positions_learned_n", "p
 TASK_CHOICE, TASK_TEXT, TASK_RUN = "tasks_task_kept", "tasks_link_text", "tasks_link_run"
 # the Lessons page: which lesson, presentation mode and its screen (0 idea, 1 the model, 2 the question)
 LESSON, PRESENT, LESSON_SCREEN = "lesson_id", "lesson_present", "lesson_screen"
+GEN_STEER, GEN_STEER_PLUS, GEN_STEER_MINUS = "generate_steer", "generate_steer_plus", "generate_steer_minus"
+GEN_STEER_LAYER, GEN_STEER_COEF = "generate_steer_layer", "generate_steer_coef"
 GEN_PICKS = "generate_picks"  # tokens a link asks the Generate page to replay: ((token id, forced), ...)
 # shareable links
 LINK_READ = "link_read"  # this session has read the link it was opened with
@@ -121,6 +123,11 @@ LINK = (
     Param("top_p", GEN_TOP_P, "float", 0.01, 1.0, label="top-p"),
     Param("penalty", GEN_REPETITION, "float", 0.5, 3.0, label="repetition penalty"),
     Param("picks", GEN_PICKS, "picks", label="generated tokens"),
+    Param("steer", GEN_STEER, "bool", label="steering switch"),
+    Param("steer_plus", GEN_STEER_PLUS, label="steering toward"),
+    Param("steer_minus", GEN_STEER_MINUS, label="steering away from"),
+    Param("steer_layer", GEN_STEER_LAYER, "int", 0, None, label="steering layer"),
+    Param("steer_coef", GEN_STEER_COEF, "float", -100.0, 100.0, label="steering coefficient"),
     Param("position", FOCUS, "int", 0, None, label="focused token"),
     Param("threshold", FLOW_THRESHOLD, "float", 0.01, 0.5, label="threshold"),
     Param("ffn_layer", FFN_LAYER, "int", 0, None, label="FFN layer"),

@@ -3,12 +3,14 @@
 import streamlit as st
 
 from explorer import session
-from explorer.analyses.tokens import split_characters, token_bytes
+from explorer.analyses import steering
+from explorer.analyses.tokens import display_tokens, split_characters, token_bytes
 from explorer.errors import InputError
 from explorer.figures.attention import layer_position_heatmap
+from explorer.figures.experiments import paired_bars
 from explorer.figures.steps import candidates_figure, sequence_html, tree_figure
 from explorer.lessons.glossary import help_for
-from explorer.models import zoo
+from explorer.models import anatomy, zoo
 from explorer.runs.stepping import Settings, Stepper, templated
 from explorer.web.display import md
 from views.common import DEFAULT_TEXT, default_text, kept, share
@@ -17,6 +19,7 @@ DEFAULT_PROMPT = "The capital of France is"  # a base model continues it
 DEFAULT_QUESTION = "What is the capital of France?"  # an instruct model answers it
 MAX_RUN = 256
 GEN_FOR = "generate_prompt_for"  # the model the prompt box was last drawn for
+STEER_DONE = "generate_steer_built"  # (inputs, Steer) of this user's last steering vector
 
 
 def settings_panel() -> Settings:
@@ -119,15 +122,53 @@ def inputs(loaded) -> tuple[str, bool, str | None]:
     return prompt, chat, source
 
 
-def current_stepper(loaded, prompt: str, chat: bool, source: str | None) -> Stepper | None:
-    """This user's stepper for these inputs; a new one when the model or the inputs change."""
-    key = (loaded.request, prompt, chat, source)
+def steering_panel(loaded):
+    """The steering controls (decoders): the vector of one prompt against another at a layer, times a
+    coefficient; returns the Steer, or None when off or not possible here."""
+    if loaded.card.family != "decoder":
+        return None
+    with st.expander("Steering: add a vector to the residual stream at every step"):
+        on = kept("toggle", "Steer", session.GEN_STEER, False)
+        c1, c2 = st.columns(2)
+        plus = kept("text_input", "Toward (';' separates several prompts)", session.GEN_STEER_PLUS,
+                    "I love you", c1)  # fmt: skip
+        minus = kept("text_input", "Away from", session.GEN_STEER_MINUS, "I hate you", c2)
+        n = anatomy.of(loaded.model).n_layers("decoder")
+        layer = kept("selectbox", "At the input of layer", session.GEN_STEER_LAYER, n // 5, c1,
+                     options=list(range(n)), help=help_for("residual stream"))  # fmt: skip
+        coef = kept("number_input", "Coefficient (0: no change)", session.GEN_STEER_COEF, 4.0, c2,
+                    min_value=-100.0, max_value=100.0, step=0.5)  # fmt: skip
+        st.caption(
+            "The vector is the mean of the residual stream entering that layer over the first prompts' "
+            "tokens minus the same for the second; every pass of the model adds the coefficient times it "
+            "there, at every position."
+        )
+    if not on:
+        return None
+    key = (loaded.request, plus, minus, layer, coef)
+    found = st.session_state.get(STEER_DONE)
+    if found is None or found[0] != key:
+        try:
+            with session.model_turn(loaded, "a steering vector"):
+                made = steering.build(loaded, plus.split(";"), minus.split(";"), int(layer), float(coef))
+        except InputError as err:
+            st.error(md(err))
+            return None
+        found = (key, made)
+        st.session_state[STEER_DONE] = found
+    return found[1]
+
+
+def current_stepper(loaded, prompt: str, chat: bool, source: str | None, steer=None) -> Stepper | None:
+    """This user's stepper for these inputs; a new one when the model, the inputs or the steering
+    change."""
+    key = (loaded.request, prompt, chat, source, None if steer is None else id(steer))
     found = st.session_state.get(session.STEPPER)
     if found is not None and found[0] == key:
         return found[1]
     try:
         with session.model_turn(loaded, "reading a prompt"), st.spinner("Reading the prompt …"):
-            stepper = Stepper.start(loaded, prompt, chat=chat, source=source)
+            stepper = Stepper.start(loaded, prompt, chat=chat, source=source, steer=steer)
     except InputError as err:
         st.error(md(err))
         return None
@@ -152,7 +193,8 @@ def do(action, *args) -> None:
 
 SHARED = (session.GEN_PROMPT, session.GEN_SOURCE, session.GEN_CHAT, session.GEN_MODE, session.GEN_SEED,
           session.GEN_TEMPERATURE, session.GEN_TOP_K, session.GEN_TOP_P, session.GEN_REPETITION,
-          session.GEN_PICKS)  # fmt: skip
+          session.GEN_PICKS, session.GEN_STEER, session.GEN_STEER_PLUS, session.GEN_STEER_MINUS,
+          session.GEN_STEER_LAYER, session.GEN_STEER_COEF)  # fmt: skip
 
 
 def replay(stepper: Stepper, settings: Settings) -> None:
@@ -261,7 +303,8 @@ def main() -> None:
         except InputError as err:
             st.error(md(err))
             return
-    stepper = current_stepper(loaded, prompt, chat, source)
+    steer = steering_panel(loaded)
+    stepper = current_stepper(loaded, prompt, chat, source, steer)
     if stepper is None:
         return
     settings = settings_panel()
@@ -294,6 +337,19 @@ def main() -> None:
     with left:
         cands = stepper.candidates(settings)
         st.plotly_chart(candidates_figure(cands, f"Next token after {len(stepper.ids)} tokens"), key="next")
+        if steer is not None:
+            with session.model_turn(loaded, "the unsteered pass"):
+                plain = stepper.unsteered()
+            st.plotly_chart(
+                paired_bars([c.token for c in cands], [c.prob for c in cands],
+                            [float(plain[c.token_id]) for c in cands], ("steered", "without steering"),
+                            f"The same candidates, steered and not (layer {steer.layer}, × {steer.coef:g})"),
+                key="steered",
+            )  # fmt: skip
+            top = plain.topk(3)
+            names = display_tokens(loaded.tokenizer, top.indices.tolist())
+            best = ", ".join(f"{md(t)} ({p:.3f})" for t, p in zip(names, top.values.tolist()))
+            st.caption(f"Without steering the most likely would be: {best}")
         st.caption("Pick a candidate to force it as the next token:")
         cols = st.columns(5)
         for i, c in enumerate(cands):

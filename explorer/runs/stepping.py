@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -129,13 +130,17 @@ class Stepper:
     steps: list[Step] = field(default_factory=list)
     branches: list[Branch] = field(default_factory=list)
     finished: str | None = None  # why generation stopped (end-of-sequence, length limit)
+    steer: object = None  # explorer.analyses.steering.Steer: added to the residual stream at every pass
     _state: _State | None = None
     _first_logits: torch.Tensor | None = None
     _encoder_outputs: object = None
 
     @classmethod
-    def start(cls, loaded, prompt: str, chat: bool = False, source: str | None = None) -> "Stepper":
-        """Reads the prompt (or, for encoder-decoders, the source) and computes the first distribution."""
+    def start(
+        cls, loaded, prompt: str, chat: bool = False, source: str | None = None, steer: object = None
+    ) -> "Stepper":
+        """Reads the prompt (or, for encoder-decoders, the source) and computes the first distribution;
+        with `steer`, every pass of the model adds its vector (explorer.analyses.steering)."""
         family = loaded.card.family
         if family == "encoder":
             raise InputError(
@@ -162,6 +167,7 @@ class Stepper:
                 )
             ids = tok(templated(loaded, prompt) if chat else prompt, add_special_tokens=not chat)["input_ids"]
             me = cls(loaded, ids, display_tokens(tok, ids))
+        me.steer = steer
         me._check_room(len(me.prompt_ids) + 1)
         me._prefill()
         return me
@@ -312,7 +318,35 @@ class Stepper:
             return EncoderDecoderCache(DynamicCache(), DynamicCache())
         return DynamicCache(config=self.loaded.model.config)  # sliding-window layers keep only their window
 
+    @contextmanager
+    def _steered(self):
+        """The steering hook attached for one pass (the caller holds the model's lock)."""
+        handles = hooked.attach([self.steer.hook(self.loaded.model)]) if self.steer is not None else []
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def unsteered(self) -> torch.Tensor:
+        """The next token's raw probabilities [vocab] after the same tokens without the steering: one pass
+        of the whole sequence, no cache (what the model would say here unsteered)."""
+        model, device = self.loaded.model, self._device()
+        with self.loaded.lock, torch.inference_mode():
+            if self.source_ids is not None:
+                out = model(encoder_outputs=self._encoder_outputs, use_cache=False,
+                            decoder_input_ids=torch.tensor([self.ids], device=device))  # fmt: skip
+            else:
+                out = model(
+                    input_ids=torch.tensor([self.ids], device=device), logits_to_keep=1, use_cache=False
+                )
+        return torch.softmax(out.logits[0, -1].float().cpu(), -1)
+
     def _run_prefix(self, ids: list[int]) -> tuple[torch.Tensor, object]:
+        with self._steered():
+            return self._run_prefix_unhooked(ids)
+
+    def _run_prefix_unhooked(self, ids: list[int]) -> tuple[torch.Tensor, object]:
         model, device = self.loaded.model, self._device()
         cache = self._new_cache()
         kwargs = dict(cache=cache, use_cache=True)
@@ -327,6 +361,10 @@ class Stepper:
         return out.logits[0, -1].float().cpu(), out.cache
 
     def _forward(self, token_id: int, cache) -> tuple[torch.Tensor, tuple, tuple | None]:
+        with self._steered():
+            return self._forward_unhooked(token_id, cache)
+
+    def _forward_unhooked(self, token_id: int, cache) -> tuple[torch.Tensor, tuple, tuple | None]:
         model, device = self.loaded.model, self._device()
         nxt = torch.tensor([[token_id]], device=device)
         if self.source_ids is not None:

@@ -21,6 +21,10 @@ def open_page(at):
     return run(at)
 
 
+def undo_to(at):
+    return next(s for s in at.selectbox if s.label == "Undo back to")
+
+
 def test_step_pick_and_undo_on_the_default_decoder():
     at = open_page(app())
     assert "<|im_start|>user" in at.code[0].value  # the chat template, shown
@@ -34,7 +38,7 @@ def test_step_pick_and_undo_on_the_default_decoder():
     second.click()
     run(at)
     assert s.steps[-1].how == "picked" and s.steps[-1].rank == 2
-    at.selectbox[0].set_value(1)  # undo back to after step 1
+    undo_to(at).set_value(1)  # undo back to after step 1
     button(at, "Undo").click()
     run(at)
     assert len(s.steps) == 1 and len(s.branches) == 1
@@ -50,7 +54,7 @@ def test_undo_after_the_end_of_text_enables_step_and_run_again():
     s = stepper(at)
     assert s.finished  # the chat answer ends with <|im_end|> within 10 tokens
     assert button(at, "Step").disabled and button(at, "Run 10 steps").disabled  # as soon as it ends
-    at.selectbox[0].set_value(0)  # undo back to the prompt
+    undo_to(at).set_value(0)  # undo back to the prompt
     button(at, "Undo").click()
     run(at)
     assert not s.steps and not s.finished

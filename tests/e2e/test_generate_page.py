@@ -3,6 +3,9 @@ candidate, an undo that leaves a branch."""
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlencode
+
 import pytest
 from playwright.sync_api import expect
 
@@ -51,3 +54,22 @@ def test_step_force_and_undo(page, app_url):
     expect(tree).to_be_visible()
     screenshot(page, "generate-undone")
     assert page.dialogs == []
+
+
+def test_steering_shows_both_distributions(page, app_url):
+    query = urlencode({"model": "smollm2-135m-instruct", "prompt": "I think that you are", "chat": "0",
+                       "steer": "1", "steer_plus": "I love you", "steer_minus": "I hate you",
+                       "steer_layer": "6", "steer_coef": "2"})  # fmt: skip
+    page.goto(f"{app_url}/generate?{query}")
+    wait_for_app_run(page)
+    steered = page.locator(".gtitle", has_text="The same candidates, steered and not (layer 6, × 2)")
+    expect(steered).to_have_count(1, timeout=120_000)
+    expect(page.locator(".gtitle", has_text="Next token after 5 tokens")).to_have_count(1)
+    page.get_by_role("button", name="Step", exact=True).click()
+    expect(page.locator(".gtitle", has_text="Next token after 6 tokens")).to_have_count(1, timeout=60_000)
+    wait_for_app_run(page)
+    expect(page.get_by_text(re.compile(r"^Without steering the most likely would be"))).to_be_visible()
+    expect(page).to_have_url(re.compile(r"steer_coef=2"))
+    assert page.get_by_test_id("stException").count() == 0
+    steered.scroll_into_view_if_needed()
+    screenshot(page, "generate-steering")
