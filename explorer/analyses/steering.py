@@ -44,9 +44,9 @@ class Steer:
 
 def _mean_stream(loaded: LoadedModel, prompt: str, layer: int) -> torch.Tensor:
     """The residual stream entering `layer`, averaged over the prompt's own tokens. The first position of
-    a decoder's input takes an outsized vector (the attention sink: SmolLM2's is about 8 times the others' at layer 6), so
-    the prompt is read after a start token (the tokenizer's own, else its end-of-text token) which is
-    left out of the mean."""
+    a decoder's input takes an outsized vector (the attention sink: SmolLM2's is about 8 times the
+    others' at layer 6), so the prompt is read after a start token (the tokenizer's own, else its
+    end-of-text token) which is left out of the mean."""
     model, tok = loaded.model, loaded.tokenizer
     ids = hooked.encode(model, tok, prompt)
     special = set(tok.all_special_ids)
