@@ -76,6 +76,7 @@ bench: setup models browser
 	$(PY) bench/sessions.py
 	$(PY) bench/experiments.py
 	$(PY) bench/flow.py
+	$(PY) bench/instruments.py
 	$(PY) bench/first_picture.py
 	$(PY) bench/pages.py
 
