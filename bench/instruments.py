@@ -8,7 +8,9 @@ of the same input, measured in one run (best of 3 for every timing):
 - dla_ratio: direct logit attribution (one hooked forward pass and the arithmetic) over one forward pass.
 - steer_ratio: time per generated token with steering over without (16 greedy tokens each, KV cache on).
   Goal: at most 1.05.
-- attribution patching is not built yet (issue 18): reported as null.
+- atp_ratio: attribution patching of the Eiffel Tower / Colosseum pair (all 3 kinds, 30 layers, 9
+  positions) over one forward and backward pass of the corrupted prompt; exact_s is exact patching of
+  the same 810 cells, for scale. Goal: at most 4.
 
 Prints one JSON object on its last line. Run: `.venv/bin/python bench/instruments.py`.
 """
@@ -24,12 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer.analyses import attribution, dla, heads, steering  # noqa: E402
+from explorer.analyses import atp, attribution, dla, experiments, heads, steering  # noqa: E402
 from explorer.models.loading import LoadRequest, load_model  # noqa: E402
 from explorer.runs import hooked  # noqa: E402
 from explorer.runs.stepping import Settings, Stepper  # noqa: E402
 
 TEXT = "The Eiffel Tower is in the city of"
+CORRUPT = "The Colosseum is in the city of"
 STEPS = 16
 
 
@@ -58,6 +61,20 @@ def generate(loaded, steer) -> float:
     return best(run) / STEPS
 
 
+def forward_backward(loaded) -> float:
+    """One forward and backward pass of the corrupted prompt's logit difference."""
+    probe = experiments.prepare(loaded, CORRUPT)
+    t = experiments.target_token(loaded, probe, " Paris")
+    f = experiments.target_token(loaded, probe, " Rome")
+
+    def run():
+        with torch.enable_grad():
+            out = loaded.model(**atp._with_embeddings(loaded.model, probe.inputs))
+            (out.logits[0, -1, t.token_id] - out.logits[0, -1, f.token_id]).backward()
+
+    return best(run)
+
+
 def main() -> None:
     loaded = load_model(LoadRequest("embedded", "smollm2-135m-instruct"))
     probe = heads.probe(loaded)
@@ -71,13 +88,17 @@ def main() -> None:
     dla_s = best(lambda: dla.attribute(loaded, TEXT, " Paris", " Rome"))
     steer = steering.build(loaded, ["I love you"], ["I hate you"], 6, 2.0)
     plain, steered = generate(loaded, None), generate(loaded, steer)
+    fb = forward_backward(loaded)
+    atp_s = best(lambda: atp.approximate(loaded, TEXT, CORRUPT, " Paris", " Rome"))
+    exact_s = best(lambda: experiments.patch(loaded, TEXT, CORRUPT, " Paris", " Rome"), repeats=1)
     print(json.dumps({
         "heads_s": round(heads_s, 3), "heads_ratio": round(heads_s / f_probe, 1),
         "ig_s": round(ig_s, 3), "ig_ratio": round(ig_s / f_text, 1), "ig_goal": 12,
         "dla_s": round(dla_s, 3), "dla_ratio": round(dla_s / f_text, 1),
         "step_s": round(plain, 4), "steered_step_s": round(steered, 4),
         "steer_ratio": round(steered / plain, 3), "steer_goal": 1.05,
-        "attribution_patching_ratio": None,
+        "atp_s": round(atp_s, 3), "atp_ratio": round(atp_s / fb, 1), "atp_goal": 4,
+        "exact_s": round(exact_s, 2),
     }))  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import session
-from explorer.analyses import attribution, compare, dla, experiments, routing
+from explorer.analyses import atp, attribution, compare, dla, experiments, routing
 from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError, LoadError
 from explorer.figures.attention import token_heatmap
@@ -33,7 +33,7 @@ PATCH_EXAMPLE = (FACT, "The Colosseum is in the city of", "", " Paris", " Rome")
 ABL_STACK, ABL_MODE, ABL_HEADS, ABL_TOP = "exp_abl_stack", session.ABL_MODE, "exp_abl_heads", "exp_abl_top"
 PATCH_CLEAN, PATCH_CORRUPT = session.PATCH_CLEAN, session.PATCH_CORRUPT
 PATCH_TARGET, PATCH_FOIL, PATCH_PREFIX = session.PATCH_TARGET, session.PATCH_FOIL, "exp_patch_prefix"
-PATCH_STACK, PATCH_KINDS = "exp_patch_stack", "exp_patch_kinds"
+PATCH_STACK, PATCH_KINDS, PATCH_APPROX = "exp_patch_stack", "exp_patch_kinds", "exp_patch_approx"
 CMP_SOURCE, CMP_REF, CMP_REQUEST = "exp_cmp_source", "exp_cmp_ref", "exp_cmp_request"
 CMP_TEXT, CMP_LAYER, CMP_HEAD = "exp_cmp_text", "exp_cmp_layer", "exp_cmp_head"  # + _0 / _1 per model
 ROUTE_TEXT, ROUTE_LAYER = "exp_route_text", "exp_route_layer"
@@ -386,12 +386,30 @@ def patching() -> None:
         f"logit({md(result.target.token)}) − logit({md(result.foil.token)}): clean {result.ld_clean:.3f}, "
         f"corrupted {result.ld_corrupt:.3f}. Restored share = (patched − corrupted) / (clean − corrupted)."
     )
+    approx = None
+    if kept("toggle", "Beside it, attribution patching (its gradient approximation: one forward and one "
+            "backward pass)", PATCH_APPROX, False):  # fmt: skip
+        try:
+            approx = session.shared_run(
+                loaded, ("atp", *key), "attribution patching", "One forward and one backward pass …",
+                lambda: atp.approximate(loaded, clean, corrupt, target, foil, kinds, prefix, stack),
+            )  # fmt: skip
+        except InputError as err:
+            st.error(md(err))
     for name in result.restored:
-        st.plotly_chart(
-            patching_figure(result.restored[name], result.tokens,
-                            f"Restored share: {experiments.KIND_TITLES[name]}"),
-            key=f"exp-patch-{name}",
-        )  # fmt: skip
+        title = f"Restored share: {experiments.KIND_TITLES[name]}"
+        exact = patching_figure(result.restored[name], result.tokens, title)
+        if approx is None:
+            st.plotly_chart(exact, key=f"exp-patch-{name}")
+            continue
+        left, right = st.columns(2)
+        left.plotly_chart(exact, key=f"exp-patch-{name}")
+        right.plotly_chart(patching_figure(approx.restored[name], approx.tokens, f"{title}, approximated"),
+                           key=f"exp-atp-{name}")  # fmt: skip
+        r = atp.correlation(result.restored[name], approx.restored[name])
+        gap = float(np.abs(result.restored[name] - approx.restored[name]).max())
+        st.caption(f"{experiments.KIND_TITLES[name]}: correlation of the approximation with exact patching "
+                   f"{r:.2f}; largest gap {gap:.2f}.")  # fmt: skip
 
 
 def chips_of(probe) -> str:

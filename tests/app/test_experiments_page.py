@@ -268,3 +268,19 @@ def test_patching_opens_on_the_models_own_example():
         "2",
     )
     assert not at.error
+
+
+def test_attribution_patching_is_drawn_beside_exact_patching(tiny_dir):
+    at = open_page(tiny_dir("llama"), page.KINDS[1])
+    box(at, "text_input", page.PATCH_CLEAN).set_value(TEXT)
+    box(at, "text_input", page.PATCH_CORRUPT).set_value("the dog ran to the park")
+    box(at, "text_input", page.PATCH_TARGET).set_value(" is")
+    box(at, "text_input", page.PATCH_FOIL).set_value(" was")
+    run(at)
+    button(at, "Patch 36").click()
+    run(at)
+    box(at, "toggle", page.PATCH_APPROX).set_value(True)
+    run(at)
+    titles = [c["layout"]["title"]["text"] for c in charts(at)]
+    assert sum(t.endswith(", approximated") for t in titles) == 3 and len(titles) == 6
+    assert sum("correlation of the approximation with exact patching" in c.value for c in at.caption) == 3

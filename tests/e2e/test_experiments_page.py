@@ -67,6 +67,14 @@ def test_head_scan_and_patching_on_smollm2(page, app_url):
     expect(page.get_by_text("clean 2.857", exact=False)).to_be_visible()
     first.scroll_into_view_if_needed()
     screenshot(page, "experiments_patching")
+    page.get_by_text("Beside it, attribution patching").click()  # the gradient approximation beside
+    expect(charts.filter(has_text="approximated")).to_have_count(3, timeout=120_000)
+    wait_for_app_run(page)
+    expect(
+        page.get_by_text(re.compile("correlation of the approximation with exact patching"))
+    ).to_have_count(3)
+    charts.filter(has_text="approximated").first.scroll_into_view_if_needed()
+    screenshot(page, "experiments_attribution_patching")
     assert page.dialogs == []
 
 
