@@ -40,3 +40,37 @@ def test_the_decoders_have_induction_heads(loaded, name):
     found = heads.detect(loaded(name), "induction", seed=0)
     scores = [r["score"] for r in found.ranked()]
     assert scores[0] > 0.5 and scores[len(scores) // 2] < 0.1  # a few heads do it, most do not
+
+
+def test_integrated_gradients_on_the_date_normalizer_completes(loaded):
+    from explorer.analyses import attribution
+
+    found = attribution.attribute(loaded("date-normalizer"), "Tuesday, 23rd November 2026", "1",
+                                  "integrated_gradients", "2", prefix="2026-1", steps=128)  # fmt: skip
+    change = float(found.scores.sum()) - found.delta
+    assert abs(found.delta) <= 0.01 * abs(change)
+    assert len(found.tokens) == 28  # one token per character, and </s>
+
+
+def test_attribution_patching_tracks_exact_patching_of_attention_on_smollm2(loaded):
+    from explorer.analyses import atp, experiments
+
+    args = ("The Eiffel Tower is in the city of", "The Colosseum is in the city of", " Paris", " Rome")
+    exact = experiments.patch(loaded("smollm2-135m-instruct"), *args, kinds=("attn",))
+    approx = atp.approximate(loaded("smollm2-135m-instruct"), *args, kinds=("attn",))
+    assert approx.ld_corrupt == pytest.approx(exact.ld_corrupt, abs=1e-4)
+    assert atp.correlation(exact.restored["attn"], approx.restored["attn"]) > 0.5
+
+
+def test_steering_gemma_at_coefficient_zero_changes_nothing(loaded):
+    import torch
+
+    from explorer.analyses import steering
+    from explorer.runs.stepping import Settings, Stepper
+
+    model = loaded("gemma-3-270m")
+    zero = steering.build(model, ["I love you"], ["I hate you"], 6, 0.0)
+    plain, steered = Stepper.start(model, "Rivers carry"), Stepper.start(model, "Rivers carry", steer=zero)
+    for _ in range(3):
+        assert torch.equal(plain._state.logits, steered._state.logits)
+        assert plain.step(Settings()).token_id == steered.step(Settings()).token_id
