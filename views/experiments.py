@@ -196,31 +196,38 @@ def ablation() -> None:
     )  # fmt: skip
 
 
-def logit_attribution() -> None:
-    """Direct logit attribution of the workspace's text: each head's and block's direct share of
-    logit(target) - logit(foil) at the predicting position (explorer.analyses.dla)."""
-    seq2seq = loaded.card.family == "encoder-decoder"
+def prediction_inputs() -> tuple[str, str, str, str | None]:
+    """The inputs both attributions read: the workspace's text (and an encoder-decoder's decoder prefix),
+    the target token (empty: the model's own prediction, resolved here) and the foil (None: none).
+    InputError for a text the model cannot read."""
     left, right = st.columns([3, 1])
     with left:
         text = shared_text(loaded, height=68)  # the workspace's text, the same on every page
-    prefix = (
-        kept("text_input", "Target prefix (the decoder's start)", DLA_PREFIX, "", left) if seq2seq else ""
-    )
+    prefix = ""
+    if loaded.card.family == "encoder-decoder":
+        prefix = kept("text_input", "Target prefix (the decoder's start)", DLA_PREFIX, "", left)
     target = kept("text_input", "Target token (empty: the model's own prediction)", DLA_TARGET, "", right,
                   help="The token whose logit is attributed, with its leading space.")  # fmt: skip
     foil = kept("text_input", "Foil (empty: none)", DLA_FOIL, "", right,
                 help="A token to compare with: the difference target − foil is attributed.")  # fmt: skip
+    if not target.strip():  # the model's own prediction
+        probe = experiments.prepare(loaded, text, prefix, stack=None)
+        with session.model_turn(loaded, "a forward pass"):
+            best = int(experiments.clean_logits(loaded, probe).argmax())
+        target = loaded.tokenizer.decode([best])
+    return text, prefix, target, foil if foil.strip() else None
+
+
+def logit_attribution() -> None:
+    """Direct logit attribution of the workspace's text: each head's and block's direct share of
+    logit(target) - logit(foil) at the predicting position (explorer.analyses.dla)."""
     try:
-        if not target.strip():  # the model's own prediction
-            probe = experiments.prepare(loaded, text, prefix, stack=None)
-            with session.model_turn(loaded, "a forward pass"):
-                best = int(experiments.clean_logits(loaded, probe).argmax())
-            target = loaded.tokenizer.decode([best])
-        key = (loaded.request, text, prefix, target, (foil if foil.strip() else None))
+        text, prefix, target, foil = prediction_inputs()
+        key = (loaded.request, text, prefix, target, foil)
         found = st.session_state.get(DLA_DONE)
         if found is None or found[0] != key:
             with session.model_turn(loaded, "an attribution"), st.spinner("Attributing the logit …"):
-                found = (key, dla.attribute(loaded, text, target, (foil if foil.strip() else None), prefix))
+                found = (key, dla.attribute(loaded, text, target, foil, prefix))
             st.session_state[DLA_DONE] = found
     except InputError as err:  # bad text or token, or a model this does not decompose
         st.warning(md(err))
@@ -259,17 +266,11 @@ def logit_attribution() -> None:
 
 def input_attribution() -> None:
     """Which input tokens the prediction comes from, by Captum's methods and attention rollout."""
-    seq2seq = loaded.card.family == "encoder-decoder"
-    left, right = st.columns([3, 1])
-    with left:
-        text = shared_text(loaded, height=68)  # the workspace's text, the same on every page
-    prefix = (
-        kept("text_input", "Target prefix (the decoder's start)", DLA_PREFIX, "", left) if seq2seq else ""
-    )
-    target = kept("text_input", "Target token", DLA_TARGET, " Paris", right,
-                  help="The token whose logit is attributed, with its leading space.")  # fmt: skip
-    foil = kept("text_input", "Foil (empty: none)", DLA_FOIL, "", right,
-                help="A token to compare with: the difference target − foil is attributed.")  # fmt: skip
+    try:
+        text, prefix, target, foil = prediction_inputs()
+    except InputError as err:
+        st.warning(md(err))
+        return
     names = {**attribution.METHODS, attribution.ROLLOUT: "Attention rollout (for comparison)"}
     c1, c2 = st.columns([3, 1])
     methods = kept("multiselect", "Methods", ATTR_METHODS, list(names), c1, options=list(names),
@@ -283,8 +284,7 @@ def input_attribution() -> None:
             key = (loaded.request, text, prefix, target, foil, m, int(steps))
             if key not in done:
                 with session.model_turn(loaded, "an attribution"), st.spinner(f"{names[m]} …"):
-                    done[key] = attribution.attribute(loaded, text, target, m, foil if foil.strip() else None,
-                                                      prefix, int(steps))  # fmt: skip
+                    done[key] = attribution.attribute(loaded, text, target, m, foil, prefix, int(steps))
             found[m] = done[key]
     except InputError as err:
         st.warning(md(err))
