@@ -94,6 +94,10 @@ def test_every_lesson_in_presentation_mode(page, app_url, model):
         else:
             radios = main(page).get_by_test_id("stRadio")
             pills = main(page).get_by_test_id("stButtonGroup")
+            # the Check button can be on screen before the answer box beside it: wait for the box, then
+            # read its kind (a fresh clone's run read a choice of heads as a number box)
+            wait_for_app_run(page)
+            expect(radios.or_(pills).or_(main(page).get_by_test_id("stTextInput")).first).to_be_visible()
             kind = "choice" if radios.count() else "many" if pills.count() else "number"
             options = []
             if kind == "choice":
