@@ -12,11 +12,11 @@ import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from explorer.analyses import ffn as ffn_memory
-from explorer.analyses import hidden, scratch
+from explorer.analyses import hidden
 from explorer.analyses.tokens import display_tokens
 from explorer.figures.learn import heatmap
 from explorer.figures.lessons import grouped_bars, growth_times, step_times
-from explorer.lessons import measure
+from explorer.lessons import measure, reading
 from explorer.lessons.live import Live
 from explorer.lessons.questions import CHOICE, MANY, NUMBER, Question
 from explorer.models import anatomy
@@ -264,12 +264,7 @@ def modern(loaded: LoadedModel, text: str, cap: Capture) -> Live:
 
 
 def scaling(loaded: LoadedModel, text: str, cap: Capture) -> Live:
-    model = loaded.model
-    a = anatomy.of(model)
-    kind = "encoder" if "encoder" in a.attention_kinds else a.attention_kinds[0]
-    layer = a.n_layers(kind) // 2
-    found = scratch.capture(loaded, text, limit=512, layer=layer)[kind]
-    m = scratch.heads_from_scratch(model, kind, layer, found.inputs[layer])
+    layer, _, m = reading.middle_layer_math(loaded, text)
     allowed = m.allowed.cpu()
     raw = m.scores.cpu()[:, allowed]  # (head, allowed cells) Q K^T
     bias = 0 if m.bias is None else m.bias.cpu()

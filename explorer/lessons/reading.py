@@ -66,17 +66,19 @@ def tokens(loaded: LoadedModel, text: str, cap: Capture) -> Live:
     )
 
 
-def _hand_layer(a: anatomy.Anatomy, kind: str) -> int:
-    return a.n_layers(kind) // 2
+def middle_layer_math(loaded: LoadedModel, text: str) -> tuple[int, scratch.StackCapture, scratch.HeadsMath]:
+    """The middle layer of the self-attention a lesson reads (an encoder-decoder's encoder), recomputed
+    from scratch on `text`: (layer, the capture of that layer, every intermediate of its heads)."""
+    a = anatomy.of(loaded.model)
+    kind = "encoder" if "encoder" in a.attention_kinds else a.attention_kinds[0]
+    layer = a.n_layers(kind) // 2
+    found = scratch.capture(loaded, text, limit=512, layer=layer)[kind]
+    return layer, found, scratch.heads_from_scratch(loaded.model, kind, layer, found.inputs[layer])
 
 
 def one_head(loaded: LoadedModel, text: str, cap: Capture) -> Live:
-    model = loaded.model
-    a = anatomy.of(model)
-    kind = "encoder" if "encoder" in a.attention_kinds else a.attention_kinds[0]
-    layer, head = _hand_layer(a, kind), 0
-    found = scratch.capture(loaded, text, limit=512, layer=layer)[kind]
-    m = scratch.heads_from_scratch(model, kind, layer, found.inputs[layer])
+    layer, found, m = middle_layer_math(loaded, text)
+    head = 0
     n = len(found.tokens)
     q = min(HAND_QUERY, n - 1)
     allowed = m.allowed[q].cpu().numpy()  # (k,) where this query may look
