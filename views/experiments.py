@@ -277,15 +277,20 @@ def input_attribution() -> None:
                    format_func=names.get)  # fmt: skip
     steps = kept("number_input", "Integrated gradients: steps", ATTR_STEPS, attribution.DEFAULT_STEPS, c2,
                  min_value=4, max_value=1024, help="Points on the path, one batch.")  # fmt: skip
-    done = st.session_state.setdefault(ATTR_DONE, {})
+    # kept per method for these inputs only: new inputs start afresh (an earlier text's results were
+    # kept for good before)
+    inputs = (loaded.request, text, prefix, target, foil, int(steps))
+    seen, done = st.session_state.get(ATTR_DONE, (None, {}))
+    if seen != inputs:
+        done = {}
+        st.session_state[ATTR_DONE] = (inputs, done)
     found = {}
     try:
         for m in methods:
-            key = (loaded.request, text, prefix, target, foil, m, int(steps))
-            if key not in done:
+            if m not in done:
                 with session.model_turn(loaded, "an attribution"), st.spinner(f"{names[m]} …"):
-                    done[key] = attribution.attribute(loaded, text, target, m, foil, prefix, int(steps))
-            found[m] = done[key]
+                    done[m] = attribution.attribute(loaded, text, target, m, foil, prefix, int(steps))
+            found[m] = done[m]
     except InputError as err:
         st.warning(md(err))
         return
