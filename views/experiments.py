@@ -245,9 +245,12 @@ def logit_attribution() -> None:
     c1.metric("The model's own", f"{found.logit_diff:+.4f}", help=md(what))
     c2.metric("Sum of the parts below", f"{found.total:+.4f}")
     c3.metric("Position read", f"{found.position}: {found.tokens[found.position]}")
+    read = found.tokens[found.position] == loaded.tokenizer.mask_token
     st.caption(
-        f"{md(what)} at the position that predicts the next token, split into what each part writes to the "
-        "residual stream, read through the final norm (its scale from this run) and the unembedding."
+        f"{md(what)} at the position {'of the mask' if read else 'that predicts the next token'}, split into "
+        "what each part writes to the "
+        f"residual stream, read through {found.route}. Each part's effect through later layers is not in "
+        "its value."
     )
     st.plotly_chart(head_scan_figure(found.heads().numpy(), f"Heads: direct effect on {what}", "logit"),
                     key="dla-heads")  # fmt: skip
@@ -255,8 +258,9 @@ def logit_attribution() -> None:
         st.plotly_chart(head_scan_figure(found.heads("cross head").numpy(), f"Cross-attention heads: {what}",
                                          "logit"), key="dla-cross")  # fmt: skip
     layers = sorted({p.layer for p in found.parts if p.layer is not None})
-    attn = [sum(p.value for p in found.parts if p.layer == i and p.name != "ffn") for i in layers]
-    mlp = [sum(p.value for p in found.parts if p.layer == i and p.name == "ffn") for i in layers]
+    ffn_parts = ("ffn", "ffn norm bias")
+    attn = [sum(p.value for p in found.parts if p.layer == i and p.name not in ffn_parts) for i in layers]
+    mlp = [sum(p.value for p in found.parts if p.layer == i and p.name in ffn_parts) for i in layers]
     st.plotly_chart(grouped_bars([f"L{i}" for i in layers], {"attention (all heads and biases)": attn,
                                  "feed-forward": mlp}, f"Each block's direct effect on {what}", "logit"),
                     key="dla-blocks")  # fmt: skip

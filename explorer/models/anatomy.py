@@ -146,6 +146,10 @@ class Block:
     cross_norm: Any = None
     cross_out: Any = None
     cross_entry: Any = None  # forward input = the stream entering cross-attention (before its norm)
+    # post-norm: the norms of stream + sub-layer output (their output is the stream the next part reads)
+    attn_add_norm: Any = None
+    cross_add_norm: Any = None
+    ffn_add_norm: Any = None
 
 
 @dataclass(frozen=True)
@@ -399,6 +403,9 @@ def build(model: Any) -> Anatomy:
                     cross_norm=at_path(block, style.cross_norm) if cross else None,
                     cross_out=cross.o if cross else None,
                     cross_entry=at_path(block, style.cross_entry) if cross else None,
+                    attn_add_norm=at_path(block, style.attn_add_norm),
+                    cross_add_norm=at_path(block, style.cross_add_norm) if cross else None,
+                    ffn_add_norm=at_path(block, style.ffn_add_norm),
                 )
             )
         causal = stack == "decoder" and not getattr(config, "use_bidirectional_attention", False)

@@ -32,6 +32,10 @@ class Style:
     ffn_norm: str | None = "post_attention_layernorm"
     attn_post_norm: str | None = None
     ffn_post_norm: str | None = None
+    # post-norm: the norm of the stream plus a sub-layer's output, which the next part reads
+    attn_add_norm: str | None = None
+    cross_add_norm: str | None = None
+    ffn_add_norm: str | None = None
     ffn: str = "mlp"  # the module whose forward input is the FFN input
     up: str = "mlp.up_proj"
     gate: str | None = "mlp.gate_proj"
@@ -57,13 +61,15 @@ BERT = Style(
     layers={"encoder": "encoder.layer"}, attn="attention.self", q="query", k="key", v="value",
     o="attention.output.dense", attn_norm=None, ffn_norm=None, ffn="intermediate",
     up="intermediate.dense", gate=None, down="output.dense", act="intermediate.intermediate_act_fn",
-    placement="post", position="learned",
+    attn_add_norm="attention.output.LayerNorm", ffn_add_norm="output.LayerNorm", placement="post",
+    position="learned",
 )
 BART = Style(
     layers={"encoder": "encoder.layers", "decoder": "decoder.layers"}, attn="self_attn",
     o="self_attn.out_proj", attn_norm=None, ffn_norm=None, ffn="fc1", up="fc1", gate=None, down="fc2",
-    act="activation_fn", cross="encoder_attn", cross_entry="encoder_attn", placement="post",
-    position="learned",
+    act="activation_fn", cross="encoder_attn", cross_entry="encoder_attn",
+    attn_add_norm="self_attn_layer_norm", cross_add_norm="encoder_attn_layer_norm",
+    ffn_add_norm="final_layer_norm", placement="post", position="learned",
 )
 FUSED = {"q": None, "k": None, "v": None}  # q, k and v in one matrix (`qkv`, with its `layout`)
 PLAIN_FFN = {"gate": None}  # act(x W_up + b) W_down
@@ -129,14 +135,16 @@ STYLES: dict[str, Style] = {
     "roberta": BERT,
     "electra": BERT,
     "albert": replace(BERT, layers={"encoder": "encoder.albert_layer_groups"}, attn="attention",
-                      o="attention.dense", ffn="ffn", up="ffn", down="ffn_output", act="activation"),
+                      o="attention.dense", ffn="ffn", up="ffn", down="ffn_output", act="activation",
+                      attn_add_norm="attention.LayerNorm", ffn_add_norm="full_layer_layer_norm"),
     "distilbert": replace(BERT, layers={"encoder": "transformer.layer"}, attn="attention", q="q_lin",
                           k="k_lin", v="v_lin", o="attention.out_lin", ffn="ffn", up="ffn.lin1",
-                          down="ffn.lin2", act="ffn.activation"),
+                          down="ffn.lin2", act="ffn.activation", attn_add_norm="sa_layer_norm",
+                          ffn_add_norm="output_layer_norm"),
     "bart": BART,
     "mbart": replace(
         BART, attn_norm="self_attn_layer_norm", ffn_norm="final_layer_norm",
-        cross_norm="encoder_attn_layer_norm",
+        cross_norm="encoder_attn_layer_norm", attn_add_norm=None, cross_add_norm=None, ffn_add_norm=None,
         placement="pre", final_norm={"encoder": "encoder.layer_norm", "decoder": "decoder.layer_norm"},
     ),
     "marian": replace(BART, position="sinusoidal"),
@@ -152,6 +160,16 @@ STYLES: dict[str, Style] = {
     ),
 }
 # fmt: on
+# Masked-LM heads that transform the final stream before the unembedding: dense -> activation -> norm
+# (paths from the model with the head)
+LM_HEAD_TRANSFORMS = {
+    "bert": ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"),
+    "roberta": ("lm_head.dense", "lm_head.layer_norm"),
+    "electra": ("generator_predictions.dense", "generator_predictions.LayerNorm"),
+    "albert": ("predictions.dense", "predictions.LayerNorm"),
+    "distilbert": ("vocab_transform", "vocab_layer_norm"),
+}
+LM_HEAD_TRANSFORMS["xlm-roberta"] = LM_HEAD_TRANSFORMS["camembert"] = LM_HEAD_TRANSFORMS["roberta"]
 STYLES["mt5"] = STYLES["umt5"] = STYLES["t5"]
 STYLES["blenderbot"] = STYLES["mbart"]  # pre-norm BART-like encoder-decoders with a final norm per stack
 STYLES["pegasus"] = STYLES["m2m_100"] = replace(STYLES["mbart"], position="sinusoidal")
@@ -198,7 +216,10 @@ def adjust(model_type: str, style: Style, config: Any) -> Style:
             position="alibi" if config.alibi else "rope",
         )  # fmt: skip
     if model_type == "opt" and not config.do_layer_norm_before:
-        return replace(style, attn_norm=None, ffn_norm=None, placement="post")
+        return replace(
+            style, attn_norm=None, ffn_norm=None, attn_add_norm="self_attn_layer_norm",
+            ffn_add_norm="final_layer_norm", placement="post",
+        )  # fmt: skip
     if model_type == "distilbert" and getattr(config, "sinusoidal_pos_embds", False):
         return replace(style, position="sinusoidal")
     return style

@@ -30,9 +30,26 @@ def test_with_no_target_the_models_own_prediction_is_attributed(tiny_dir):
     assert abs(own - total) <= 1e-4
 
 
-def test_a_post_norm_model_is_refused_with_a_reason(tiny_dir):
+def test_a_post_norm_encoder_decoder_adds_up_with_its_cross_heads_apart(tiny_dir):
     at = open_page(tiny_dir("bart"), KIND)
-    assert any("normalizes the residual stream" in w.value for w in at.main.warning)
+    own, total = (float(m.value) for m in at.main.metric[:2])
+    assert abs(own - total) <= 1e-4
+    titles = [c["layout"]["title"]["text"] for c in charts(at)]
+    assert any(t.startswith("Cross-attention heads") for t in titles)
+    assert any("every later norm on the residual path" in c.value for c in at.main.caption)
+
+
+def test_a_masked_lm_is_read_at_its_mask_through_its_head(tiny_dir):
+    at = open_page(tiny_dir("bert"), KIND)
+    own, total = (float(m.value) for m in at.main.metric[:2])
+    assert abs(own - total) <= 1e-4
+    assert at.main.metric[2].value.endswith("[MASK]")
+    assert any("of the mask" in c.value and "masked-LM head" in c.value for c in at.main.caption)
+
+
+def test_soft_capped_logits_are_refused_with_a_reason(tiny_dir):
+    at = open_page(tiny_dir("gemma2"), KIND)
+    assert any("soft-caps" in w.value for w in at.main.warning)
     assert KIND in page.KINDS
 
 
