@@ -243,6 +243,9 @@ def attribute(
     parts.check(x, "read by the final norm" if stack.final_norm is not None else "at the last block's output")
     if stack.final_norm is not None:
         parts.through_norm(stack.final_norm, x, "final norm bias", None)
+    project_out = at_path(getattr(model, "base_model", model), "decoder.project_out")  # OPT-350m
+    if project_out is not None:
+        parts.through_linear(project_out, "projection bias")
     if head is not None:
         parts.through_linear(head[0], "LM head dense bias")
         z, act = at_t("head z"), at_t("head a")
@@ -260,6 +263,12 @@ def attribute(
     if bias.any():
         value = float(bias[want.token_id] - (bias[other.token_id] if other else 0.0))
         found.append(Part("unembedding bias", None, None, value))
+    total = sum(p.value for p in found)
+    if abs(total - diff) > SUM_TOLERANCE * max(1.0, float(logits.abs().max())):
+        raise UnsupportedModel(
+            f"The parts add up to {total:.4g}, not to the model's own {diff:.4g}: between the last block and "
+            "the logits this model does something not attributed here."
+        )
     route = (
         "every later norm on the residual path (their scales from this run)"
         if post

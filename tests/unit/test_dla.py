@@ -116,6 +116,25 @@ def test_a_post_norm_heads_value_is_its_path_with_the_scales_frozen(tiny_dir):
         assert value == pytest.approx(float(grad @ (w_o[:, h] @ heads[h])), abs=1e-5)
 
 
+def test_opt_350m_post_norm_and_projected_output_sums(tmp_path):
+    """OPT-350m's shape: post-norm blocks and a projection between the last block and the unembedding."""
+    import torch
+    import transformers as tf
+
+    from tests.conftest import VOCAB, load_as_folder
+
+    torch.manual_seed(0)
+    config = tf.OPTConfig(
+        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+        max_position_embeddings=64, do_layer_norm_before=False, word_embed_proj_dim=16, pad_token_id=0,
+        bos_token_id=5, eos_token_id=6,
+    )  # fmt: skip
+    loaded = load_as_folder(tf.OPTForCausalLM(config), tmp_path)
+    found = dla.attribute(loaded, TEXT, " tired", " dog")
+    assert found.total == pytest.approx(found.logit_diff, abs=1e-5) and found.logit_diff != 0
+    assert "ffn norm bias" in {p.name for p in found.parts}
+
+
 def test_without_a_foil_the_parts_sum_to_the_targets_logit(tiny_loaded):
     found = dla.attribute(tiny_loaded("llama"), TEXT, " tired")
     assert found.foil is None and found.total == pytest.approx(found.logit_diff, abs=1e-4)
