@@ -301,8 +301,13 @@ def _heads(args: argparse.Namespace) -> int:
     from explorer.analyses import heads
     from explorer.models.loading import load_model
 
+    if args.detect == "pattern" and not (args.pattern and args.text):
+        raise InputError("--detect pattern needs --pattern 'query:key,key;...' and the --text it is of.")
     loaded = load_model(_request(args))
-    found = heads.detect(loaded, args.detect, seed=args.seed, length=args.length, stack=args.stack)
+    if args.detect == "pattern":
+        found = heads.on_text(loaded, args.text, args.pattern, stack=args.stack, prefix=args.prefix or "")
+    else:
+        found = heads.detect(loaded, args.detect, seed=args.seed, length=args.length, stack=args.stack)
     for row in found.ranked():
         if args.json:
             print(json.dumps(row))
@@ -483,7 +488,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("heads", help="find heads by what they do: every head scored for a pattern")
     _model_arguments(p)
-    p.add_argument("--detect", required=True, choices=["induction", "previous", "duplicate", "first"])
+    kinds = ["induction", "previous", "duplicate", "first", "pattern"]
+    p.add_argument("--detect", required=True, choices=kinds)
+    p.add_argument("--pattern", help="with --detect pattern: each query's keys, 'query:key,key;...'")
+    p.add_argument("--text", help="with --detect pattern: the text the pattern's positions are of")
+    p.add_argument("--prefix", help="encoder-decoders, --detect pattern: the decoder's prefix")
     p.add_argument("--seed", type=int, default=0, help="of the random tokens of the probe")
     p.add_argument("--length", type=int, default=50, help="random tokens, repeated once")
     p.add_argument("--stack", choices=["encoder", "decoder"], help="encoder-decoders: whose heads")

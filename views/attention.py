@@ -1,6 +1,7 @@
 """The Attention page: every head of every layer, as heatmaps, statistics and bertviz's views."""
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from explorer import session
@@ -35,6 +36,12 @@ VIEWS = ["One head", "All heads", "Mean and rollout", "Token focus", "Head stati
 FULL_MAP_LIMIT = 768  # longer texts show one window of the map at full detail
 WINDOW = 512
 DETECT_KIND, DETECT_SEED, DETECT_LENGTH = session.DETECT_KIND, session.DETECT_SEED, session.DETECT_LENGTH
+DRAWN = "pattern"  # the head finder's choice of a pattern drawn on the workspace text
+DETECT_LABELS = {**heads.DETECTORS, DRAWN: "Your own: a pattern you draw on the workspace text"}
+GRID = 32  # the drawn pattern's grid shows the text's first tokens
+GRID_VERSION = "detect_grid_version"  # a new grid widget when the grid is filled from a pattern
+GRID_BASE, GRID_SHOWN = "detect_grid_base", "detect_grid_shown"  # what the grid began from; what it shows
+DEFAULT_DRAWN = "two back"
 
 
 def layer_label(s: AttentionSet, layer: int) -> str:
@@ -257,14 +264,17 @@ def find_heads(loaded, s: AttentionSet) -> None:
     """Every head scored for a pattern on a probe of random tokens repeated (explorer.analyses.heads), and
     one head opened on the probe."""
     st.subheader("Find heads by what they do", help=help_for("head"))
+    c1, c2, c3 = st.columns([3, 1, 1])
+    kind = kept("selectbox", "Pattern", DETECT_KIND, "induction", c1, options=list(DETECT_LABELS),
+                format_func=DETECT_LABELS.get)  # fmt: skip
+    if kind == DRAWN:
+        drawn_pattern(s)
+        return
     st.caption(
         "Each head is scored on a probe: random tokens, then the same tokens again. The score is the "
         "attention the pattern asks for, averaged over the positions where it applies (1: the head does "
         "nothing else)."
     )
-    c1, c2, c3 = st.columns([3, 1, 1])
-    kind = kept("selectbox", "Pattern", DETECT_KIND, "induction", c1, options=list(heads.DETECTORS),
-                format_func=heads.DETECTORS.get)  # fmt: skip
     seed = kept("number_input", "Seed", DETECT_SEED, 0, c2, min_value=0, max_value=2**31 - 1)
     length = kept(
         "number_input", "Random tokens", DETECT_LENGTH, heads.DEFAULT_LENGTH, c3, min_value=2,
@@ -296,6 +306,77 @@ def find_heads(loaded, s: AttentionSet) -> None:
                       f"Layer {layer}, head {head} on the probe ({len(found.ids)} tokens)"),
         key="detect_head",
     )  # fmt: skip
+
+
+def drawn_pattern(s: AttentionSet) -> None:
+    """The user's own pattern, ticked on a grid of the workspace text's tokens (queries as rows, keys as
+    columns), and every head scored for it on the text's own attention maps (no new forward pass)."""
+    n = len(s.queries)
+    m = min(n, GRID)
+    st.caption(
+        "Tick, for each query (row), the keys (columns) that a head doing your pattern attends to. Every "
+        "head is scored on the workspace text: the attention it puts on the ticked keys, averaged over the "
+        "rows with a tick (1: the head does nothing else)."
+        + (f" The grid holds the text's first {m} of {n} tokens; the rest are not scored." if n > m else "")
+    )
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    rules = list(heads.RULES)
+    start = c1.selectbox("Start the grid from", rules, index=rules.index(DEFAULT_DRAWN),
+                         format_func=heads.RULES.get, key="detect_rule")  # fmt: skip
+    cells = st.session_state.get(session.DETECT_CELLS)
+    if c2.button("Fill the grid", key="detect_fill") or cells is None:
+        cells = heads.format_cells(heads.rule(start, s.queries.ids[:m]) & _allowed(s, m))
+    if cells != st.session_state.get(GRID_SHOWN):  # filled, or set by a link: a new grid starts from it
+        st.session_state[GRID_BASE] = cells
+        st.session_state[GRID_VERSION] = st.session_state.get(GRID_VERSION, 0) + 1
+    try:
+        want = heads.parse_cells(st.session_state[GRID_BASE], (n, n))[:m, :m]
+    except InputError as err:  # a link's pattern for another text
+        st.warning(f"The link's drawn pattern does not fit this text: {md(err)} The grid starts empty.")
+        want = np.zeros((m, m), dtype=bool)
+    rows = [f"{i} {t}" for i, t in enumerate(s.queries.tokens[:m])]
+    cols = [f"{i} {t}" for i, t in enumerate(s.keys.tokens[:m])]
+    edited = st.data_editor(
+        pd.DataFrame(want, index=rows, columns=cols),
+        key=f"detect_grid_{st.session_state[GRID_VERSION]}",
+        height=(m + 1) * 35 + 3,  # every row, no scrolling
+        column_config={c: st.column_config.CheckboxColumn(c, width="small") for c in cols},
+    )
+    drawn = edited.to_numpy(dtype=bool, copy=True)
+    if s.causal and (drawn & ~_allowed(s, m)).any():
+        st.caption("Ticks right of the diagonal are left out: a causal model cannot attend to later keys.")
+    drawn &= _allowed(s, m)
+    st.session_state[session.DETECT_CELLS] = st.session_state[GRID_SHOWN] = heads.format_cells(drawn)
+    if not drawn.any():
+        st.info("Tick at least one cell to score the heads.")
+        return
+    pattern = np.zeros((n, n), dtype=bool)
+    pattern[:m, :m] = drawn
+    found = heads.scores(s.maps, s.queries.ids, "pattern", pattern)
+    notes = [f"sliding {w}" if w else "" for w in s.windows]
+    st.plotly_chart(
+        layer_head_heatmap(found, f"Your pattern ({int(drawn.sum())} cells) on the workspace text", "score",
+                           layer_notes=notes, zmax=1.0),
+        width="content", key="drawn_map",
+    )  # fmt: skip
+    top = sorted(np.ndindex(*found.shape), key=lambda lh: -found[lh])[:10]
+    pick = st.selectbox(
+        "Open a head on the text (the ten highest scores)", range(len(top)),
+        format_func=lambda i: f"layer {top[i][0]}, head {top[i][1]}: {found[top[i]]:.3f}",
+    )  # fmt: skip
+    layer, head = top[pick]
+    tokens = s.queries.tokens[:m]
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(token_heatmap(drawn.astype(float), tokens, tokens, "Your pattern"), key="drawn_pattern")
+    c2.plotly_chart(
+        token_heatmap(s.maps[layer, head, :m, :m], tokens, tokens, f"Layer {layer}, head {head}"),
+        key="drawn_head",
+    )
+
+
+def _allowed(s: AttentionSet, m: int) -> np.ndarray:
+    """The cells of the grid a head can attend to: all, or the causal triangle."""
+    return np.tri(m, dtype=bool) if s.causal else np.ones((m, m), dtype=bool)
 
 
 def head_stats(s: AttentionSet) -> None:
@@ -379,7 +460,7 @@ def bertviz_views(cap: Capture, layer: int, kind: str) -> None:
 PER_VIEW = {
     "All heads": (session.ATTN_SCALE,),
     "Token focus": (session.ATTN_QUERY, session.ATTN_KEY),
-    "Head statistics": (session.ATTN_STAT, DETECT_KIND, DETECT_SEED, DETECT_LENGTH),
+    "Head statistics": (session.ATTN_STAT, DETECT_KIND, DETECT_SEED, DETECT_LENGTH, session.DETECT_CELLS),
     "bertviz": (session.BERTVIZ_VIEW,),
 }
 

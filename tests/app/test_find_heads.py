@@ -36,3 +36,45 @@ def test_an_encoder_decoders_encoder_heads(tiny_dir):
     box.set_value("previous")
     run(at)
     assert any(c["layout"]["title"]["text"] == heads.DETECTORS["previous"] for c in charts(at))
+
+
+def test_a_drawn_pattern_scores_every_head_on_the_workspace_text(tiny_dir):
+    """The pattern's scores are the attention on the ticked keys, averaged over the ticked rows, recomputed
+    here from a plain eager forward pass of the text."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.app.helpers import numbers
+
+    folder = tiny_dir("llama")
+    text = "the cat sat on the mat because it was tired"
+    at = stats_view(folder)
+    at.session_state[session.TEXT] = text
+    at.session_state[session.DETECT_KIND] = "pattern"
+    at.session_state[session.DETECT_CELLS] = "3:1;4:2,3;6:0"
+    run(at)
+    drawn = next(c for c in charts(at) if c["layout"]["title"]["text"].startswith("Your pattern (4 cells)"))
+    z = drawn["data"][0]["z"]
+    shown = np.array(numbers(z) if isinstance(z, dict) else [numbers(row) for row in z]).reshape(2, 4)
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    ids = AutoTokenizer.from_pretrained(folder)(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        maps = torch.stack(model(ids, output_attentions=True).attentions)[:, 0].numpy()  # [layer, head, q, k]
+    want = (maps[..., 3, 1] + (maps[..., 4, 2] + maps[..., 4, 3]) + maps[..., 6, 0]) / 3
+    assert np.allclose(shown, want, atol=1e-6)
+    assert at.session_state[session.DETECT_CELLS] == "3:1;4:2,3;6:0"  # the grid showed it unchanged
+    assert any(t.startswith("Layer ") for t in (c["layout"]["title"]["text"] for c in charts(at)))
+
+
+def test_a_drawn_pattern_starts_from_a_chosen_rule(tiny_dir):
+    at = stats_view(tiny_dir("llama"))
+    at.session_state[session.TEXT] = "the cat sat on the mat"
+    at.selectbox(key=f"{session.DETECT_KIND}_box").set_value("pattern")
+    run(at)
+    assert at.session_state[session.DETECT_CELLS] == "2:0;3:1;4:2;5:3"  # two back, the default
+    at.selectbox(key="detect_rule").set_value("previous")
+    at.button(key="detect_fill").click()
+    run(at)
+    assert at.session_state[session.DETECT_CELLS] == "1:0;2:1;3:2;4:3;5:4"
+    assert any(c["layout"]["title"]["text"].startswith("Your pattern (5 cells)") for c in charts(at))

@@ -177,3 +177,28 @@ def test_induction_heads_are_found_on_a_probe(page, app_url):
     assert page.get_by_test_id("stException").count() == 0
     main.locator(".gtitle", has_text="Previous token: attends").scroll_into_view_if_needed()
     screenshot(page, "attention-find-heads")
+
+
+def test_a_drawn_pattern_finds_heads_and_a_tick_rescores_them(page, app_url):
+    """A link opens the user's own pattern (ticked cells) on the workspace text; ticking one more cell in
+    the grid rescores every head and the address bar carries the new pattern."""
+    text = "When Mary and John went to the store, John gave a drink to"
+    page.set_viewport_size({"width": 1500, "height": 4000})
+    page.goto(f"{app_url}/attention?model=smollm2-135m-instruct&view=Head+statistics&detect=pattern"
+              f"&pattern=13:1;9:3&text={text.replace(' ', '+')}")  # fmt: skip
+    wait_for_app_run(page)
+    main = page.get_by_test_id("stMain")
+    expect(main.locator(".gtitle", has_text="Your pattern (2 cells) on the workspace text")).to_have_count(
+        1, timeout=120_000
+    )
+    grid = main.get_by_test_id("stDataFrame")
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    # a cell's centre: the index column (about 66 px wide here), then 75 px per key, 35 px per row
+    page.mouse.click(box["x"] + 66 + 0.5 * 75, box["y"] + 35 + 5.5 * 35)  # query 5 (" to"), key 0
+    expect(page).to_have_url(re.compile(r"pattern=5%3A0%3B9%3A3%3B13%3A1"), timeout=60_000)
+    expect(main.locator(".gtitle", has_text="Your pattern (3 cells) on the workspace text")).to_have_count(
+        1, timeout=60_000
+    )
+    assert page.get_by_test_id("stException").count() == 0
+    screenshot(page, "attention-drawn-pattern")

@@ -14,6 +14,8 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from explorer.__main__ import main as cli
 from explorer.analyses import heads
+from explorer.errors import InputError
+from explorer.runs import hooked
 from tests.conftest import VOCAB, load_as_folder
 
 LAYER, HEAD = 1, 3
@@ -27,6 +29,8 @@ def pattern(kind: str, ids: list[int]) -> torch.Tensor:
     for q in range(n):
         if kind == "previous":
             keys = [q - 1] if q else []
+        elif kind == "two back":
+            keys = [q - 2] if q >= 2 else []
         elif kind == "first":
             keys = [0]
         elif kind == "duplicate":
@@ -102,6 +106,53 @@ def test_scores_on_maps_written_by_hand():
         assert int(np.argmax(s)) == head and s[head] == pytest.approx(1.0)
     # the uniform head: on the query 3 (a copy of 0), 1/4 on each of the keys 0..3
     assert heads.scores(maps, ids, "first")[0, 3] == pytest.approx(np.mean(1 / np.arange(1, n + 1)))
+
+
+@pytest.mark.parametrize("kind", list(heads.DETECTORS) + ["two back"])
+def test_each_rule_ticks_the_keys_a_head_doing_it_attends_to(kind):
+    ids = [5, 6, 7, 5, 6, 7, 8, 5]
+    want = heads.rule(kind, ids)
+    made = pattern(kind, ids).numpy() > 0
+    rows = want.any(-1)
+    assert (want[rows] == made[rows]).all()
+    assert (made[~rows] == np.eye(len(ids), dtype=bool)[~rows]).all()  # nothing to do: itself
+
+
+def test_cells_are_written_and_read_back():
+    want = heads.rule("duplicate", [5, 6, 5, 6, 5])
+    text = heads.format_cells(want)
+    assert text == "2:0;3:1;4:0,2"
+    assert (heads.parse_cells(text, want.shape) == want).all()
+    for bad in ("2:x", "9:0", "2:0,7", "two"):
+        with pytest.raises(InputError):
+            heads.parse_cells(bad, want.shape)
+
+
+TEXT = "the cat sat on the mat because it was tired and the dog was not"
+
+
+def test_a_head_made_to_do_a_drawn_pattern_on_a_text_comes_first(llama, capsys):
+    ids = hooked.encode(llama.model, llama.tokenizer, TEXT)
+    AttentionInterface.register("handmade-two-back", handmade("two back", ids))
+    llama.model.set_attn_implementation("handmade-two-back")
+    cells = heads.format_cells(heads.rule("two back", ids))
+    try:
+        found = heads.on_text(llama, TEXT, cells)
+        assert cli(["heads", llama.weights_from, "--detect", "pattern", "--pattern", cells, "--text", TEXT,
+                    "--json"]) == 0  # fmt: skip
+    finally:
+        llama.model.set_attn_implementation("eager")
+    top = found.ranked()[0]
+    assert (top["layer"], top["head"]) == (LAYER, HEAD) and top["score"] == pytest.approx(1.0, abs=1e-6)
+    assert found.ranked()[1]["score"] < 0.9
+    assert found.ids == tuple(ids)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 8  # the command loads its own copy: plain eager attention, every head scored
+
+
+def test_a_drawn_pattern_cannot_ask_a_causal_model_for_later_keys(llama):
+    with pytest.raises(InputError, match="later key"):
+        heads.on_text(llama, TEXT, "1:2")
 
 
 def test_the_command_prints_every_head_highest_first(tiny_dir, capsys):
