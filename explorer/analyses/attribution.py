@@ -23,6 +23,7 @@ import torch
 
 from explorer.analyses import experiments
 from explorer.analyses.attention import rollout
+from explorer.analyses.tokens import display_tokens
 from explorer.errors import InputError
 from explorer.models.anatomy import input_device
 from explorer.runs import hooked
@@ -55,16 +56,28 @@ class InputAttribution:
 
 
 class _Objective:
-    """f(E) for a batch of embeddings (batch, pos, d_model), reading the probe's position."""
+    """f(E) for a batch of embeddings (batch, pos, d_model): the logit (difference) at `position` of the
+    sequence that predicts (the decoder's `decoder` ids for encoder-decoders, else the embedded one)."""
 
-    def __init__(self, loaded: LoadedModel, probe: experiments.Probe, target: int, foil: int | None):
-        self.model = loaded.model
+    def __init__(self, model, position: int, target: int, foil: int | None, decoder: torch.Tensor | None):
+        self.model = model
         self.target, self.foil = target, foil
+        self.decoder = decoder  # (1, tgt) or None
+        self.position = position
+        self.last = decoder is None
+        self.options = hooked.options(model, last_logits_only=self.last)
+
+    @classmethod
+    def of_probe(cls, loaded: LoadedModel, probe: experiments.Probe, target: int, foil: int | None):
         inputs = probe.inputs
-        self.decoder = inputs.get("decoder_input_ids")
-        self.position = probe.position
-        self.last = self.decoder is None and probe.position == inputs["input_ids"].shape[1] - 1
-        self.options = hooked.options(self.model, last_logits_only=self.last)
+        decoder = inputs.get("decoder_input_ids")
+        position = probe.position
+        if decoder is None and position != inputs["input_ids"].shape[1] - 1:  # a masked LM's mask
+            me = cls(loaded.model, position, target, foil, None)
+            me.last = False
+            me.options = hooked.options(loaded.model)
+            return me
+        return cls(loaded.model, position, target, foil, decoder)
 
     def __call__(self, emb: torch.Tensor) -> torch.Tensor:
         batch = emb.shape[0]
@@ -98,34 +111,104 @@ def attribute(
     want = experiments.target_token(loaded, probe, target)
     other = experiments.target_token(loaded, probe, foil, "foil") if foil else None
     ids = probe.inputs["input_ids"]
-    f = _Objective(loaded, probe, want.token_id, other.token_id if other else None)
+    f = _Objective.of_probe(loaded, probe, want.token_id, other.token_id if other else None)
     if method == ROLLOUT:
         return _rollout(loaded, probe, f, want, other)
+    with loaded.lock, torch.enable_grad():
+        scores, delta, value = _scores(loaded, ids, f, method, steps)
+    return InputAttribution(method, probe.tokens, scores, delta, value, want, other)
+
+
+def _scores(loaded, ids: torch.Tensor, f: _Objective, method: str, steps: int):
+    """(scores (pos,), delta or None, f(E)) of one of Captum's METHODS for the embeddings of `ids` (1, pos).
+    The caller holds the model's lock and enables gradients."""
     from captum.attr import InputXGradient, IntegratedGradients, Occlusion, Saliency  # 2 s to import
 
-    with loaded.lock, torch.enable_grad():
-        embed = loaded.model.get_input_embeddings()
-        device = input_device(model)
-        emb = embed(ids.to(device)).detach().requires_grad_()  # (1, pos, d_model)
-        base = embed(torch.full_like(ids, _neutral(loaded.tokenizer, embed)).to(device)).detach()
+    model = loaded.model
+    embed = model.get_input_embeddings()
+    device = input_device(model)
+    emb = embed(ids.to(device)).detach().requires_grad_()  # (1, pos, d_model)
+    base = embed(torch.full_like(ids, _neutral(loaded.tokenizer, embed)).to(device)).detach()
+    with torch.no_grad():
+        value = float(f(emb)[0])
+    delta = None
+    if method == "integrated_gradients":
+        attr, d = IntegratedGradients(f).attribute(
+            emb, baselines=base, n_steps=steps, internal_batch_size=steps, return_convergence_delta=True
+        )
+        scores, delta = attr[0].float().sum(-1), float(d[0])
+    elif method == "saliency":
+        scores = Saliency(f).attribute(emb, abs=False)[0].float().norm(dim=-1)
+    elif method == "input_x_gradient":
+        scores = InputXGradient(f).attribute(emb)[0].float().sum(-1)
+    else:
         with torch.no_grad():
-            value = float(f(emb)[0])
-        delta = None
-        if method == "integrated_gradients":
-            attr, d = IntegratedGradients(f).attribute(
-                emb, baselines=base, n_steps=steps, internal_batch_size=steps,
-                return_convergence_delta=True,
-            )  # fmt: skip
-            scores, delta = attr[0].float().sum(-1), float(d[0])
-        elif method == "saliency":
-            scores = Saliency(f).attribute(emb, abs=False)[0].float().norm(dim=-1)
-        elif method == "input_x_gradient":
-            scores = InputXGradient(f).attribute(emb)[0].float().sum(-1)
-        else:
-            with torch.no_grad():
-                attr = Occlusion(f).attribute(emb, sliding_window_shapes=(1, emb.shape[-1]), baselines=base)
-            scores = attr[0, :, 0].float()  # every dimension of a token holds the token's own difference
-    return InputAttribution(method, probe.tokens, scores.detach().cpu().numpy(), delta, value, want, other)
+            attr = Occlusion(f).attribute(emb, sliding_window_shapes=(1, emb.shape[-1]), baselines=base)
+        scores = attr[0, :, 0].float()  # every dimension of a token holds the token's own difference
+    return scores.detach().cpu().numpy(), delta, value
+
+
+@dataclass(frozen=True)
+class PerToken:
+    """Input attribution of every generated token: row i is the logit the model gave token `start + i`
+    (as it was generated), attributed over `tokens` (a decoder's: every earlier token, NaN from the token
+    itself on; an encoder-decoder's: the source)."""
+
+    method: str
+    tokens: tuple[str, ...]  # the columns
+    generated: tuple[str, ...]  # the rows
+    scores: np.ndarray  # (generated, columns)
+    deltas: tuple[float | None, ...]
+    values: tuple[float, ...]  # each row's f(E): the generated token's logit
+
+
+def per_token(
+    loaded: LoadedModel,
+    ids: list[int],
+    start: int,
+    method: str = "input_x_gradient",
+    source_ids: list[int] | None = None,
+    steps: int = DEFAULT_STEPS,
+    hooks: tuple[hooked.Hook, ...] = (),
+    progress=None,
+) -> PerToken:
+    """For each token ids[p], p >= start (what was generated after the prompt ids[:start]), its logit at
+    the position before it attributed to the tokens it was computed from: ids[:p] for a decoder, the
+    source for an encoder-decoder (whose decoder reads ids[:p]). `hooks` are attached to every pass (the
+    steering the tokens were generated with); `progress(done, total)` is called after each token."""
+    if method not in METHODS:
+        raise InputError(f"Unknown method {method!r}; known: {', '.join(METHODS)}.")
+    if not 0 < start < len(ids):
+        raise InputError("There is no generated token to attribute yet: generate one first.")
+    model, tok = loaded.model, loaded.tokenizer
+    device = input_device(model)
+    n = len(ids) - start
+    width = len(source_ids) if source_ids is not None else len(ids) - 1
+    scores = np.full((n, width), np.nan, dtype=np.float32)
+    deltas, values = [], []
+    handles = []
+    with loaded.lock, torch.enable_grad():
+        try:
+            handles = hooked.attach(hooks)
+            for i, p in enumerate(range(start, len(ids))):
+                if source_ids is not None:
+                    read = torch.tensor([source_ids])
+                    f = _Objective(model, p - 1, ids[p], None, torch.tensor([ids[:p]], device=device))
+                else:
+                    read = torch.tensor([ids[:p]])
+                    f = _Objective(model, p - 1, ids[p], None, None)
+                row, delta, value = _scores(loaded, read, f, method, steps)
+                scores[i, : len(row)] = row
+                deltas.append(delta)
+                values.append(value)
+                if progress is not None:
+                    progress(i + 1, n)
+        finally:
+            for handle in handles:
+                handle.remove()
+    columns = source_ids if source_ids is not None else ids[:-1]
+    return PerToken(method, tuple(display_tokens(tok, columns)), tuple(display_tokens(tok, ids[start:])),
+                    scores, tuple(deltas), tuple(values))  # fmt: skip
 
 
 def _neutral(tokenizer, embed) -> int:

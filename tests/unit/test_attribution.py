@@ -65,3 +65,82 @@ def test_the_command_prints_tokens_scores_and_delta(tiny_dir, capsys):
     assert cli(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"tokens", "scores", "delta"} and len(out["tokens"]) == len(out["scores"])
+
+
+def _generated(loaded, n: int = 3) -> tuple[list[int], int]:
+    """The prompt's ids and n tokens the model chose greedily after them."""
+    from explorer.runs.stepping import Settings, Stepper
+
+    stepper = Stepper.start(loaded, TEXT)
+    for _ in range(n):
+        stepper.step(Settings())
+    return stepper.ids, len(stepper.prompt_ids)
+
+
+def test_each_generated_token_is_attributed_over_the_tokens_before_it(tiny_loaded):
+    """Input x gradient of each generated token's logit, recomputed here with plain autograd."""
+    loaded = tiny_loaded("llama")
+    ids, start = _generated(loaded)
+    found = attribution.per_token(loaded, ids, start, "input_x_gradient")
+    model = loaded.model
+    assert found.scores.shape == (3, len(ids) - 1) and len(found.generated) == 3
+    for i, p in enumerate(range(start, len(ids))):
+        with torch.enable_grad():
+            emb = model.get_input_embeddings()(torch.tensor([ids[:p]])).detach().requires_grad_()
+            logit = model(inputs_embeds=emb).logits[0, -1, ids[p]]
+            logit.backward()
+        want = (emb.grad * emb).sum(-1)[0]
+        assert found.values[i] == pytest.approx(float(logit.detach()), abs=1e-5)
+        assert torch.allclose(torch.from_numpy(found.scores[i, :p]), want, atol=1e-5)
+        assert torch.isnan(torch.from_numpy(found.scores[i, p:])).all()  # the token itself and later
+
+
+def test_integrated_gradients_per_token_is_complete(tiny_loaded):
+    found = attribution.per_token(
+        tiny_loaded("gpt2"), *_generated(tiny_loaded("gpt2")), "integrated_gradients"
+    )
+    for row, delta in zip(found.scores, found.deltas, strict=True):
+        change = float(row[~torch.isnan(torch.from_numpy(row)).numpy()].sum()) - delta
+        assert abs(delta) <= 0.01 * abs(change)
+
+
+def test_an_encoder_decoders_tokens_are_attributed_over_the_source(tiny_loaded):
+    from explorer.runs.stepping import Settings, Stepper
+
+    loaded = tiny_loaded("t5")
+    stepper = Stepper.start(loaded, "the", source=TEXT)
+    for _ in range(2):
+        stepper.step(Settings())
+    found = attribution.per_token(
+        loaded, stepper.ids, len(stepper.prompt_ids), "saliency", stepper.source_ids
+    )
+    assert (
+        found.scores.shape == (2, len(stepper.source_ids))
+        and not torch.isnan(torch.from_numpy(found.scores)).any()
+    )
+    with torch.no_grad():
+        logits = loaded.model(input_ids=torch.tensor([stepper.source_ids]),
+                              decoder_input_ids=torch.tensor([stepper.ids[:-1]])).logits[0]  # fmt: skip
+    for i, p in enumerate(range(len(stepper.prompt_ids), len(stepper.ids))):
+        assert found.values[i] == pytest.approx(float(logits[p - 1, stepper.ids[p]]), abs=1e-4)
+
+
+def test_steered_tokens_are_attributed_with_the_steering_on(tiny_loaded):
+    from explorer.analyses import steering
+    from explorer.runs import hooked
+
+    loaded = tiny_loaded("llama")
+    ids, start = _generated(loaded, 1)
+    steer = steering.build(loaded, ["the cat"], ["the dog"], 1, 8.0)
+    plain = attribution.per_token(loaded, ids, start, "saliency")
+    steered = attribution.per_token(loaded, ids, start, "saliency", hooks=(steer.hook(loaded.model),))
+    out = hooked.run(loaded, hooked.inputs(loaded.model, ids[:start]), [steer.hook(loaded.model)])
+    assert steered.values[0] == pytest.approx(float(out.logits[0, -1, ids[start]]), abs=1e-4)
+    assert abs(steered.values[0] - plain.values[0]) > 1e-3
+
+
+def test_nothing_generated_is_refused(tiny_loaded):
+    from explorer.errors import InputError
+
+    with pytest.raises(InputError, match="generate one first"):
+        attribution.per_token(tiny_loaded("llama"), [5, 6, 7], 3)
