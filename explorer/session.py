@@ -90,6 +90,7 @@ TASK_CHOICE, TASK_TEXT, TASK_RUN = "tasks_task_kept", "tasks_link_text", "tasks_
 LESSON, PRESENT, LESSON_SCREEN = "lesson_id", "lesson_present", "lesson_screen"
 GEN_STEER, GEN_STEER_PLUS, GEN_STEER_MINUS = "generate_steer", "generate_steer_plus", "generate_steer_minus"
 GEN_STEER_LAYER, GEN_STEER_COEF = "generate_steer_layer", "generate_steer_coef"
+GEN_ATTR, GEN_ATTR_METHOD = "generate_attr", "generate_attr_method"  # input attribution of each token
 GEN_PICKS = "generate_picks"  # tokens a link asks the Generate page to replay: ((token id, forced), ...)
 # shareable links
 LINK_READ = "link_read"  # this session has read the link it was opened with
@@ -130,6 +131,8 @@ LINK = (
     Param("steer_minus", GEN_STEER_MINUS, label="steering away from"),
     Param("steer_layer", GEN_STEER_LAYER, "int", 0, None, label="steering layer"),
     Param("steer_coef", GEN_STEER_COEF, "float", -100.0, 100.0, label="steering coefficient"),
+    Param("attribute", GEN_ATTR, "bool", label="input attribution switch"),
+    Param("attr_method", GEN_ATTR_METHOD, label="input attribution method"),
     Param("position", FOCUS, "int", 0, None, label="focused token"),
     Param("threshold", FLOW_THRESHOLD, "float", 0.01, 0.5, label="threshold"),
     Param("ffn_layer", FFN_LAYER, "int", 0, None, label="FFN layer"),

@@ -1,13 +1,15 @@
 """The Generate page: step through generation one token at a time."""
 
+import numpy as np
 import streamlit as st
 
 from explorer import session
-from explorer.analyses import steering
+from explorer.analyses import attribution, steering
 from explorer.analyses.tokens import display_tokens, split_characters, token_bytes
 from explorer.errors import InputError
 from explorer.figures.attention import layer_position_heatmap
 from explorer.figures.experiments import paired_bars
+from explorer.figures.learn import heatmap
 from explorer.figures.steps import candidates_figure, sequence_html, tree_figure
 from explorer.lessons.glossary import help_for
 from explorer.models import anatomy, zoo
@@ -20,6 +22,7 @@ DEFAULT_QUESTION = "What is the capital of France?"  # an instruct model answers
 MAX_RUN = 256
 GEN_FOR = "generate_prompt_for"  # the model the prompt box was last drawn for
 STEER_DONE = "generate_steer_built"  # (inputs, Steer) of this user's last steering vector
+ATTR_DONE = "generate_attr_done"  # (model, steering, PerToken): this user's attributed tokens
 
 
 def settings_panel() -> Settings:
@@ -194,7 +197,8 @@ def do(action, *args) -> None:
 SHARED = (session.GEN_PROMPT, session.GEN_SOURCE, session.GEN_CHAT, session.GEN_MODE, session.GEN_SEED,
           session.GEN_TEMPERATURE, session.GEN_TOP_K, session.GEN_TOP_P, session.GEN_REPETITION,
           session.GEN_PICKS, session.GEN_STEER, session.GEN_STEER_PLUS, session.GEN_STEER_MINUS,
-          session.GEN_STEER_LAYER, session.GEN_STEER_COEF)  # fmt: skip
+          session.GEN_STEER_LAYER, session.GEN_STEER_COEF, session.GEN_ATTR,
+          session.GEN_ATTR_METHOD)  # fmt: skip
 
 
 def replay(stepper: Stepper, settings: Settings) -> None:
@@ -375,6 +379,7 @@ def main() -> None:
             )
     if stepper.steps:
         attention_of_last(stepper)
+    token_attribution(loaded, stepper, steer)
     if stepper.branches:
         st.plotly_chart(tree_figure(stepper.steps, stepper.branches), key="tree")
         names = [
@@ -386,6 +391,67 @@ def main() -> None:
         if st.button("Switch to this branch"):
             do(stepper.switch, stepper.branches[chosen])
             st.rerun()
+
+
+def token_attribution(loaded, stepper: Stepper, steer) -> None:
+    """Each generated token's logit, as it was generated, attributed to the tokens it was computed from
+    (explorer.analyses.attribution.per_token); rows already computed are kept as generation goes on."""
+    st.subheader("Where each generated token came from", help=help_for("input attribution"))
+    c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+    on = kept("toggle", "Attribute the generated tokens", session.GEN_ATTR, False, c1)
+    method = kept("selectbox", "Method", session.GEN_ATTR_METHOD, "input_x_gradient", c2,
+                  options=list(attribution.METHODS), format_func=attribution.METHODS.get)  # fmt: skip
+    seq2seq = stepper.source_ids is not None
+    over = "the source's tokens" if seq2seq else "the tokens before it"
+    st.caption(
+        f"Each generated token's logit, at the step that chose it, attributed over {over} by Captum on the "
+        "token embeddings" + (", with the steering on" if steer is not None else "") + ". One backward pass "
+        f"per token (integrated gradients: {attribution.DEFAULT_STEPS} in one batch; occlusion: a forward "
+        "pass per input token)."
+    )  # fmt: skip
+    if not on:
+        return
+    if not stepper.steps:
+        st.info("Generate a token to see where it came from.")
+        return
+    key = (loaded.request, None if steer is None else id(steer))
+    done = st.session_state.get(ATTR_DONE)
+    before = done[1] if done is not None and done[0] == key else None
+    bar = st.progress(0.0, text="Attributing the generated tokens …")
+
+    def report(n: int, total: int) -> None:
+        bar.progress(n / total, text=f"Attributing the generated tokens: {n} of {total}")
+
+    try:
+        with session.model_turn(loaded, "attributing the generated tokens"):
+            found = attribution.per_token(
+                loaded, stepper.ids, len(stepper.prompt_ids), method, stepper.source_ids,
+                hooks=(steer.hook(loaded.model),) if steer is not None else (), progress=report,
+                before=before,
+            )  # fmt: skip
+    except InputError as err:
+        bar.empty()
+        st.error(md(err))
+        return
+    bar.empty()
+    st.session_state[ATTR_DONE] = (key, found)
+    scale = np.nanmax(np.abs(found.scores), axis=1, keepdims=True)
+    rows = [f"{i + 1}: {t}" for i, t in enumerate(found.generated)]
+    st.plotly_chart(
+        heatmap(found.scores / np.maximum(scale, 1e-12),
+                f"{attribution.METHODS[method]}: each generated token (row) over {over} (rows scaled to "
+                "their top)", rows, list(found.tokens), "generated token", "input token",
+                colorscale="Viridis" if method == "saliency" else "RdBu", symmetric=method != "saliency"),
+        key="token_attribution",
+    )  # fmt: skip
+    if method == "integrated_gradients":
+        rel = [abs(d) / max(abs(float(np.nansum(r)) - d), 1e-12) for r, d in zip(found.scores, found.deltas)]
+        worst = int(np.argmax(rel))
+        line = f"Integrated gradients' convergence delta: at most {rel[worst]:.1%} (token {worst + 1})."
+        if rel[worst] > 0.01:
+            st.warning(line + " More than 1 %: the model's output is rough along the path from the baseline.")
+        else:
+            st.success(line)
 
 
 def attention_of_last(stepper: Stepper) -> None:

@@ -160,6 +160,9 @@ class PerToken:
     scores: np.ndarray  # (generated, columns)
     deltas: tuple[float | None, ...]
     values: tuple[float, ...]  # each row's f(E): the generated token's logit
+    ids: tuple[int, ...] = ()  # the sequence attributed (prompt and generated)
+    start: int = 0
+    source_ids: tuple[int, ...] | None = None
 
 
 def per_token(
@@ -171,11 +174,13 @@ def per_token(
     steps: int = DEFAULT_STEPS,
     hooks: tuple[hooked.Hook, ...] = (),
     progress=None,
+    before: PerToken | None = None,
 ) -> PerToken:
     """For each token ids[p], p >= start (what was generated after the prompt ids[:start]), its logit at
     the position before it attributed to the tokens it was computed from: ids[:p] for a decoder, the
     source for an encoder-decoder (whose decoder reads ids[:p]). `hooks` are attached to every pass (the
-    steering the tokens were generated with); `progress(done, total)` is called after each token."""
+    steering the tokens were generated with); `progress(done, total)` is called after each token. The rows
+    of `before` (the same method, prompt, source and hooks) are kept where its sequence agrees."""
     if method not in METHODS:
         raise InputError(f"Unknown method {method!r}; known: {', '.join(METHODS)}.")
     if not 0 < start < len(ids):
@@ -185,30 +190,42 @@ def per_token(
     n = len(ids) - start
     width = len(source_ids) if source_ids is not None else len(ids) - 1
     scores = np.full((n, width), np.nan, dtype=np.float32)
-    deltas, values = [], []
+    deltas: list[float | None] = [None] * n
+    values = [0.0] * n
+    first = start
+    same = before is not None and (before.method, before.start, before.source_ids) == (
+        method, start, None if source_ids is None else tuple(source_ids))  # fmt: skip
+    if same:
+        agree = next(
+            (i for i, (a, b) in enumerate(zip(before.ids, ids)) if a != b), min(len(ids), len(before.ids))
+        )
+        first = max(start, agree)  # the row of ids[p] stands while ids[: p + 1] is the same
+        kept = first - start
+        scores[:kept, : min(width, before.scores.shape[1])] = before.scores[:kept, :width]
+        deltas[:kept], values[:kept] = before.deltas[:kept], before.values[:kept]
     handles = []
     with loaded.lock, torch.enable_grad():
         try:
             handles = hooked.attach(hooks)
-            for i, p in enumerate(range(start, len(ids))):
+            for p in range(first, len(ids)):
                 if source_ids is not None:
                     read = torch.tensor([source_ids])
                     f = _Objective(model, p - 1, ids[p], None, torch.tensor([ids[:p]], device=device))
                 else:
                     read = torch.tensor([ids[:p]])
                     f = _Objective(model, p - 1, ids[p], None, None)
-                row, delta, value = _scores(loaded, read, f, method, steps)
-                scores[i, : len(row)] = row
-                deltas.append(delta)
-                values.append(value)
+                row, deltas[p - start], values[p - start] = _scores(loaded, read, f, method, steps)
+                scores[p - start, : len(row)] = row
                 if progress is not None:
-                    progress(i + 1, n)
+                    progress(p - first + 1, len(ids) - first)
         finally:
             for handle in handles:
                 handle.remove()
     columns = source_ids if source_ids is not None else ids[:-1]
-    return PerToken(method, tuple(display_tokens(tok, columns)), tuple(display_tokens(tok, ids[start:])),
-                    scores, tuple(deltas), tuple(values))  # fmt: skip
+    return PerToken(
+        method, tuple(display_tokens(tok, columns)), tuple(display_tokens(tok, ids[start:])), scores,
+        tuple(deltas), tuple(values), tuple(ids), start, None if source_ids is None else tuple(source_ids),
+    )  # fmt: skip
 
 
 def _neutral(tokenizer, embed) -> int:

@@ -53,6 +53,9 @@ TERMS: dict[str, str] = {
     "itself is never normalized until the final norm. Post-norm normalizes the stream after each add.",
     "logit": "The score the model gives one vocabulary entry for the next token, before the softmax turns "
     "the scores into probabilities.",
+    "input attribution": "A score per input token for how much one output (a token's logit) depends on "
+    "it: the gradient (saliency), the gradient times the embedding, integrated gradients (the gradient "
+    "summed along a path from a neutral input), or the change when the token is replaced (occlusion).",
     "logit lens": "Reading an intermediate layer's residual stream through the final norm and the "
     "unembedding, as if the model stopped there.",
     "KV cache": "The keys and values of the tokens already read, kept so that each new token computes "

@@ -129,3 +129,56 @@ def test_a_decoder_after_an_encoder_decoder_gets_its_own_prompt(tiny_dir):
     at.text_area(key=f"{session.GEN_PROMPT}_box").input("")  # a user who empties it is told
     run(at)
     assert "empty" in at.error[0].value
+
+
+def test_each_generated_token_is_attributed_and_new_steps_add_rows(tiny_dir):
+    import numpy as np
+
+    from explorer.analyses import attribution
+    from tests.app.helpers import numbers
+
+    at = app()
+    load_folder(at, tiny_dir("llama"))
+    open_page(at)
+    at.text_area(key=f"{session.GEN_PROMPT}_box").set_value("the cat sat on the")
+    run(at)
+    for _ in range(2):
+        button(at, "Step").click()
+        run(at)
+    at.toggle(key=f"{session.GEN_ATTR}_box").set_value(True)
+    run(at)
+    s = stepper(at)
+    found = at.session_state["generate_attr_done"][1]
+    assert found.ids == tuple(s.ids) and found.scores.shape == (2, len(s.ids) - 1)
+    spec = next(c for c in charts(at) if c["layout"]["title"]["text"].startswith("Input × gradient: each"))
+    z = spec["data"][0]["z"]
+    shown = np.array(numbers(z) if isinstance(z, dict) else [numbers(r) for r in z], dtype=float)
+    shown = shown.reshape(found.scores.shape)
+    # the page draws each row over its largest |score|; the library's scores are checked in the unit tests
+    want = found.scores / np.nanmax(np.abs(found.scores), axis=1, keepdims=True)
+    assert np.allclose(np.nan_to_num(shown, nan=9), np.nan_to_num(want, nan=9), atol=1e-6)
+    button(at, "Step").click()
+    run(at)
+    grown = at.session_state["generate_attr_done"][1]
+    assert grown.scores.shape == (3, len(s.ids) - 1)
+    assert np.array_equal(grown.scores[:2, : found.scores.shape[1]], found.scores, equal_nan=True)
+    fresh = attribution.per_token(at.session_state[session.STEPPER][1].loaded, s.ids, len(s.prompt_ids))
+    assert np.array_equal(grown.scores, fresh.scores, equal_nan=True)  # the kept rows are still right
+    assert at.query_params["attribute"] == "1"
+
+
+def test_an_encoder_decoders_tokens_are_attributed_over_its_source(tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("t5"))
+    open_page(at)
+    button(at, "Step").click()
+    run(at)
+    at.toggle(key=f"{session.GEN_ATTR}_box").set_value(True)
+    at.selectbox(key=f"{session.GEN_ATTR_METHOD}_box").set_value("integrated_gradients")
+    run(at)
+    s = stepper(at)
+    found = at.session_state["generate_attr_done"][1]
+    assert found.scores.shape == (1, len(s.source_ids))
+    assert any("over the source's tokens" in c["layout"]["title"]["text"] for c in charts(at))
+    said = [m.value for m in [*at.success, *at.warning]]
+    assert any("convergence delta" in m for m in said)  # integrated gradients' convergence, said either way

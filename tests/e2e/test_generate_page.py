@@ -73,3 +73,20 @@ def test_steering_shows_both_distributions(page, app_url):
     assert page.get_by_test_id("stException").count() == 0
     steered.scroll_into_view_if_needed()
     screenshot(page, "generate-steering")
+
+
+def test_each_generated_token_is_attributed_and_a_step_adds_a_row(page, app_url):
+    query = urlencode({"model": "smollm2-135m-instruct", "prompt": "The Eiffel Tower is in the city of",
+                       "chat": "0", "attribute": "1", "picks": "7042,30,198"})  # fmt: skip
+    page.goto(f"{app_url}/generate?{query}")
+    wait_for_app_run(page)
+    chart = page.get_by_test_id("stPlotlyChart").filter(has_text="Input × gradient: each generated token")
+    expect(chart).to_have_count(1, timeout=120_000)
+    expect(chart.locator(".ytick", has_text="1: ␣Paris")).to_have_count(1)
+    page.get_by_role("button", name="Step", exact=True).click()
+    expect(page.locator(".gtitle", has_text="Next token after 13 tokens")).to_have_count(1, timeout=60_000)
+    expect(chart.locator(".ytick", has_text=re.compile(r"^4: "))).to_have_count(1, timeout=60_000)
+    wait_for_app_run(page)
+    assert page.get_by_test_id("stException").count() == 0
+    chart.scroll_into_view_if_needed()
+    screenshot(page, "generate-attribution")

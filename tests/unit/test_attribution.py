@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,30 @@ def test_nothing_generated_is_refused(tiny_loaded):
 
     with pytest.raises(InputError, match="generate one first"):
         attribution.per_token(tiny_loaded("llama"), [5, 6, 7], 3)
+
+
+def test_rows_already_attributed_are_kept_and_only_new_tokens_computed(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    ids, start = _generated(loaded, 3)
+    fresh = attribution.per_token(loaded, ids, start, "saliency")
+    earlier = attribution.per_token(loaded, ids[:-1], start, "saliency")
+    calls = []
+    grown = attribution.per_token(
+        loaded, ids, start, "saliency", before=earlier, progress=lambda d, t: calls.append(t)
+    )
+    assert calls == [1]  # the one new token
+    assert np.array_equal(grown.scores, fresh.scores, equal_nan=True) and grown.values == fresh.values
+    other = [*ids[:-2], ids[-1], ids[-2]]  # an undo and another token: rows from the change on are new
+    calls.clear()
+    changed = attribution.per_token(
+        loaded, other, start, "saliency", before=grown, progress=lambda d, t: calls.append(t)
+    )
+    assert calls == [2, 2]
+    assert np.array_equal(
+        changed.scores, attribution.per_token(loaded, other, start, "saliency").scores, equal_nan=True
+    )
+    calls.clear()
+    attribution.per_token(
+        loaded, ids, start, "input_x_gradient", before=grown, progress=lambda d, t: calls.append(t)
+    )
+    assert calls == [3, 3, 3]  # another method: every row
