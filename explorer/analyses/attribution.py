@@ -129,14 +129,14 @@ def _scores(loaded, ids: torch.Tensor, f: _Objective, method: str, steps: int):
     device = input_device(model)
     emb = embed(ids.to(device)).detach().requires_grad_()  # (1, pos, d_model)
     base = embed(torch.full_like(ids, _neutral(loaded.tokenizer, embed)).to(device)).detach()
-    with torch.no_grad():
-        value = float(f(emb)[0])
+    with torch.no_grad():  # f(E) and f(B) in one pass: the value, and the change IG must add up to
+        both = f(torch.cat([emb, base])) if method == "integrated_gradients" else f(emb)
+    value = float(both[0])
     delta = None
     if method == "integrated_gradients":
-        attr, d = IntegratedGradients(f).attribute(
-            emb, baselines=base, n_steps=steps, internal_batch_size=steps, return_convergence_delta=True
-        )
-        scores, delta = attr[0].float().sum(-1), float(d[0])
+        attr = IntegratedGradients(f).attribute(emb, baselines=base, n_steps=steps, internal_batch_size=steps)
+        scores = attr[0].detach().float().sum(-1)
+        delta = float(scores.sum()) - (value - float(both[1]))  # Captum's convergence delta
     elif method == "saliency":
         scores = Saliency(f).attribute(emb, abs=False)[0].float().norm(dim=-1)
     elif method == "input_x_gradient":
