@@ -74,3 +74,27 @@ def test_steering_gemma_at_coefficient_zero_changes_nothing(loaded):
     for _ in range(3):
         assert torch.equal(plain._state.logits, steered._state.logits)
         assert plain.step(Settings()).token_id == steered.step(Settings()).token_id
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "date-normalizer"])
+def test_each_generated_tokens_attributed_logit_is_the_one_it_was_chosen_by(loaded, name):
+    import torch
+
+    from explorer.analyses import attribution
+    from explorer.runs.stepping import Settings, Stepper
+
+    model = loaded(name)
+    seq2seq = name == "date-normalizer"
+    s = Stepper.start(model, "", source=CASES[name][0]) if seq2seq else Stepper.start(model, CASES[name][0])
+    for _ in range(3):
+        s.step(Settings())
+    found = attribution.per_token(model, s.ids, len(s.prompt_ids), "input_x_gradient", s.source_ids)
+    with torch.no_grad():
+        if seq2seq:
+            logits = model.model(input_ids=torch.tensor([s.source_ids]),
+                                 decoder_input_ids=torch.tensor([s.ids[:-1]])).logits[0]  # fmt: skip
+        else:
+            logits = model.model(input_ids=torch.tensor([s.ids[:-1]])).logits[0]
+    for i, p in enumerate(range(len(s.prompt_ids), len(s.ids))):
+        assert found.values[i] == pytest.approx(float(logits[p - 1, s.ids[p]]), abs=1e-3)
+        assert found.ids == tuple(s.ids) and int(torch.argmax(logits[p - 1])) == s.ids[p]  # greedy
