@@ -113,6 +113,7 @@ page = st.navigation(
         st.Page("views/tokens.py", title="Tokens", icon="🔤"),
         st.Page("views/ffn.py", title="FFN memory", icon="🧠"),
         st.Page("views/flow.py", title="Flow", icon="🌊"),
+        st.Page("views/features.py", title="Features", icon="✨"),
         st.Page("views/tasks.py", title="Tasks", icon="🧪"),
         st.Page("views/experiments.py", title="Experiments", icon="🔬"),
     ]

@@ -90,6 +90,10 @@ TASK_CHOICE, TASK_TEXT, TASK_RUN = "tasks_task_kept", "tasks_link_text", "tasks_
 LESSON, PRESENT, LESSON_SCREEN = "lesson_id", "lesson_present", "lesson_screen"
 GEN_STEER, GEN_STEER_PLUS, GEN_STEER_MINUS = "generate_steer", "generate_steer_plus", "generate_steer_minus"
 GEN_STEER_LAYER, GEN_STEER_COEF = "generate_steer_layer", "generate_steer_coef"
+# the Features page: the SAE folder a user brought (else the zoo's), the feature opened
+FEAT_SAE, FEATURE = "features_sae", "features_feature"
+GEN_FEAT_STEER, GEN_FEAT, GEN_FEAT_MODE, GEN_FEAT_VALUE = (
+    "generate_feat_steer", "generate_feature", "generate_feat_mode", "generate_feat_value")  # fmt: skip
 GEN_ATTR, GEN_ATTR_METHOD = "generate_attr", "generate_attr_method"  # input attribution of each token
 GEN_PICKS = "generate_picks"  # tokens a link asks the Generate page to replay: ((token id, forced), ...)
 # shareable links
@@ -132,6 +136,12 @@ LINK = (
     Param("steer_layer", GEN_STEER_LAYER, "int", 0, None, label="steering layer"),
     Param("steer_coef", GEN_STEER_COEF, "float", -100.0, 100.0, label="steering coefficient"),
     Param("attribute", GEN_ATTR, "bool", label="input attribution switch"),
+    Param("sae", FEAT_SAE, label="sparse autoencoder folder"),
+    Param("feature", FEATURE, "int", 0, None, label="feature"),
+    Param("feature_steer", GEN_FEAT_STEER, "bool", label="feature steering switch"),
+    Param("steer_feature", GEN_FEAT, "int", 0, None, label="steered feature"),
+    Param("feature_mode", GEN_FEAT_MODE, label="feature steering mode"),
+    Param("feature_value", GEN_FEAT_VALUE, "float", -1000.0, 1000.0, label="feature steering value"),
     Param("attr_method", GEN_ATTR_METHOD, label="input attribution method"),
     Param("position", FOCUS, "int", 0, None, label="focused token"),
     Param("threshold", FLOW_THRESHOLD, "float", 0.01, 0.5, label="threshold"),

@@ -34,6 +34,7 @@ class ZooEntry:
     job: str | None = None  # a model trained for one job only: that job, said in a few words
     # causal tracing's example for this model: (clean, corrupted, decoder prefix, target, foil)
     patching: tuple[str, str, str, str, str] | None = None
+    sae: str | None = None  # a sparse autoencoder trained here (explorer.sae.train), relative to the root
 
     @property
     def version(self) -> str:
@@ -70,6 +71,14 @@ class ZooEntry:
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def sae_folder(request) -> Path | None:
+    """The folder of the sparse autoencoder trained here for the model `request` loads, if any."""
+    entry = entry_of(request)
+    if entry is None or entry.sae is None or not (REPO_ROOT / entry.sae / "cfg.json").is_file():
+        return None
+    return REPO_ROOT / entry.sae
 
 
 def _folder_digest(folder: Path) -> str:
@@ -113,6 +122,7 @@ ZOO: dict[str, ZooEntry] = {
             summary="Llama-style decoder, 30 layers, grouped-query attention, chat template.",
             locate=_smollm2,
             converts=True,
+            sae="explorer/weights/sae-smollm2-l15",
         ),
         ZooEntry(
             name="gemma-3-270m",

@@ -1,0 +1,280 @@
+"""What the pages and the command line read from a sparse autoencoder on a loaded model: the features that
+fire on each token of a text, a feature's dashboard (its top contexts and histogram from the files saved
+at training time, the tokens it promotes and suppresses through the unembedding), search, steering, and
+the quality figures of a model card (`evaluate`).
+
+The SAE reads the residual stream entering block `sae.layer` (explorer.models.anatomy's blocks of the
+stack that predicts); an SAE of the last block's output reads what enters the final norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from explorer.analyses.tokens import display_tokens
+from explorer.errors import InputError
+from explorer.models import anatomy
+from explorer.models.anatomy import Proj
+from explorer.runs import hooked
+from explorer.sae.sae import Sae
+
+if TYPE_CHECKING:
+    from explorer.models.loading import LoadedModel
+
+CONTEXTS = "contexts.safetensors"
+
+
+def reads(loaded: LoadedModel, sae: Sae) -> tuple[object, int | None]:
+    """(module, call) whose forward input is the stream the SAE reads; InputError when the SAE does not
+    fit this model."""
+    a = anatomy.of(loaded.model)
+    stack = a.stacks[a.output_stack]
+    d_model = Proj(a.unembed).weight().shape[1] if a.unembed is not None else None
+    if d_model is not None and d_model != sae.d_in:
+        raise InputError(
+            f"This SAE reads vectors of {sae.d_in} numbers; {loaded.card.name}'s residual stream has "
+            f"{d_model}."
+        )
+    if sae.layer < len(stack.blocks):
+        return stack.blocks[sae.layer].module, sae.layer if stack.shared_blocks else None
+    if sae.layer == len(stack.blocks) and stack.final_norm is not None:
+        return stack.final_norm, None
+    raise InputError(f"This SAE reads layer {sae.layer}; the model has {len(stack.blocks)} blocks.")
+
+
+def hook(loaded: LoadedModel, sae: Sae, fn) -> hooked.Hook:
+    module, call = reads(loaded, sae)
+    return hooked.Hook(module, "pre", fn, call)
+
+
+def stream(loaded: LoadedModel, sae: Sae, ids: list[int] | torch.Tensor) -> torch.Tensor:
+    """(pos, d_in) the stream the SAE reads, for one sequence of token ids."""
+    seen: dict = {}
+    module, call = reads(loaded, sae)
+    ids = torch.as_tensor(ids).reshape(1, -1)
+    hooked.run(loaded, {"input_ids": ids}, [hooked.keep(seen, "x", module, "pre", call)],
+               **hooked.options(loaded.model, last_logits_only=True))  # fmt: skip
+    return seen["x"].float()
+
+
+# -- per token ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenFeatures:
+    tokens: tuple[str, ...]
+    ids: tuple[int, ...]
+    acts: np.ndarray  # (pos, d_sae) float32
+    first_skipped: bool  # the first position (the attention sink) is not read: the SAE never saw it
+
+    def top(self, pos: int, n: int = 8) -> list[tuple[int, float]]:
+        row = self.acts[pos]
+        order = np.argsort(-row)[:n]
+        return [(int(i), float(row[i])) for i in order if row[i] > 0]
+
+    def to_rows(self, n: int = 8) -> list[dict]:
+        return [
+            {"pos": p, "token": t, "top": [{"feature": f, "activation": a} for f, a in self.top(p, n)]}
+            for p, t in enumerate(self.tokens)
+        ]
+
+
+def on_text(loaded: LoadedModel, sae: Sae, text: str) -> TokenFeatures:
+    """The SAE's features on every token of `text` (as the tokenizer adds special tokens). The first
+    position is left at zero: it is the attention sink, whose stream the SAE was not trained on."""
+    ids = hooked.encode(loaded.model, loaded.tokenizer, text)
+    x = stream(loaded, sae, ids)
+    acts = sae.encode(x).cpu().numpy()
+    acts[0] = 0.0
+    return TokenFeatures(tuple(display_tokens(loaded.tokenizer, ids)), tuple(ids), acts, True)
+
+
+# -- one feature ----------------------------------------------------------------------------------
+
+
+def logit_weights(loaded: LoadedModel, sae: Sae) -> torch.Tensor:
+    """(d_sae, vocab): what each feature's decoder direction adds to every logit through the final norm's
+    gain and the unembedding (the norm's scale left out: it depends on the whole stream)."""
+    a = anatomy.of(loaded.model)
+    w_u = Proj(a.unembed).weight().float().cpu()  # (vocab, d_model)
+    final = a.stacks[a.output_stack].final_norm
+    gain = anatomy.norm_of(final).gain.cpu() if final is not None else torch.ones(w_u.shape[1])
+    return (sae.W_dec.cpu() * gain) @ w_u.T
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    feature: int
+    frequency: float | None  # share of training tokens it fires on
+    contexts: list[tuple[list[str], list[float], float]]  # (window tokens, activations, top activation)
+    promoted: list[tuple[str, float]]
+    suppressed: list[tuple[str, float]]
+    hist_counts: np.ndarray | None  # (bins,)
+    hist_max: float | None
+
+
+def saved_contexts(sae: Sae) -> dict[str, torch.Tensor] | None:
+    path = None if sae.folder is None else Path(sae.folder) / CONTEXTS
+    if path is None or not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def dashboard(loaded: LoadedModel, sae: Sae, feature: int, weights: torch.Tensor | None = None,
+              contexts: dict | None = None, n: int = 10) -> Dashboard:  # fmt: skip
+    if not 0 <= feature < sae.d_sae:
+        raise InputError(f"There is no feature {feature}: this SAE has {sae.d_sae} (0 to {sae.d_sae - 1}).")
+    weights = logit_weights(loaded, sae) if weights is None else weights
+    row = weights[feature]
+    up, down = row.topk(n), (-row).topk(n)
+    tok = loaded.tokenizer
+    promoted = list(zip(display_tokens(tok, up.indices.tolist()), up.values.tolist()))
+    suppressed = list(zip(display_tokens(tok, down.indices.tolist()), (-down.values).tolist()))
+    found, freq, counts, top = [], None, None, None
+    if contexts is not None:
+        ids, acts = contexts["context_ids"][feature], contexts["context_acts"][feature].float()
+        for window, a, best in zip(ids, acts, contexts["top_acts"][feature].tolist()):
+            if best <= 0:
+                continue
+            keep = window >= 0
+            found.append((display_tokens(tok, window[keep].tolist()), a[keep].tolist(), best))
+        freq = float(contexts["frequency"][feature])
+        counts = contexts["hist_counts"][feature].numpy()
+        top = float(contexts["hist_max"][feature])
+    return Dashboard(feature, freq, found, promoted, suppressed, counts, top)
+
+
+def search_by_token(
+    loaded: LoadedModel, weights: torch.Tensor, token: str, n: int = 10
+) -> list[tuple[int, float]]:
+    """The features that promote `token` (its first token) most through the unembedding."""
+    ids = loaded.tokenizer(token, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise InputError(f"{token!r} gives no token with this tokenizer.")
+    col = weights[:, ids[0]]
+    top = col.topk(n)
+    return list(zip(top.indices.tolist(), top.values.tolist()))
+
+
+def search_contexts(loaded: LoadedModel, contexts: dict, word: str, n: int = 20) -> list[int]:
+    """Features with `word` (case-insensitive) in the text of their top contexts, most hits first."""
+    word = word.strip().lower()
+    if not word:
+        raise InputError("Type a word to look for in the features' top contexts.")
+    tok = loaded.tokenizer
+    ids = contexts["context_ids"]
+    hits = []
+    for f in range(ids.shape[0]):
+        windows = [w[w >= 0].tolist() for w in ids[f]]
+        count = sum(tok.decode(w).lower().count(word) for w in windows if w)
+        if count:
+            hits.append((count, f))
+    return [f for _, f in sorted(hits, key=lambda cf: (-cf[0], cf[1]))[:n]]
+
+
+# -- steering -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSteer:
+    """Adds `value` times the feature's decoder direction to the stream the SAE reads (mode "add"), or
+    sets the feature's activation to `value` there (mode "clamp": the stream gets (value - f(x)) times the
+    direction, f(x) its activation by the SAE), at every position but the first, on every pass."""
+
+    sae: Sae
+    feature: int
+    value: float
+    mode: str = "add"
+
+    @property
+    def layer(self) -> int:
+        return self.sae.layer
+
+    @property
+    def coef(self) -> float:
+        return self.value
+
+    def hook(self, model) -> hooked.Hook:
+        direction = self.sae.W_dec[self.feature]
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            d = direction.to(x.device, torch.float32)
+            if self.mode == "clamp":
+                f = self.sae.encode(x)[..., self.feature : self.feature + 1]  # (batch, pos, 1)
+                change = (self.value - f) * d
+            else:
+                change = self.value * d.expand_as(x)
+            if x.shape[1] > 1:  # a whole prompt: its first position, the attention sink, is left alone
+                change = change.clone()
+                change[:, :1] = 0
+            return x + change.to(x.dtype)
+
+        module, call = _reads_model(model, self.sae)
+        return hooked.Hook(module, "pre", fn, call)
+
+
+def _reads_model(model, sae: Sae):
+    a = anatomy.of(model)
+    stack = a.stacks[a.output_stack]
+    if sae.layer < len(stack.blocks):
+        return stack.blocks[sae.layer].module, sae.layer if stack.shared_blocks else None
+    return stack.final_norm, None
+
+
+# -- quality --------------------------------------------------------------------------------------
+
+
+def evaluate(loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = 8) -> dict:
+    """A model card's figures on sequences `ids` (n, ctx): L0, the fraction of variance unexplained and
+    the dead latents over every position but the first, and the next-token cross-entropy of the model as
+    it is, with the SAE's reconstruction in place of the stream (every position but the first), and with
+    the stream zeroed there; loss recovered = (zeroed - SAE) / (zeroed - clean)."""
+    module, call = reads(loaded, sae)
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    sums = {"l0": 0.0, "err": 0.0, "n": 0, "ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "ce_n": 0}
+    x_sum = torch.zeros(sae.d_in, dtype=torch.float64)
+    x_sq = 0.0
+
+    def splice(kind: str):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            y = x.clone()
+            y[:, 1:] = sae(x[:, 1:]).to(x.dtype) if kind == "sae" else 0.0
+            return y
+
+        return fn
+
+    for start in range(0, len(ids), batch):
+        chunk = ids[start : start + batch]
+        seen: dict = {}
+        for kind in ("clean", "sae", "zero"):
+            hooks = [hooked.keep(seen, "x", module, "pre", call, batch_row=None)] if kind == "clean" else [
+                hooked.Hook(module, "pre", splice(kind), call)]  # fmt: skip
+            out = hooked.run(loaded, {"input_ids": chunk}, hooks, use_cache=False)
+            logits = out.logits[:, :-1].float()
+            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                   chunk[:, 1:].reshape(-1), reduction="sum")  # fmt: skip
+            sums[f"ce_{kind}"] += float(ce)
+        sums["ce_n"] += chunk[:, 1:].numel()
+        x = seen["x"][:, 1:].reshape(-1, sae.d_in).float()
+        f = sae.encode(x)
+        fired |= (f > 0).any(0)
+        sums["l0"] += float((f > 0).sum())
+        sums["err"] += float((sae.decode(f) - x).pow(2).sum())
+        sums["n"] += len(x)
+        x_sum += x.double().sum(0)
+        x_sq += float(x.double().pow(2).sum())
+    n = sums["n"]
+    total_var = x_sq - float((x_sum**2).sum()) / n
+    ce = {k: sums[f"ce_{k}"] / sums["ce_n"] for k in ("clean", "sae", "zero")}
+    return {
+        "l0": sums["l0"] / n, "fvu": sums["err"] / total_var, "dead": int((~fired).sum()),
+        "ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"],
+        "loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]), "tokens": n,
+    }  # fmt: skip

@@ -1,0 +1,195 @@
+"""Features: what a sparse autoencoder reads in the residual stream of the workspace's text, and each
+feature's dashboard (explorer.sae)."""
+
+from html import escape
+
+import numpy as np
+import streamlit as st
+
+from explorer import session
+from explorer.errors import InputError
+from explorer.figures.learn import bars, heatmap
+from explorer.models import zoo
+from explorer.sae import features
+from explorer.sae.sae import Sae, load
+from explorer.web.display import md
+from views.common import focus_position, kept, model_or_stop, share, shared_text
+
+SAE_DONE = "features_sae_loaded"  # (folder, Sae, logit weights, contexts) of this user's SAE
+RUN_DONE = "features_run"  # ((request, folder, text), TokenFeatures)
+TOP = 8
+
+st.title("Features: what a sparse autoencoder reads")
+st.caption(
+    "A sparse autoencoder (SAE) rewrites the residual stream entering one layer as a sum of a few "
+    "directions out of thousands, its features, each with a strength (its activation). A feature that "
+    "fires on related tokens in many texts is something the model represents there."
+)
+loaded = model_or_stop()
+if loaded.card.family != "decoder":
+    st.info(
+        f"{md(loaded.card.name)} is not a decoder: the SAEs read here are trained on a decoder's residual "
+        "stream (the embedded SmolLM2 has one)."
+    )
+    share()
+    st.stop()
+own = zoo.sae_folder(loaded.request)
+st.session_state.setdefault(session.FEAT_SAE, "")
+folder = kept(
+    "text_input", "Your own SAE: a folder in SAELens' layout (cfg.json, sae_weights.safetensors)",
+    session.FEAT_SAE, "",
+    help="Empty: the SAE trained here for this model, if any. Gemma Scope's and SAELens' saves read too.",
+).strip()  # fmt: skip
+chosen = folder or (str(own) if own is not None else "")
+if not chosen:
+    st.info(
+        f"No SAE was trained here for {md(loaded.card.name)}. Load SmolLM2 (its SAE, layer 15, comes with "
+        "the app) or type the folder of one in SAELens' layout for this model."
+    )
+    share(session.FEAT_SAE)
+    st.stop()
+
+
+def open_sae(path: str) -> tuple[Sae, object, dict | None]:
+    found = st.session_state.get(SAE_DONE)
+    if found is not None and found[0] == (loaded.request, path):
+        return found[1]
+    sae = load(path)
+    features.reads(loaded, sae)  # InputError when it does not fit this model
+    with st.spinner("Reading the features' logit weights …"):
+        made = (sae, features.logit_weights(loaded, sae), features.saved_contexts(sae))
+    st.session_state[SAE_DONE] = ((loaded.request, path), made)
+    return made
+
+
+try:
+    sae, weights, contexts = open_sae(chosen)
+except InputError as err:
+    st.error(md(err))
+    share(session.FEAT_SAE)
+    st.stop()
+cfg = sae.cfg
+st.caption(
+    f"SAE: {md(cfg.get('architecture', sae.architecture))}, {sae.d_sae:,} features on the stream entering "
+    f"layer {sae.layer} ({sae.d_in} numbers)"
+    + (f", k = {sae.k}" if sae.k else "")
+    + (f". Card: {md(str(sae.folder))}/README.md" if (sae.folder / "README.md").is_file() else ".")
+)
+text = shared_text(loaded, height=80)
+key = (loaded.request, chosen, text)
+done = st.session_state.get(RUN_DONE)
+if done is None or done[0] != key:
+    try:
+        with session.model_turn(loaded, "a run"), st.spinner("Running the model and the SAE …"):
+            found = features.on_text(loaded, sae, text)
+    except InputError as err:
+        st.error(md(err))
+        st.stop()
+    st.session_state[RUN_DONE] = (key, found)
+else:
+    found = done[1]
+
+# -- the text's features ---------------------------------------------------------------------------
+st.subheader("The features on each token")
+acts = found.acts
+rows = sorted({f for p in range(1, len(found.tokens)) for f, _ in found.top(p, 3)},
+              key=lambda f: -float(acts[:, f].max()))[:30]  # fmt: skip
+if rows:
+    st.plotly_chart(
+        heatmap(acts[:, rows].T, "The strongest features of the text (rows) on each token",
+                [f"#{f}" for f in rows], list(found.tokens), "feature", "token", colorscale="Viridis",
+                symmetric=False),
+        key="feat_map",
+    )  # fmt: skip
+st.caption(
+    "The first position is left blank: it is the attention sink, whose stream is unlike every other "
+    "position's, and the SAE was not trained on it."
+)
+focus_position(loaded, found.tokens, len(found.tokens) - 1)
+pos = kept("selectbox", "Token", session.FOCUS, len(found.tokens) - 1, options=list(range(len(found.tokens))),
+           format_func=lambda p: f"{p}: {found.tokens[p]}")  # fmt: skip
+top = found.top(pos, TOP)
+if top:
+    st.plotly_chart(
+        bars([f"#{f}" for f, _ in top], [a for _, a in top],
+             f"Features firing on “{found.tokens[pos]}” ({pos})", "activation",
+             [f"feature {f}: {a:.3f}" for f, a in top]),
+        key="feat_token",
+    )  # fmt: skip
+else:
+    st.info("No feature fires here." if pos else "The first position is not read.")
+
+# -- one feature -----------------------------------------------------------------------------------
+st.subheader("A feature's dashboard")
+c1, c2, c3 = st.columns([1, 1, 1])
+default = top[0][0] if top else 0
+feature = kept("number_input", "Feature", session.FEATURE, default, c1, min_value=0, max_value=sae.d_sae - 1)
+with c2:
+    word = st.text_input("Find features by a token they promote", key="feat_find_token",
+                         placeholder="e.g.  function")  # fmt: skip
+with c3:
+    phrase = st.text_input("… or by a word in their top contexts", key="feat_find_word",
+                           placeholder="e.g. tensor", disabled=contexts is None)  # fmt: skip
+try:
+    if word:
+        hits = features.search_by_token(loaded, weights, word)
+        st.write("Features that promote it most: " + ", ".join(f"#{f} ({v:+.2f})" for f, v in hits))
+    if phrase and contexts is not None:
+        hits = features.search_contexts(loaded, contexts, phrase)
+        st.write("Features with it in their top contexts: " + (", ".join(f"#{f}" for f in hits) or "none"))
+except InputError as err:
+    st.warning(md(err))
+board = features.dashboard(loaded, sae, int(feature), weights, contexts)
+share(session.FEAT_SAE, session.FEATURE, session.FOCUS)
+m1, m2, m3 = st.columns(3)
+on_text = acts[:, board.feature]
+m1.metric(
+    "Fires on this text", f"{int((on_text > 0).sum())} tokens", help="The largest: " + f"{on_text.max():.3f}"
+)
+if board.frequency is not None:
+    m2.metric("Fires on the training text", f"{board.frequency:.3%} of tokens")
+    m3.metric("Largest activation there", f"{board.hist_max:.3f}")
+left, right = st.columns(2)
+with left:
+    st.plotly_chart(
+        bars([t for t, _ in board.promoted], [v for _, v in board.promoted],
+             "Tokens it promotes (logit weight)", "logit weight",
+             [f"{t}: {v:+.3f}" for t, v in board.promoted]),
+        key="feat_up",
+    )  # fmt: skip
+with right:
+    st.plotly_chart(
+        bars([t for t, _ in board.suppressed], [v for _, v in board.suppressed],
+             "Tokens it suppresses (logit weight)", "logit weight",
+             [f"{t}: {v:+.3f}" for t, v in board.suppressed]),
+        key="feat_down",
+    )  # fmt: skip
+st.caption(
+    "Logit weight: the feature's decoder direction times the final norm's gain, read by the unembedding "
+    "(what one unit of the feature adds to each logit, before the norm's scale)."
+)
+if board.hist_counts is not None:
+    import plotly.graph_objects as go
+
+    edges = np.linspace(0, board.hist_max, len(board.hist_counts) + 1)
+    fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=board.hist_counts, width=np.diff(edges)))
+    fig.update_layout(title=dict(text="Its activations on the training text (when it fires)", x=0.01),
+                      xaxis_title="activation", yaxis_title="tokens", height=260,
+                      margin=dict(l=40, r=20, t=40, b=40))  # fmt: skip
+    st.plotly_chart(fig, key="feat_hist")
+if board.contexts:
+    st.markdown(
+        "**Where it fires most on the training text** (each token shaded by the feature's activation)"
+    )
+    lines = []
+    for tokens, values, best in board.contexts:
+        cells = "".join(
+            f'<span title="{v:.3f}" style="background: rgba(234, 88, 12, {min(max(v / best, 0), 1):.2f}); '
+            f'padding: 1px 0">{escape(t)}</span>'
+            for t, v in zip(tokens, values)
+        )
+        lines.append(f'<div style="font-family: monospace; white-space: pre; overflow-x: auto">'
+                     f"<b>{best:.2f}</b>  {cells}</div>")  # fmt: skip
+    st.html("".join(lines))
+elif contexts is None:
+    st.caption("This SAE's folder has no contexts.safetensors: its top contexts were not saved with it.")
