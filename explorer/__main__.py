@@ -1,4 +1,4 @@
-"""Command line: `python -m explorer models|info|trace|generate|ablate|patch|heads|dla|attribute|... ...`
+"""Command line: `python -m explorer models|info|trace|generate|ablate|patch|heads|dla|features|... ...`
 over the app's library."""
 
 from __future__ import annotations
@@ -336,6 +336,28 @@ def _dla(args: argparse.Namespace) -> int:
     return 0
 
 
+def _features(args: argparse.Namespace) -> int:
+    """The sparse autoencoder's strongest features on every token of --text."""
+    from explorer.models import zoo
+    from explorer.models.loading import load_model
+    from explorer.sae import features
+    from explorer.sae.sae import load
+
+    loaded = load_model(_request(args))
+    folder = args.sae or zoo.sae_folder(loaded.request)
+    if folder is None:
+        raise InputError(f"No SAE was trained here for {loaded.card.name}: give one with --sae FOLDER.")
+    sae = load(folder)
+    found = features.on_text(loaded, sae, args.text)
+    for row in found.to_rows(args.top):
+        if args.json:
+            print(json.dumps(row))
+        else:
+            top = "  ".join(f"#{f['feature']} {f['activation']:.2f}" for f in row["top"])
+            print(f"{row['pos']:>4} {row['token']!r:<16} {top}")
+    return 0
+
+
 def _attribute(args: argparse.Namespace) -> int:
     """Which input tokens the prediction of --target comes from, by one method (Captum's, or rollout)."""
     from explorer.analyses import attribution
@@ -507,6 +529,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", help="encoder-decoders: the decoder's prefix")
     p.add_argument("--json", action="store_true", help='one JSON object: {"total", "parts", "logit_diff"}')
     p.set_defaults(run=_dla)
+
+    p = sub.add_parser("features", help="a sparse autoencoder's strongest features on each token")
+    _model_arguments(p)
+    p.add_argument("--text", required=True)
+    p.add_argument("--sae", help="a folder in SAELens' layout (default: the one trained here for MODEL)")
+    p.add_argument("--top", type=int, default=8, help="features per token")
+    p.add_argument("--json", action="store_true", help='one JSON object per token: {"pos", "token", "top"}')
+    p.set_defaults(run=_features)
 
     p = sub.add_parser("attribute", help="input attribution: which tokens a prediction comes from (Captum)")
     _model_arguments(p)

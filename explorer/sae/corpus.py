@@ -49,20 +49,20 @@ def held_out(text: str) -> bool:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") < HELD_OUT * 2**32
 
 
-_SPLIT: dict[str, list[str]] = {}
+def iter_texts(part: str = "train") -> Iterator[str]:
+    """The corpus's docstrings of `part` ("train" or "held-out"), each once, in order, read as needed."""
+    seen: set[str] = set()
+    for root in roots().values():
+        for text in docstrings(root):
+            if text not in seen:
+                seen.add(text)
+                if held_out(text) == (part == "held-out"):
+                    yield text
 
 
 def texts(part: str = "train") -> list[str]:
-    """The corpus's docstrings, each once, of `part` ("train" or "held-out"); read once per process."""
-    if not _SPLIT:
-        seen: set[str] = set()
-        _SPLIT.update({"train": [], "held-out": []})
-        for root in roots().values():
-            for text in docstrings(root):
-                if text not in seen:
-                    seen.add(text)
-                    _SPLIT["held-out" if held_out(text) else "train"].append(text)
-    return _SPLIT[part]
+    """All of iter_texts(part)."""
+    return list(iter_texts(part))
 
 
 def describe() -> str:

@@ -62,7 +62,7 @@ class _Stop(Exception):
     """Raised by the hook that has what it needs: the rest of the forward pass is not run."""
 
 
-def sequences(tokenizer, texts: list[str], n_tokens: int) -> torch.Tensor:
+def sequences(tokenizer, texts, n_tokens: int) -> torch.Tensor:
     """(n, CONTEXT) token ids: the texts one after another, each ended by the end-of-text token, cut
     into sequences; enough for n_tokens training positions (every position but the first)."""
     eos = tokenizer.eos_token_id
@@ -74,6 +74,11 @@ def sequences(tokenizer, texts: list[str], n_tokens: int) -> torch.Tensor:
             break
     n = len(stream) // CONTEXT
     return torch.tensor(stream[: n * CONTEXT]).view(n, CONTEXT)
+
+
+def held_out_sequences(tokenizer, n: int) -> torch.Tensor:
+    """The first n sequences of the held-out docstrings: what the model card's figures are measured on."""
+    return sequences(tokenizer, corpus.iter_texts("held-out"), n * (CONTEXT - 1))[:n]
 
 
 def stream_at(loaded, ids: torch.Tensor, layer: int, batch: int = 16, progress=None) -> torch.Tensor:
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(LoadRequest("embedded", cfg.model))
     tok = loaded.tokenizer
     print("reading the corpus …", flush=True)
-    train_texts, test_texts = corpus.texts("train"), corpus.texts("held-out")
+    train_texts, test_texts = corpus.texts("train"), corpus.texts("held-out")  # the card counts them
     ids = sequences(tok, train_texts, cfg.tokens)
     print(f"{ids.numel():,} tokens in {len(ids)} sequences; collecting the stream at layer {cfg.layer} …",
           flush=True)  # fmt: skip
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     print("top contexts …", flush=True)
     ctx = top_contexts(sae, acts, ids)
     del acts
-    test_ids = sequences(tok, test_texts, cfg.eval_sequences * (CONTEXT - 1))[: cfg.eval_sequences]
+    test_ids = held_out_sequences(tok, cfg.eval_sequences)
     scores = features.evaluate(loaded, sae, test_ids)
     minutes = (time.time() - t0) / 60
     card_cfg = {
