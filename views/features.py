@@ -141,6 +141,10 @@ except InputError as err:
     st.warning(md(err))
 board = features.dashboard(loaded, sae, int(feature), weights, contexts)
 share(session.FEAT_SAE, session.FEATURE, session.FOCUS)
+if st.button(f"Steer generation with feature #{board.feature}", help="Opens Generate, this feature added."):
+    st.session_state[session.GEN_FEAT_STEER] = True
+    st.session_state[session.GEN_FEAT] = board.feature
+    st.switch_page("views/generate.py")
 m1, m2, m3 = st.columns(3)
 on_text = acts[:, board.feature]
 m1.metric(

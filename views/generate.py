@@ -22,6 +22,7 @@ DEFAULT_QUESTION = "What is the capital of France?"  # an instruct model answers
 MAX_RUN = 256
 GEN_FOR = "generate_prompt_for"  # the model the prompt box was last drawn for
 STEER_DONE = "generate_steer_built"  # (inputs, Steer) of this user's last steering vector
+FEAT_STEER_DONE = "generate_feat_steer_built"  # (inputs, FeatureSteer) of this user's feature steering
 ATTR_DONE = "generate_attr_done"  # (model, steering, PerToken): this user's attributed tokens
 
 
@@ -146,6 +147,9 @@ def steering_panel(loaded):
             "tokens minus the same for the second; every pass of the model adds the coefficient times it "
             "there, at every position."
         )
+    feature = feature_steering_panel(loaded)
+    if feature is not None:
+        return feature
     if not on:
         return None
     key = (loaded.request, plus, minus, layer, coef)
@@ -160,6 +164,58 @@ def steering_panel(loaded):
         found = (key, made)
         st.session_state[STEER_DONE] = found
     return found[1]
+
+
+def feature_steering_panel(loaded):
+    """Steering by one feature of the model's sparse autoencoder (the one trained here, or the folder
+    chosen on the Features page): added, or clamped to a value, at every step. Returns the FeatureSteer,
+    or None when off or when the model has no SAE."""
+    folder = st.session_state.get(session.FEAT_SAE) or zoo.sae_folder(loaded.request)
+    if not folder:
+        return None
+    with st.expander("Feature steering: add or clamp a feature of the sparse autoencoder at every step"):
+        on = kept("toggle", "Steer with a feature", session.GEN_FEAT_STEER, False)
+        c1, c2, c3 = st.columns(3)
+        opened = int(st.session_state.get(session.FEATURE, 0))  # the feature the Features page opened
+        feature = kept("number_input", "Feature", session.GEN_FEAT, opened, c1, min_value=0)
+        mode = kept("radio", "How", session.GEN_FEAT_MODE, "add", c2, options=["add", "clamp"],
+                    format_func={"add": "add value × its direction",
+                                 "clamp": "set its activation to value"}.get,
+                    horizontal=True)  # fmt: skip
+        value = kept("number_input", "Value", session.GEN_FEAT_VALUE, 8.0, c3, min_value=-1000.0,
+                     max_value=1000.0, step=1.0)  # fmt: skip
+        st.caption(
+            "The feature's decoder direction is added to the residual stream the SAE reads, at every "
+            "position but a prompt's first and on every pass; clamping adds (value − its activation there) "
+            "times it. The Features page shows what a feature does. While it is on, the prompt steering "
+            "above is off."
+        )
+    if not on:
+        return None
+    key = (loaded.request, str(folder), int(feature), mode, float(value))
+    found = st.session_state.get(FEAT_STEER_DONE)
+    if found is None or found[0] != key:
+        from explorer.sae import features
+        from explorer.sae.sae import load
+
+        try:
+            sae = load(folder)
+            features.reads(loaded, sae)
+            if not 0 <= int(feature) < sae.d_sae:
+                raise InputError(f"This SAE has features 0 to {sae.d_sae - 1}, not {int(feature)}.")
+        except InputError as err:
+            st.error(md(err))
+            return None
+        found = (key, features.FeatureSteer(sae, int(feature), float(value), mode))
+        st.session_state[FEAT_STEER_DONE] = found
+    return found[1]
+
+
+def steer_label(steer) -> str:
+    if hasattr(steer, "feature"):
+        how = f"+ {steer.value:g} ×" if steer.mode == "add" else f"clamped to {steer.value:g}:"
+        return f"{how} feature #{steer.feature} at layer {steer.layer}"
+    return f"layer {steer.layer}, × {steer.coef:g}"
 
 
 def current_stepper(loaded, prompt: str, chat: bool, source: str | None, steer=None) -> Stepper | None:
@@ -198,7 +254,8 @@ SHARED = (session.GEN_PROMPT, session.GEN_SOURCE, session.GEN_CHAT, session.GEN_
           session.GEN_TEMPERATURE, session.GEN_TOP_K, session.GEN_TOP_P, session.GEN_REPETITION,
           session.GEN_PICKS, session.GEN_STEER, session.GEN_STEER_PLUS, session.GEN_STEER_MINUS,
           session.GEN_STEER_LAYER, session.GEN_STEER_COEF, session.GEN_ATTR,
-          session.GEN_ATTR_METHOD)  # fmt: skip
+          session.GEN_ATTR_METHOD, session.GEN_FEAT_STEER, session.GEN_FEAT, session.GEN_FEAT_MODE,
+          session.GEN_FEAT_VALUE)  # fmt: skip
 
 
 def replay(stepper: Stepper, settings: Settings) -> None:
@@ -347,7 +404,7 @@ def main() -> None:
             st.plotly_chart(
                 paired_bars([c.token for c in cands], [c.prob for c in cands],
                             [float(plain[c.token_id]) for c in cands], ("steered", "without steering"),
-                            f"The same candidates, steered and not (layer {steer.layer}, × {steer.coef:g})"),
+                            f"The same candidates, steered and not ({steer_label(steer)})"),
                 key="steered",
             )  # fmt: skip
             top = plain.topk(3)
