@@ -16,6 +16,7 @@ from explorer.web.display import md
 from views.common import focus_position, kept, model_or_stop, share, shared_text
 
 SAE_DONE = "features_sae_loaded"  # (folder, Sae, logit weights, contexts) of this user's SAE
+CONTEXT_TEXTS = "features_context_texts"  # ((request, folder), each feature's top contexts as text)
 RUN_DONE = "features_run"  # ((request, folder, text), TokenFeatures)
 TOP = 8
 
@@ -135,7 +136,12 @@ try:
         hits = features.search_by_token(loaded, weights, word)
         st.write("Features that promote it most: " + ", ".join(f"#{f} ({v:+.2f})" for f, v in hits))
     if phrase and contexts is not None:
-        hits = features.search_contexts(loaded, contexts, phrase)
+        texts = st.session_state.get(CONTEXT_TEXTS)
+        if texts is None or texts[0] != (loaded.request, chosen):
+            with st.spinner("Reading the top contexts …"):
+                texts = ((loaded.request, chosen), features.context_texts(loaded, contexts))
+            st.session_state[CONTEXT_TEXTS] = texts
+        hits = features.search_contexts(texts[1], phrase)
         st.write("Features with it in their top contexts: " + (", ".join(f"#{f}" for f in hits) or "none"))
 except InputError as err:
     st.warning(md(err))

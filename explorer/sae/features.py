@@ -163,20 +163,21 @@ def search_by_token(
     return list(zip(top.indices.tolist(), top.values.tolist()))
 
 
-def search_contexts(loaded: LoadedModel, contexts: dict, word: str, n: int = 20) -> list[int]:
-    """Features with `word` (case-insensitive) in the text of their top contexts, most hits first."""
+def context_texts(loaded: LoadedModel, contexts: dict) -> list[str]:
+    """Each feature's top contexts as one lower-case text (for search_contexts)."""
+    tok = loaded.tokenizer
+    ids = contexts["context_ids"]
+    return ["\n".join(tok.decode(w[w >= 0].tolist()) for w in ids[f]).lower() for f in range(ids.shape[0])]
+
+
+def search_contexts(texts: list[str], word: str, n: int = 20) -> list[int]:
+    """Features with `word` (case-insensitive) in the text of their top contexts (`context_texts`), most
+    hits first."""
     word = word.strip().lower()
     if not word:
         raise InputError("Type a word to look for in the features' top contexts.")
-    tok = loaded.tokenizer
-    ids = contexts["context_ids"]
-    hits = []
-    for f in range(ids.shape[0]):
-        windows = [w[w >= 0].tolist() for w in ids[f]]
-        count = sum(tok.decode(w).lower().count(word) for w in windows if w)
-        if count:
-            hits.append((count, f))
-    return [f for _, f in sorted(hits, key=lambda cf: (-cf[0], cf[1]))[:n]]
+    hits = [(text.count(word), f) for f, text in enumerate(texts)]
+    return [f for count, f in sorted(hits, key=lambda cf: (-cf[0], cf[1])) if count][:n]
 
 
 # -- steering -------------------------------------------------------------------------------------

@@ -105,3 +105,19 @@ def test_feature_steering_on_the_generate_page(tiny_dir, sae_dir):
     paired = next(c for c in charts(at) if c["layout"]["title"]["text"].startswith("The same candidates"))
     steered, plain = (numbers(bar["x"]) for bar in paired["data"][:2])
     assert np.allclose(steered, plain, atol=1e-6)
+
+
+def test_searching_features_by_a_word_in_their_top_contexts(tiny_dir, tiny_loaded, sae_dir):
+    from explorer.sae.sae import load
+
+    at = open_features(tiny_dir, sae_dir)
+    at.text_input(key="feat_find_word").set_value("dog")
+    run(at)
+    contexts = features.saved_contexts(load(sae_dir))
+    texts = features.context_texts(tiny_loaded("llama"), contexts)
+    want = [f for f in range(len(texts)) if "dog" in texts[f]]
+    line = next(m.value for m in at.markdown if m.value.startswith("Features with it in their top contexts"))
+    shown = [int(x.strip().lstrip("#")) for x in line.split(": ", 1)[1].split(",")]
+    assert shown and set(shown) <= set(want)
+    counts = [texts[f].count("dog") for f in shown]
+    assert counts == sorted(counts, reverse=True)  # most hits first
