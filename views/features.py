@@ -9,6 +9,7 @@ import streamlit as st
 from explorer import session
 from explorer.errors import InputError
 from explorer.figures.learn import bars, heatmap
+from explorer.lessons.glossary import help_for
 from explorer.models import zoo
 from explorer.sae import features
 from explorer.sae.sae import Sae, load
@@ -20,7 +21,7 @@ CONTEXT_TEXTS = "features_context_texts"  # ((request, folder), each feature's t
 RUN_DONE = "features_run"  # ((request, folder, text), TokenFeatures)
 TOP = 8
 
-st.title("Features: what a sparse autoencoder reads")
+st.title("Features: what a sparse autoencoder reads", help=help_for("sparse autoencoder", "residual stream"))
 st.caption(
     "A sparse autoencoder (SAE) rewrites the residual stream entering one layer as a sum of a few "
     "directions out of thousands, its features, each with a strength (its activation). A feature that "

@@ -127,26 +127,32 @@ def inputs(loaded) -> tuple[str, bool, str | None]:
 
 
 def steering_panel(loaded):
-    """The steering controls (decoders): the vector of one prompt against another at a layer, times a
-    coefficient; returns the Steer, or None when off or not possible here."""
-    if loaded.card.family != "decoder":
+    """The steering controls (decoders, and encoder-decoders in their encoder): the vector of one prompt
+    against another at a layer, times a coefficient; returns the Steer, or None when off or not possible
+    here."""
+    if loaded.card.family not in ("decoder", "encoder-decoder"):
         return None
-    with st.expander("Steering: add a vector to the residual stream at every step"):
+    seq2seq = loaded.card.family == "encoder-decoder"
+    title = "the encoder's residual stream" if seq2seq else "the residual stream at every step"
+    with st.expander(f"Steering: add a vector to {title}"):
         on = kept("toggle", "Steer", session.GEN_STEER, False)
         c1, c2 = st.columns(2)
         plus = kept("text_input", "Toward (';' separates several prompts)", session.GEN_STEER_PLUS,
                     "I love you", c1)  # fmt: skip
         minus = kept("text_input", "Away from", session.GEN_STEER_MINUS, "I hate you", c2)
-        n = anatomy.of(loaded.model).n_layers("decoder")
-        layer = kept("selectbox", "At the input of layer", session.GEN_STEER_LAYER, n // 5, c1,
-                     options=list(range(n)), help=help_for("residual stream"))  # fmt: skip
+        n = anatomy.of(loaded.model).n_layers("encoder" if seq2seq else "decoder")
+        where = "At the input of encoder layer" if seq2seq else "At the input of layer"
+        layer = kept("selectbox", where, session.GEN_STEER_LAYER, n // 5, c1, options=list(range(n)),
+                     help=help_for("residual stream"))  # fmt: skip
         coef = kept("number_input", "Coefficient (0: no change)", session.GEN_STEER_COEF, 4.0, c2,
                     min_value=-100.0, max_value=100.0, step=0.5)  # fmt: skip
         st.caption(
             "The vector is the mean of the residual stream entering that layer over the first prompts' "
             "tokens minus the same for the second; every pass of the model adds the coefficient times it "
             "there, at every position."
-        )
+            + (" An encoder-decoder is steered in its encoder: the prompts are read as sources, and the "
+               "vector is added at every source position." if seq2seq else "")
+        )  # fmt: skip
     feature = feature_steering_panel(loaded)
     if feature is not None:
         return feature

@@ -56,6 +56,9 @@ TERMS: dict[str, str] = {
     "input attribution": "A score per input token for how much one output (a token's logit) depends on "
     "it: the gradient (saliency), the gradient times the embedding, integrated gradients (the gradient "
     "summed along a path from a neutral input), or the change when the token is replaced (occlusion).",
+    "sparse autoencoder": "A small network trained to rewrite a model's residual stream at one layer as a "
+    "sum of a few directions (features) out of thousands, each with a strength, and back: features that "
+    "fire on related text show what the model represents there.",
     "logit lens": "Reading an intermediate layer's residual stream through the final norm and the "
     "unembedding, as if the model stopped there.",
     "KV cache": "The keys and values of the tokens already read, kept so that each new token computes "

@@ -333,8 +333,8 @@ class Stepper:
         of the whole sequence, no cache (what the model would say here unsteered)."""
         model, device = self.loaded.model, self._device()
         with self.loaded.lock, torch.inference_mode():
-            if self.source_ids is not None:
-                out = model(encoder_outputs=self._encoder_outputs, use_cache=False,
+            if self.source_ids is not None:  # the encoder again: steering may have changed its output
+                out = model(input_ids=torch.tensor([self.source_ids], device=device), use_cache=False,
                             decoder_input_ids=torch.tensor([self.ids], device=device))  # fmt: skip
             else:
                 out = model(

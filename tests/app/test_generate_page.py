@@ -182,3 +182,15 @@ def test_an_encoder_decoders_tokens_are_attributed_over_its_source(tiny_dir):
     assert any("over the source's tokens" in c["layout"]["title"]["text"] for c in charts(at))
     said = [m.value for m in [*at.success, *at.warning]]
     assert any("convergence delta" in m for m in said)  # integrated gradients' convergence, said either way
+
+
+def test_an_encoder_decoder_is_steered_in_its_encoder(tiny_dir):
+    at = app()
+    load_folder(at, tiny_dir("t5"))
+    open_page(at)
+    at.toggle(key=f"{session.GEN_STEER}_box").set_value(True)
+    run(at)
+    s = stepper(at)
+    assert s.steer is not None and s.steer.stack == "encoder"
+    titles = [c["layout"]["title"]["text"] for c in charts(at)]
+    assert any(t.startswith("The same candidates, steered and not (layer 0") for t in titles)

@@ -65,7 +65,46 @@ def test_a_steered_pass_adds_the_vector_at_the_layer(tiny_loaded):
     assert not torch.allclose(steered.unsteered().log(), torch.log_softmax(want, -1), atol=1e-3)
 
 
-def test_only_decoders_are_steered(tiny_loaded):
+def test_an_encoder_decoder_is_steered_in_its_encoder(tiny_loaded):
+    """The vector is the contrast of the encoder's streams (its own hidden states); a steered step equals
+    the model with the vector added to the encoder's layer by a plain hook; coefficient 0 changes nothing,
+    and the unsteered numbers beside are the model's without the hook."""
+    loaded = tiny_loaded("t5")
+    model, tok = loaded.model, loaded.tokenizer
+
+    def enc_stream(text):
+        with torch.no_grad():
+            hidden = model.get_encoder()(input_ids=torch.tensor([tok(text)["input_ids"]]),
+                                         output_hidden_states=True).hidden_states  # fmt: skip
+        return hidden[LAYER][0].mean(0)
+
+    s = steering.build(loaded, ["the dog ran"], ["the cat sat"], LAYER, 3.0)
+    assert s.stack == "encoder"
+    assert torch.allclose(s.vector, enc_stream("the dog ran") - enc_stream("the cat sat"), atol=1e-6)
+    steered = Stepper.start(loaded, "the", source=PROMPT, steer=s)
+    block = model.encoder.block[LAYER]
+    handle = block.register_forward_pre_hook(lambda m, args: (args[0] + 3.0 * s.vector,) + args[1:])
+    src, dec = torch.tensor([tok(PROMPT)["input_ids"]]), torch.tensor([steered.prompt_ids])
+    try:
+        with torch.no_grad():
+            want = model(input_ids=src, decoder_input_ids=dec).logits[0, -1]
+    finally:
+        handle.remove()
+    assert torch.allclose(steered._state.logits, want, atol=1e-5)
+    with torch.no_grad():
+        plain = torch.softmax(model(input_ids=src, decoder_input_ids=dec).logits[0, -1], -1)
+    assert torch.allclose(steered.unsteered(), plain, atol=1e-6)
+    zero = steering.build(loaded, ["the dog ran"], ["the cat sat"], LAYER, 0.0)
+    a, b = (
+        Stepper.start(loaded, "the", source=PROMPT),
+        Stepper.start(loaded, "the", source=PROMPT, steer=zero),
+    )
+    for _ in range(3):
+        assert torch.equal(a._state.logits, b._state.logits)
+        assert a.step(Settings()).token_id == b.step(Settings()).token_id
+
+
+def test_only_models_that_write_are_steered(tiny_loaded):
     with pytest.raises(InputError, match="decoder"):
         steering.build(tiny_loaded("bert"), ["the dog"], ["the cat"], 0, 1.0)
     with pytest.raises(InputError, match="between 0 and 1"):
