@@ -113,11 +113,15 @@ pos = kept("selectbox", "Token", session.FOCUS, len(found.tokens) - 1, options=l
 top = found.top(pos, TOP)
 if top:
     st.plotly_chart(
-        bars([f"#{f}" for f, _ in top], [a for _, a in top],
+        bars([f"feature {f}" for f, _ in top], [a for _, a in top],
              f"Features firing on “{found.tokens[pos]}” ({pos})", "activation",
              [f"feature {f}: {a:.3f}" for f, a in top]),
         key="feat_token",
     )  # fmt: skip
+    cols = st.columns(len(top))
+    for col, (f, _) in zip(cols, top):
+        if col.button(f"Open #{f}", key=f"feat_open_{f}"):
+            st.session_state[session.FEATURE] = f  # the dashboard below, and the link, follow
 else:
     st.info("No feature fires here." if pos else "The first position is not read.")
 

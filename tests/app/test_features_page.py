@@ -121,3 +121,14 @@ def test_searching_features_by_a_word_in_their_top_contexts(tiny_dir, tiny_loade
     assert shown and set(shown) <= set(want)
     counts = [texts[f].count("dog") for f in shown]
     assert counts == sorted(counts, reverse=True)  # most hits first
+
+
+def test_a_tokens_feature_opens_its_dashboard(tiny_dir, tiny_loaded, sae_dir):
+    at = open_features(tiny_dir, sae_dir)
+    buttons = [b for b in at.button if b.label.startswith("Open #")]
+    assert buttons
+    last = buttons[-1]
+    last.click()
+    run(at)
+    assert at.session_state[session.FEATURE] == int(last.label.removeprefix("Open #"))
+    assert at.query_params["feature"] == last.label.removeprefix("Open #")
