@@ -1,5 +1,6 @@
 """Trains a TopK sparse autoencoder on the residual stream entering one block of an embedded model:
-`python -m explorer.sae.train [--model smollm2-135m-instruct] [--layer 15] [--tokens 1000000] [--out DIR]`.
+`python -m explorer.sae.train [--model smollm2-135m-instruct] [--layer 15] [--tokens 1000000] [--out DIR]`
+(`--model`: an embedded name, a checkpoint folder or a hub id; `--corpus FILE`: another text).
 
 1. The corpus (explorer.sae.corpus) is tokenized and cut into sequences of CONTEXT tokens; the model
    reads them and the stream entering block `layer` is kept for every position but the first (a
@@ -223,21 +224,29 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in asdict(defaults).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument(
+        "--corpus", type=Path, help="a text file instead of the docstrings: paragraphs, one per text"
+    )
     p.add_argument("--evaluate-only", action="store_true",
                    help="measure the SAE already in --out again and rewrite its card's figures")  # fmt: skip
     args = p.parse_args(argv)
     if args.evaluate_only:
         sae = load(args.out)
-        loaded = load_model(LoadRequest("embedded", sae.cfg["model_name"]))
+        loaded = load_model(LoadRequest.parse(sae.cfg["model_name"]))
         finish(loaded, sae, args.out, {k: v for k, v in sae.cfg.items() if k not in CFG_OWN})
         return 0
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    loaded = load_model(LoadRequest("embedded", cfg.model))
+    loaded = load_model(LoadRequest.parse(cfg.model))
     tok = loaded.tokenizer
     print("reading the corpus …", flush=True)
-    train_texts, test_texts = corpus.texts("train"), corpus.texts("held-out")  # the card counts them
+    if args.corpus is not None:  # one text per paragraph; every tenth held out
+        paragraphs = [t.strip() for t in args.corpus.read_text().split("\n\n") if t.strip()]
+        train_texts = [t for i, t in enumerate(paragraphs) if i % 10 != 9]
+        test_texts = [t for i, t in enumerate(paragraphs) if i % 10 == 9]
+    else:
+        train_texts, test_texts = corpus.texts("train"), corpus.texts("held-out")  # the card counts them
     ids = sequences(tok, train_texts, cfg.tokens)
     print(f"{ids.numel():,} tokens in {len(ids)} sequences; collecting the stream at layer {cfg.layer} …",
           flush=True)  # fmt: skip
@@ -261,13 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     card_cfg = {
         "model_name": cfg.model, "context_size": CONTEXT, "training_tokens": int(len(ids) * (CONTEXT - 1)),
         "train_config": asdict(cfg), "corpus": corpus.describe(), "train_texts": len(train_texts),
+        "corpus_file": None if args.corpus is None else args.corpus.name,
         "held_out_texts": len(test_texts), "minutes": round(minutes, 1),
         "minutes_collecting": round(t_collect / 60, 1), "minutes_training": round(t_train / 60, 1),
     }  # fmt: skip
     sae.save(args.out, dtype=DTYPE, **card_cfg)
     save_file({k: v.contiguous() for k, v in ctx.items()}, args.out / "contexts.safetensors")
     (args.out / "history.json").write_text(json.dumps(history) + "\n")
-    finish(loaded, load(args.out), args.out, card_cfg)  # measured on the weights as saved
+    finish(loaded, load(args.out), args.out, card_cfg, test_texts if args.corpus is not None else None)
     return 0
 
 
@@ -275,12 +285,16 @@ DTYPE = torch.float16  # the saved weights (half the size; the card's figures ar
 CFG_OWN = ("architecture", "d_in", "d_sae", "hook_name", "hook_layer", "apply_b_dec_to_input", "dtype", "k")
 
 
-def finish(loaded, sae: Sae, out: Path, card_cfg: dict) -> None:
-    """Measures the saved SAE on the held-out sequences and writes the figures into cfg.json and the
-    model card (README.md)."""
+def finish(loaded, sae: Sae, out: Path, card_cfg: dict, texts: list[str] | None = None) -> None:
+    """Measures the saved SAE (its weights as saved) on the held-out sequences (of `texts`, else of the
+    docstrings) and writes the figures into cfg.json and the model card (README.md)."""
     from explorer.sae import features
 
-    test_ids = held_out_sequences(loaded.tokenizer, card_cfg["train_config"]["eval_sequences"])
+    n = card_cfg["train_config"]["eval_sequences"]
+    if texts is None:
+        test_ids = held_out_sequences(loaded.tokenizer, n)
+    else:
+        test_ids = sequences(loaded.tokenizer, texts, n * (CONTEXT - 1))[:n]
     scores = features.evaluate(loaded, sae, test_ids)
     card_cfg = {**card_cfg, "held_out_tokens": int(test_ids.numel()), "evaluation": scores}
     sae.save(out, dtype=DTYPE, **card_cfg)
@@ -292,19 +306,28 @@ def card(sae: Sae, cfg: dict) -> str:
     e, t = cfg["evaluation"], cfg["train_config"]
     dead = e["dead"] / sae.d_sae
     ce = f"{e['ce_clean']:.3f} / {e['ce_sae']:.3f} / {e['ce_zero']:.3f}"
-    return f"""# A sparse autoencoder on SmolLM2-135M-Instruct, layer {sae.layer}
+    if cfg.get("corpus_file"):
+        source = (
+            f"The paragraphs of {cfg['corpus_file']}: {cfg['train_texts']:,} for training, "
+            f"{cfg['held_out_texts']:,} (every tenth) held out."
+        )
+    else:
+        source = (
+            "The docstrings of Python's standard library (PSF licence), torch (BSD-3-Clause) and "
+            f"transformers (Apache-2.0), as installed here ({cfg['corpus']}): every docstring of at least "
+            f"{corpus.MIN_CHARS} characters, each once; {cfg['train_texts']:,} for training, "
+            f"{cfg['held_out_texts']:,} held out (chosen by a hash of the text). English documentation prose "
+            "with code in it."
+        )
+    return f"""# A sparse autoencoder on {cfg["model_name"]}, layer {sae.layer}
 
 Trained by this project (`python -m explorer.sae.train`), saved in SAELens' layout: `cfg.json` and
 `sae_weights.safetensors` (W_enc [{sae.d_in}, {sae.d_sae}], b_enc, W_dec [{sae.d_sae}, {sae.d_in}], b_dec;
-TopK, k = {sae.k}). It reads the residual stream entering block {sae.layer} of {cfg["model_name"]} (the
-embedded SmolLM2, GGUF Q4_1 dequantized to float32), `blocks.{sae.layer}.hook_resid_pre`.
+TopK, k = {sae.k}). It reads the residual stream entering block {sae.layer} of {cfg["model_name"]},
+`blocks.{sae.layer}.hook_resid_pre`.
 
 ## Corpus
-The docstrings of Python's standard library (PSF licence), torch (BSD-3-Clause) and transformers
-(Apache-2.0), as installed here ({cfg["corpus"]}): every docstring of at least {corpus.MIN_CHARS}
-characters, each once; {cfg["train_texts"]:,} for training, {cfg["held_out_texts"]:,} held out (chosen
-by a hash of the text).
-English documentation prose with code in it. Each text is followed by the end-of-text token and the stream
+{source} Each text is followed by the end-of-text token and the stream
 is cut into sequences of {cfg["context_size"]} tokens; the first position of each is left out (the
 attention sink). Training read {cfg["training_tokens"]:,} activations, {t["epochs"]} epochs.
 

@@ -185,3 +185,24 @@ def test_the_command_prints_one_object_per_token(tiny_dir, tmp_path, capsys):
     assert [r["pos"] for r in rows] == list(range(len(rows))) and {"pos", "token", "top"} == set(rows[0])
     assert rows[0]["top"] == [] and all(len(r["top"]) <= 8 for r in rows)
     assert {"feature", "activation"} == set(rows[1]["top"][0])
+
+
+def test_the_training_command_on_a_tiny_model_and_corpus(tiny_dir, tmp_path):
+    """python -m explorer.sae.train, end to end in seconds: the loss falls, the folder reads back, and its
+    card holds the figures the saved weights give."""
+    words = "the cat sat on the mat because it was tired and the dog was not".split()
+    rng = np.random.default_rng(0)
+    (tmp_path / "corpus.txt").write_text("\n\n".join(" ".join(rng.choice(words, 40)) for _ in range(120)))
+    out = tmp_path / "sae"
+    args = ["--model", str(tiny_dir("llama")), "--layer", "1", "--tokens", "4000", "--d-sae", "64",
+            "--k", "4", "--epochs", "4", "--batch", "256", "--eval-sequences", "4", "--dead-tokens", "2000",
+            "--corpus", str(tmp_path / "corpus.txt"), "--out", str(out)]  # fmt: skip
+    assert train.main(args) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert history[-1]["mse"] < history[0]["mse"]
+    sae = load(out)
+    assert (sae.d_in, sae.d_sae, sae.k, sae.layer) == (32, 64, 4, 1)
+    card = sae.cfg["evaluation"]
+    assert card["l0"] <= 4 and 0 <= card["fvu"] < 1
+    assert f"{card['loss_recovered']:.3f}" in (out / "README.md").read_text()
+    assert features.saved_contexts(sae)["context_ids"].shape[:2] == (64, train.TOP_CONTEXTS)
