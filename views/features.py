@@ -1,13 +1,11 @@
 """Features: what a sparse autoencoder reads in the residual stream of the workspace's text, and each
 feature's dashboard (explorer.sae)."""
 
-from html import escape
-
-import numpy as np
 import streamlit as st
 
 from explorer import session
 from explorer.errors import InputError
+from explorer.figures.features import contexts_html, histogram
 from explorer.figures.learn import bars, heatmap
 from explorer.lessons.glossary import help_for
 from explorer.models import zoo
@@ -184,27 +182,12 @@ st.caption(
     "(what one unit of the feature adds to each logit, before the norm's scale)."
 )
 if board.hist_counts is not None:
-    import plotly.graph_objects as go
-
-    edges = np.linspace(0, board.hist_max, len(board.hist_counts) + 1)
-    fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=board.hist_counts, width=np.diff(edges)))
-    fig.update_layout(title=dict(text="Its activations on the training text (when it fires)", x=0.01),
-                      xaxis_title="activation", yaxis_title="tokens", height=260,
-                      margin=dict(l=40, r=20, t=40, b=40))  # fmt: skip
-    st.plotly_chart(fig, key="feat_hist")
+    title = "Its activations on the training text (when it fires)"
+    st.plotly_chart(histogram(board.hist_counts, board.hist_max, title), key="feat_hist")
 if board.contexts:
     st.markdown(
         "**Where it fires most on the training text** (each token shaded by the feature's activation)"
     )
-    lines = []
-    for tokens, values, best in board.contexts:
-        cells = "".join(
-            f'<span title="{v:.3f}" style="background: rgba(234, 88, 12, {min(max(v / best, 0), 1):.2f}); '
-            f'padding: 1px 0">{escape(t)}</span>'
-            for t, v in zip(tokens, values)
-        )
-        lines.append(f'<div style="font-family: monospace; white-space: pre; overflow-x: auto">'
-                     f"<b>{best:.2f}</b>  {cells}</div>")  # fmt: skip
-    st.html("".join(lines))
+    st.html(contexts_html(board.contexts))
 elif contexts is None:
     st.caption("This SAE's folder has no contexts.safetensors: its top contexts were not saved with it.")

@@ -206,3 +206,11 @@ def test_the_training_command_on_a_tiny_model_and_corpus(tiny_dir, tmp_path):
     assert card["l0"] <= 4 and 0 <= card["fvu"] < 1
     assert f"{card['loss_recovered']:.3f}" in (out / "README.md").read_text()
     assert features.saved_contexts(sae)["context_ids"].shape[:2] == (64, train.TOP_CONTEXTS)
+
+
+def test_top_contexts_are_drawn_as_text():
+    from explorer.figures.features import contexts_html
+
+    html = contexts_html([(["<script>alert(1)</script>", " ok"], [2.0, 0.5], 2.0)])
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "rgba(234, 88, 12, 1.00)" in html and "rgba(234, 88, 12, 0.25)" in html  # shaded by activation
