@@ -116,6 +116,7 @@ page = st.navigation(
         st.Page("views/features.py", title="Features", icon="✨"),
         st.Page("views/tasks.py", title="Tasks", icon="🧪"),
         st.Page("views/experiments.py", title="Experiments", icon="🔬"),
-    ]
+    ],
+    expanded=True,  # every page in the sidebar: past ten, Streamlit hides the rest behind "View more"
 )
 page.run()

@@ -89,6 +89,9 @@ if done is None or done[0] != key:
 else:
     found = done[1]
 
+# the address bar is written before the pictures are drawn (and once more when the feature is known)
+session.write_link((session.TEXT, session.FEAT_SAE, session.FEATURE, session.FOCUS))
+
 # -- the text's features ---------------------------------------------------------------------------
 st.subheader("The features on each token")
 acts = found.acts
@@ -149,7 +152,7 @@ try:
 except InputError as err:
     st.warning(md(err))
 board = features.dashboard(loaded, sae, int(feature), weights, contexts)
-share(session.FEAT_SAE, session.FEATURE, session.FOCUS)
+share(session.TEXT, session.FEAT_SAE, session.FEATURE, session.FOCUS)
 if st.button(f"Steer generation with feature #{board.feature}", help="Opens Generate, this feature added."):
     st.session_state[session.GEN_FEAT_STEER] = True
     st.session_state[session.GEN_FEAT] = board.feature

@@ -28,6 +28,7 @@ PAGES = {
     "Tokens": ("Tokens", True),
     "FFN memory": ("FFN memory: how LLMs store facts", True),
     "Flow": ("Flow", True),
+    "Features": ("Features: what a sparse autoencoder reads", None),  # decoders with an SAE: SmolLM2
     "Tasks": ("Tasks", False),
     "Experiments": ("Experiments", None),  # the workspace text, where there is an experiment to run
 }
