@@ -165,20 +165,13 @@ m1.metric(
 if board.frequency is not None:
     m2.metric("Fires on the training text", f"{board.frequency:.3%} of tokens")
     m3.metric("Largest activation there", f"{board.hist_max:.3f}")
-left, right = st.columns(2)
-with left:
-    st.plotly_chart(
-        bars([t for t, _ in board.promoted], [v for _, v in board.promoted],
-             "Tokens it promotes (logit weight)", "logit weight",
-             [f"{t}: {v:+.3f}" for t, v in board.promoted]),
-        key="feat_up",
-    )  # fmt: skip
-with right:
-    st.plotly_chart(
-        bars([t for t, _ in board.suppressed], [v for _, v in board.suppressed],
-             "Tokens it suppresses (logit weight)", "logit weight",
-             [f"{t}: {v:+.3f}" for t, v in board.suppressed]),
-        key="feat_down",
+for column, (what, ranked) in zip(
+    st.columns(2), (("promotes", board.promoted), ("suppresses", board.suppressed))
+):
+    column.plotly_chart(
+        bars([t for t, _ in ranked], [v for _, v in ranked], f"Tokens it {what} (logit weight)",
+             "logit weight", [f"{t}: {v:+.3f}" for t, v in ranked]),
+        key=f"feat_{what}",
     )  # fmt: skip
 st.caption(
     "Logit weight: the feature's decoder direction times the final norm's gain, read by the unembedding "

@@ -32,24 +32,23 @@ CONTEXTS = "contexts.safetensors"
 def reads(loaded: LoadedModel, sae: Sae) -> tuple[object, int | None]:
     """(module, call) whose forward input is the stream the SAE reads; InputError when the SAE does not
     fit this model."""
-    a = anatomy.of(loaded.model)
+    return reads_in(loaded.model, sae, loaded.card.name)
+
+
+def reads_in(model, sae: Sae, name: str = "This model") -> tuple[object, int | None]:
+    """reads() for a bare model (what a steering hook is given)."""
+    a = anatomy.of(model)
     stack = a.stacks[a.output_stack]
     d_model = Proj(a.unembed).weight().shape[1] if a.unembed is not None else None
     if d_model is not None and d_model != sae.d_in:
         raise InputError(
-            f"This SAE reads vectors of {sae.d_in} numbers; {loaded.card.name}'s residual stream has "
-            f"{d_model}."
+            f"This SAE reads vectors of {sae.d_in} numbers; {name}'s residual stream has {d_model}."
         )
     if sae.layer < len(stack.blocks):
         return stack.blocks[sae.layer].module, sae.layer if stack.shared_blocks else None
     if sae.layer == len(stack.blocks) and stack.final_norm is not None:
         return stack.final_norm, None
     raise InputError(f"This SAE reads layer {sae.layer}; the model has {len(stack.blocks)} blocks.")
-
-
-def hook(loaded: LoadedModel, sae: Sae, fn) -> hooked.Hook:
-    module, call = reads(loaded, sae)
-    return hooked.Hook(module, "pre", fn, call)
 
 
 def stream(loaded: LoadedModel, sae: Sae, ids: list[int] | torch.Tensor) -> torch.Tensor:
@@ -217,16 +216,8 @@ class FeatureSteer:
                 change[:, :1] = 0
             return x + change.to(x.dtype)
 
-        module, call = _reads_model(model, self.sae)
+        module, call = reads_in(model, self.sae)
         return hooked.Hook(module, "pre", fn, call)
-
-
-def _reads_model(model, sae: Sae):
-    a = anatomy.of(model)
-    stack = a.stacks[a.output_stack]
-    if sae.layer < len(stack.blocks):
-        return stack.blocks[sae.layer].module, sae.layer if stack.shared_blocks else None
-    return stack.final_norm, None
 
 
 # -- quality --------------------------------------------------------------------------------------
