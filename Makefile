@@ -10,6 +10,9 @@ PORT ?= 8501
 # ADDRESS=0.0.0.0 serves a classroom: every machine that reaches this one
 ADDRESS ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM := false
+# Test processes (pytest-xdist): one per core, at most 4 (each browser-test process starts its own app
+# server); WORKERS=0 runs the tests in one process.
+WORKERS ?= auto --maxprocesses 4
 
 .PHONY: run serve-command test test-unit test-app test-e2e test-slow lint setup models browser bench clean
 
@@ -23,7 +26,7 @@ serve-command:
 	@echo $(SERVE)
 
 test: setup models browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(WORKERS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -m "not slow"
@@ -35,7 +38,7 @@ test-app: setup models
 	$(PY) -m pytest tests/app
 
 test-e2e: setup models browser
-	$(PY) -m pytest tests/e2e
+	$(PY) -m pytest -n $(WORKERS) tests/e2e
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -9,6 +9,17 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def pytest_configure(config):
+    """Under pytest-xdist each test process gives torch's threads its share of the cores (on 2 cores, 2
+    processes: one thread each), not every core."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 WORDS = (
     "the cat sat on mat because it was tired a dog ran to park and then slept "
     "date year month day is in of for with what where who when how big small"

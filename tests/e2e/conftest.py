@@ -31,7 +31,7 @@ def _free_port() -> int:
 def app_url():
     """`make run` on a free port; yields its URL once the server answers its health check."""
     port = _free_port()
-    log = ARTIFACTS / "server.log"
+    log = ARTIFACTS / f"server-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log"  # one per test process
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
         proc = subprocess.Popen(
