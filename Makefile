@@ -10,9 +10,11 @@ PORT ?= 8501
 # ADDRESS=0.0.0.0 serves a classroom: every machine that reaches this one
 ADDRESS ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM := false
-# Test processes (pytest-xdist): one per core, at most 4 (each browser-test process starts its own app
-# server); WORKERS=0 runs the tests in one process.
-WORKERS ?= auto --maxprocesses 4
+# Test processes (pytest-xdist): one more than the cores (a browser test's process mostly waits for its
+# server and Chromium), at most 4 (each browser-test process starts its own app server), handed whole test
+# files in the order tests/conftest.py gives them; WORKERS=0 runs the tests in one process.
+WORKERS ?= $(shell n=$$(( $$(nproc) + 1 )); echo $$(( n < 4 ? n : 4 )))
+XDIST = -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: run serve-command test test-unit test-app test-e2e test-slow lint setup models browser bench clean
 
@@ -26,7 +28,7 @@ serve-command:
 	@echo $(SERVE)
 
 test: setup models browser
-	$(PY) -m pytest -n $(WORKERS)
+	$(PY) -m pytest $(XDIST)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -m "not slow"
@@ -38,7 +40,7 @@ test-app: setup models
 	$(PY) -m pytest tests/app
 
 test-e2e: setup models browser
-	$(PY) -m pytest -n $(WORKERS) tests/e2e
+	$(PY) -m pytest $(XDIST) tests/e2e
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -20,6 +20,36 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+# The longest test files, longest first (60 to 250 s each on the project's 2-core machine, 2 processes).
+# Under pytest-xdist (`make test`: --dist loadfile, files handed out in this order) they start first, the
+# other browser tests next and the many short files last, so that the processes finish together.
+LONGEST = (
+    "tests/e2e/test_class_walk.py",
+    "tests/unit/test_sae_embedded.py",
+    "tests/e2e/test_lessons_page.py",
+    "tests/e2e/test_attention_page.py",
+    "tests/e2e/test_experiments_page.py",
+    "tests/unit/test_embedded.py",
+    "tests/app/test_learn_pages.py",
+    "tests/e2e/test_class_bugs_more.py",
+    "tests/unit/test_embedded_unchanged.py",
+    "tests/unit/test_flow.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: the order does not matter
+
+    def rank(item) -> tuple[int, int]:
+        path = item.nodeid.split("::")[0]
+        if path in LONGEST:
+            return (0, LONGEST.index(path))
+        return (1 if path.startswith("tests/e2e/") else 2, 0)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
+
+
 WORDS = (
     "the cat sat on mat because it was tired a dog ran to park and then slept "
     "date year month day is in of for with what where who when how big small"
