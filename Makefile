@@ -10,10 +10,10 @@ PORT ?= 8501
 # ADDRESS=0.0.0.0 serves a classroom: every machine that reaches this one
 ADDRESS ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM := false
-# Test processes (pytest-xdist): one more than the cores (a browser test's process mostly waits for its
-# server and Chromium), at most 4 (each browser-test process starts its own app server), handed whole test
-# files in the order tests/conftest.py gives them; WORKERS=0 runs the tests in one process.
-WORKERS ?= $(shell n=$$(( $$(nproc) + 1 )); echo $$(( n < 4 ? n : 4 )))
+# Test processes (pytest-xdist): one per core, at most 4 (each process that runs browser tests starts its
+# own app server; three on two cores were slower than two), handed whole test files in the order
+# tests/conftest.py gives them; WORKERS=0 runs the tests in one process.
+WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 XDIST = -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: run serve-command test test-unit test-app test-e2e test-slow lint setup models browser bench clean

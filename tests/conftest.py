@@ -10,17 +10,7 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def pytest_configure(config):
-    """Under pytest-xdist each test process gives torch's threads its share of the cores (on 2 cores, 2
-    processes: one thread each), not every core."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-
-
-# The longest test files, longest first (60 to 250 s each on the project's 2-core machine, 2 processes).
+# The longest test files, longest first (40 to 250 s each on the project's 2-core machine, 2 processes).
 # Under pytest-xdist (`make test`: --dist loadfile, files handed out in this order) they start first, the
 # other browser tests next and the many short files last, so that the processes finish together.
 LONGEST = (
