@@ -10,11 +10,10 @@ PORT ?= 8501
 # ADDRESS=0.0.0.0 serves a classroom: every machine that reaches this one
 ADDRESS ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM := false
-# Test processes (pytest-xdist): one per core, at most 4 (each process that runs browser tests starts its
-# own app server; three on two cores were slower than two), handed whole test files in the order
-# tests/conftest.py gives them; WORKERS=0 runs the tests in one process.
+# Test processes (pytest-xdist): one per core, at most 4; the browser tests run in one of them, the other
+# tests' files are handed out longest first (see tests/conftest.py); WORKERS=0 runs the tests in one process.
 WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
-XDIST = -n $(WORKERS) --dist loadfile --no-loadscope-reorder
+XDIST = -n $(WORKERS) --dist loadscope --no-loadscope-reorder
 
 .PHONY: run serve-command test test-unit test-app test-e2e test-slow lint setup models browser bench clean
 
@@ -40,7 +39,7 @@ test-app: setup models
 	$(PY) -m pytest tests/app
 
 test-e2e: setup models browser
-	$(PY) -m pytest $(XDIST) tests/e2e
+	$(PY) -m pytest tests/e2e
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -10,21 +10,47 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# The longest test files, longest first (40 to 250 s each on the project's 2-core machine, 2 processes).
-# Under pytest-xdist (`make test`: --dist loadfile, files handed out in this order) they start first, the
-# other browser tests next and the many short files last, so that the processes finish together.
+def pytest_configure(config):
+    """Under pytest-xdist each test process gives torch's threads its share of the cores (on 2 cores, 2
+    processes: one thread each), leaving the browser tests' app server and Chromium a core of their own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+# Under pytest-xdist (`make test`) the browser tests run in one process, one after the other (two at once,
+# each with its own app server and Chromium, took longer on two cores), and start first, the longest first;
+# the other test files go to the other processes, the longest (20 to 250 s each on the project's 2-core
+# machine) first, so that the processes finish together.
 LONGEST = (
-    "tests/e2e/test_class_walk.py",
     "tests/unit/test_sae_embedded.py",
-    "tests/e2e/test_lessons_page.py",
-    "tests/e2e/test_attention_page.py",
-    "tests/e2e/test_experiments_page.py",
     "tests/unit/test_embedded.py",
     "tests/app/test_learn_pages.py",
-    "tests/e2e/test_class_bugs_more.py",
     "tests/unit/test_embedded_unchanged.py",
     "tests/unit/test_flow.py",
+    "tests/unit/test_experiments_embedded.py",
+    "tests/unit/test_experiments.py",
+    "tests/unit/test_instruments_embedded.py",
 )
+BROWSER_LONGEST = (
+    "tests/e2e/test_lessons_page.py",
+    "tests/e2e/test_class_walk.py",
+    "tests/e2e/test_attention_page.py",
+    "tests/e2e/test_experiments_page.py",
+)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole test files, in the order of pytest_collection_modifyitems; the browser tests in one process."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BrowserTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "browser" if nodeid.startswith("tests/e2e/") else nodeid.split("::")[0]
+
+    return BrowserTestsTogether(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,9 +59,9 @@ def pytest_collection_modifyitems(config, items):
 
     def rank(item) -> tuple[int, int]:
         path = item.nodeid.split("::")[0]
-        if path in LONGEST:
-            return (0, LONGEST.index(path))
-        return (1 if path.startswith("tests/e2e/") else 2, 0)
+        if path.startswith("tests/e2e/"):
+            return (0, BROWSER_LONGEST.index(path) if path in BROWSER_LONGEST else len(BROWSER_LONGEST))
+        return (1, LONGEST.index(path) if path in LONGEST else len(LONGEST))
 
     items.sort(key=rank)  # stable: each file's tests keep their order
 
