@@ -10,6 +10,16 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each test process gives torch's threads its share of the cores (on 2 cores, 2
+    processes: one thread each), leaving the browser tests' app server and Chromium a core of their own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 # Under pytest-xdist (`make test`) the browser tests run in one process, one after the other (two at once,
 # each with its own app server and Chromium, took longer on two cores), and start first, the longest first;
 # the other test files go to the other processes, the longest (20 to 250 s each on the project's 2-core
@@ -30,19 +40,6 @@ BROWSER_LONGEST = (
     "tests/e2e/test_attention_page.py",
     "tests/e2e/test_experiments_page.py",
 )
-
-
-_NICE = []
-
-
-@pytest.fixture(autouse=True)
-def _browser_tests_first(request):
-    """Under pytest-xdist a process that runs tests without a browser runs them at a lower priority, so that
-    the browser tests' process, its app server and Chromium (the longest chain) get the cores first, and
-    the other tests (torch with a thread per core) the rest."""
-    browser = request.node.nodeid.startswith("tests/e2e/")
-    if not _NICE and os.environ.get("PYTEST_XDIST_WORKER") and not browser:
-        _NICE.append(os.nice(10))
 
 
 def pytest_xdist_make_scheduler(config, log):
