@@ -12,8 +12,8 @@ ADDRESS ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM := false
 # Test processes (pytest-xdist): one per core, at most 4; the browser tests run in one of them, the other
 # tests' files are handed out longest first (see tests/conftest.py); WORKERS=0 runs the tests in one process.
-WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
-XDIST = -n $(WORKERS) --dist loadscope --no-loadscope-reorder
+WORKERS ?= auto
+XDIST = -n $(WORKERS) --maxprocesses 4 --dist loadscope --no-loadscope-reorder
 
 .PHONY: run serve-command test test-unit test-app test-e2e test-slow lint setup models browser bench clean
 

@@ -25,6 +25,10 @@ def pytest_configure(config):
 # the other test files go to the other processes, the longest (20 to 250 s each on the project's 2-core
 # machine) first, so that the processes finish together.
 LONGEST = (
+    "tests/e2e/test_lessons_page.py",
+    "tests/e2e/test_class_walk.py",
+    "tests/e2e/test_attention_page.py",
+    "tests/e2e/test_experiments_page.py",
     "tests/unit/test_sae_embedded.py",
     "tests/unit/test_embedded.py",
     "tests/app/test_learn_pages.py",
@@ -34,12 +38,14 @@ LONGEST = (
     "tests/unit/test_experiments.py",
     "tests/unit/test_instruments_embedded.py",
 )
-BROWSER_LONGEST = (
-    "tests/e2e/test_lessons_page.py",
-    "tests/e2e/test_class_walk.py",
-    "tests/e2e/test_attention_page.py",
-    "tests/e2e/test_experiments_page.py",
-)
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def _browser(path: str) -> bool:
+    return path.startswith("tests/e2e/")
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -48,7 +54,8 @@ def pytest_xdist_make_scheduler(config, log):
 
     class BrowserTestsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "browser" if nodeid.startswith("tests/e2e/") else nodeid.split("::")[0]
+            path = _file(nodeid)
+            return "browser" if _browser(path) else path
 
     return BrowserTestsTogether(config, log)
 
@@ -57,11 +64,9 @@ def pytest_collection_modifyitems(config, items):
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return  # one process: the order does not matter
 
-    def rank(item) -> tuple[int, int]:
-        path = item.nodeid.split("::")[0]
-        if path.startswith("tests/e2e/"):
-            return (0, BROWSER_LONGEST.index(path) if path in BROWSER_LONGEST else len(BROWSER_LONGEST))
-        return (1, LONGEST.index(path) if path in LONGEST else len(LONGEST))
+    def rank(item) -> tuple[bool, int]:
+        path = _file(item.nodeid)
+        return (not _browser(path), LONGEST.index(path) if path in LONGEST else len(LONGEST))
 
     items.sort(key=rank)  # stable: each file's tests keep their order
 
