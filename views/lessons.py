@@ -193,26 +193,31 @@ share(LESSON, PRESENT, SCREEN, session.TEXT)  # a teacher's link opens the class
 
 reason = course.absent(lesson, loaded)
 screen = st.session_state[SCREEN] if present else None
-if screen in (None, 0):
-    _idea(lesson)
-if reason is not None and screen in (None, 1, 2):
-    _absent(reason, lesson)
-elif screen in (None, 1, 2):
-    live = _live(loaded, text, lesson)
-    if screen in (None, 1):
-        if screen is None:
-            st.subheader(f"On {loaded.card.name}")
-        _show_model(loaded, text, live, lesson)
-    if screen in (None, 2):
-        _question(live, lesson)
-
 where = f"Lesson {number} of {len(IDS)}" + (f" · {SCREENS[screen]} ({screen + 1}/3)" if present else "")
-_navigation(present, where)
-if present:
-    if st.button("Leave presentation mode"):
-        st.session_state[PRESENT] = False
-        st.rerun()
-else:
-    with st.expander("Glossary: the words this app uses"):
-        for term, meaning in glossary.TERMS.items():
-            st.markdown(f"**{md(term)}**: {md(meaning)}")
+# The arrows get their own place in the page, drawn before the lesson. Below a verdict or an answer that
+# appears, they would move down one place while the page redraws; Streamlit then unmounts the old ones, and
+# an arrow key pressed in that moment (the class has just seen "Right.") was lost.
+body, foot = st.container(), st.container()
+with foot:
+    _navigation(present, where)
+    if present:
+        if st.button("Leave presentation mode"):
+            st.session_state[PRESENT] = False
+            st.rerun()
+    else:
+        with st.expander("Glossary: the words this app uses"):
+            for term, meaning in glossary.TERMS.items():
+                st.markdown(f"**{md(term)}**: {md(meaning)}")
+with body:
+    if screen in (None, 0):
+        _idea(lesson)
+    if reason is not None and screen in (None, 1, 2):
+        _absent(reason, lesson)
+    elif screen in (None, 1, 2):
+        live = _live(loaded, text, lesson)
+        if screen in (None, 1):
+            if screen is None:
+                st.subheader(f"On {loaded.card.name}")
+            _show_model(loaded, text, live, lesson)
+        if screen in (None, 2):
+            _question(live, lesson)

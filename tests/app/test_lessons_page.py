@@ -91,3 +91,30 @@ def test_the_link_carries_lesson_screen_and_presentation(tiny_dir):
         at.title[0].value == f"{course.LESSONS.index(course.BY_ID['cross-attention']) + 1}. Cross-attention"
     )
     assert any(r.label == "Your answer" for r in at.main.radio)  # the question screen, on an encoder-decoder
+
+
+def _path(node, label: str, here=()):
+    """Where the button `label` sits in the page (its indexes from the main area down), or None."""
+    for i, child in getattr(node, "children", {}).items():
+        if getattr(child, "type", None) == "button" and child.label == label:
+            return (*here, i)
+        found = _path(child, label, (*here, i))
+        if found is not None:
+            return found
+    return None
+
+
+def test_the_arrows_keep_their_place_when_a_verdict_or_an_answer_appears(tiny_dir):
+    """An arrow key works through the button it belongs to; a button that moves while the page redraws is
+    unmounted for a moment, and a key pressed then was lost (a class's → right after "Right.")."""
+    at = lesson_page(tiny_dir("gpt2"), "positions", **{session.PRESENT: True, session.LESSON_SCREEN: 2})
+    where = {label: _path(at.main, label) for label in ("Next →", "← Previous")}
+    assert None not in where.values()
+    next(b for b in at.button if b.label == "Show the answer").click()
+    run(at)
+    assert "Answer:" in at.main.info[-1].value
+    assert {label: _path(at.main, label) for label in where} == where
+    at.main.radio[-1].set_value(at.main.radio[-1].options[0])
+    check(at)
+    assert at.main.success[-1].value.startswith("Right.")
+    assert {label: _path(at.main, label) for label in where} == where
