@@ -23,10 +23,12 @@ def main(page):
     return page.get_by_test_id("stMain")
 
 
-def press(page, key: str) -> None:
+def press(page, key: str, shows) -> None:
+    """Presses `key` on the page (not in a box), waits for `shows` (a locator: the screen it leads to), then
+    for the page's run to end. Pressed at once, as a teacher does: an arrow that appears mid-run must work."""
     page.evaluate("document.activeElement && document.activeElement.blur()")  # keys go to the page
     page.keyboard.press(key)
-    page.wait_for_timeout(100)
+    expect(shows).to_be_visible(timeout=120_000)
     wait_for_app_run(page)
 
 
@@ -78,13 +80,11 @@ def test_every_lesson_in_presentation_mode(page, app_url, model):
         expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(timeout=120_000)
         expect(page.get_by_test_id("stSidebar")).to_be_hidden()  # presentation: the sidebar is out of the way
         expect(main(page).get_by_text("(1/3)")).to_be_visible()
-        press(page, "ArrowRight")
-        expect(main(page).get_by_text("(2/3)")).to_be_visible(timeout=120_000)
+        press(page, "ArrowRight", main(page).get_by_text("(2/3)"))
         assert page.get_by_test_id("stException").count() == 0, f"{model} {lesson.id}"
         if SHOTS:  # every lesson's screens, for a person to look at (make shots)
             screenshot(page, f"lesson-{model}-{lesson.id}-model")
-        press(page, "ArrowRight")
-        expect(main(page).get_by_text("(3/3)")).to_be_visible(timeout=120_000)
+        press(page, "ArrowRight", main(page).get_by_text("(3/3)"))
         offer = main(page).get_by_role("button", name=re.compile(r"^Load .* for this lesson$"))
         check = main(page).get_by_role("button", name="Check")
         expect(offer.or_(check)).to_be_visible(timeout=120_000)
@@ -115,7 +115,8 @@ def test_every_lesson_in_presentation_mode(page, app_url, model):
                 screenshot(page, f"lesson-{model}-{lesson.id}-question")
                 wrong_once = False
         if n < len(course.LESSONS):
-            press(page, "ArrowRight")
+            following = f"{n + 1}. {course.LESSONS[n].title}"
+            press(page, "ArrowRight", page.get_by_role("heading", name=following, exact=True))
     assert page.get_by_test_id("stException").count() == 0
 
 
@@ -145,10 +146,8 @@ def test_a_teachers_link_opens_the_lesson_model_text_and_screen(page, app_url):
     expect(main(page).get_by_text(f"gemma-3-270m · “{text}”")).to_be_visible()
     expect(main(page).get_by_text("(2/3)")).to_be_visible()
     expect(main(page).get_by_test_id("stPlotlyChart")).to_have_count(2)  # the model's map, the three families
-    press(page, "ArrowLeft")
-    expect(main(page).get_by_text("(1/3)")).to_be_visible()
-    press(page, "ArrowLeft")
-    expect(page.get_by_role("heading", name="4. Where is each token?", exact=True)).to_be_visible()
+    press(page, "ArrowLeft", main(page).get_by_text("(1/3)"))
+    press(page, "ArrowLeft", page.get_by_role("heading", name="4. Where is each token?", exact=True))
     expect(main(page).get_by_text("(3/3)")).to_be_visible()
     main(page).get_by_role("button", name="Leave presentation mode").click()
     wait_for_app_run(page)
