@@ -7,6 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from explorer.models import zoo
 from tests.e2e.conftest import screenshot, wait_for_app_run
 
 pytestmark = pytest.mark.e2e
@@ -33,10 +34,15 @@ def choose(page, sidebar, label: str, option: str, shows: str) -> None:
 
 
 def load_embedded(page, option: str, shows: str) -> None:
-    """Picks an embedded model in the sidebar (see `choose`) and presses Load."""
+    """Picks an embedded model in the sidebar (see `choose`), presses Load, and waits until the sidebar
+    says it is loaded and that run has ended: until then the page can still hold the previous model's
+    pictures beside the new ones (a chart found twice)."""
     sidebar = page.get_by_test_id("stSidebar")
     choose(page, sidebar, "Embedded model", option, shows=shows)
     sidebar.get_by_role("button", name="Load", exact=True).click()
+    name = next(e.name for e in zoo.ZOO.values() if option == f"{e.title} · {e.family}")
+    expect(sidebar.get_by_text(f"Loaded: {name} (embedded)")).to_be_visible(timeout=300_000)
+    wait_for_app_run(page)
 
 
 def test_start_on_smollm2_then_load_gemma(page, app_url):
