@@ -12,12 +12,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def pytest_configure(config):
     """Under pytest-xdist each test process gives torch's threads its share of the cores (on 2 cores, 2
-    processes: one thread each), leaving the browser tests' app server and Chromium a core of their own."""
+    processes: one thread each), and so does what it starts (OMP_NUM_THREADS): the browser tests' app
+    server, the commands. torch's threads wait for each other by spinning, so more of them than cores is
+    slow: the server's head scan beside a one-thread test process took 254 s with 2 threads, 88 s with 1."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
 
 
 # Under pytest-xdist (`make test`) the browser tests run in one process, one after the other (two at once,
