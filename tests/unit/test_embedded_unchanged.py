@@ -51,6 +51,9 @@ COMMANDS = {
     "dates-flow": ("flow", "date-normalizer", "--text", "March 3, 2021", "--json"),
     "dates-ablate": ("ablate", "date-normalizer", "--text", "March 3, 2021", "--target", "2", "--json"),
 }
+# The golden files were written on another CPU. On an AVX-512 one, Gemma's log-probability changes under
+# ablation came out up to 2.4e-5 away (every other number within 3e-6): float32 sums in another order.
+ATOL = {"gemma-scan": 1e-4}
 
 
 def _close(new, old, where: str, atol: float = 1e-5) -> None:
@@ -77,4 +80,4 @@ def test_the_command_prints_what_it_printed_before(name, capsys):
         old = [json.loads(line) for line in f if line.strip()]
     if COMMANDS[name][0] == "verify":  # from-scratch maps: still within float32 rounding of the model's
         assert new[0]["max_abs_diff"] <= new[0]["tolerance"]
-    _close(new, old, name)
+    _close(new, old, name, ATOL.get(name, 1e-5))
