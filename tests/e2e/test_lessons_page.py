@@ -23,9 +23,17 @@ def main(page):
     return page.get_by_test_id("stMain")
 
 
+ARROWS = {"ArrowRight": "Next", "ArrowLeft": "Previous"}  # the key, the button it is the shortcut of
+
+
 def press(page, key: str, shows) -> None:
     """Presses `key` on the page (not in a box), waits for `shows` (a locator: the screen it leads to), then
-    for the page's run to end. Pressed at once, as a teacher does: an arrow that appears mid-run must work."""
+    for the page's run to end. Pressed at once, as a teacher does: an arrow that appears mid-run must work.
+    But not before its button is on the page, as the teacher sees it: on a freshly opened page the arrows
+    come 0.2 to 1 s after the lesson's first lines and the "(1/3)" beside them (Streamlit's frontend loads
+    the buttons' code, a file of its own, only then), and a key pressed before has no button to press."""
+    arrow = main(page).get_by_role("button", name=re.compile(ARROWS[key]))
+    expect(arrow).to_be_visible(timeout=60_000)
     page.evaluate("document.activeElement && document.activeElement.blur()")  # keys go to the page
     page.keyboard.press(key)
     expect(shows).to_be_visible(timeout=120_000)
