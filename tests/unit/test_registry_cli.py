@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -100,3 +102,25 @@ def test_info_failure_is_one_line_and_nonzero(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and captured.err.startswith("error: ")
+
+
+def test_a_loaded_model_is_out_of_the_collectors_sight_until_unloaded(tiny_dir, monkeypatch):
+    """After a load, a full collection (Streamlit's after each page run) no longer walks the model or the
+    imports (gc.freeze); unloading a model whose objects refer to each other still frees it."""
+
+    def load_with_a_cycle(request, progress=None):
+        loaded = load_model(request, progress)
+        loaded.model.holder = {"model": loaded.model}  # model -> dict -> model, as SmolLM2's objects do
+        return loaded
+
+    monkeypatch.setattr(registry_module, "load_model", load_with_a_cycle)
+    reg = ModelRegistry()
+    request = LoadRequest("folder", str(tiny_dir("llama")))
+    model = reg.load(request).model
+    walked = {id(o) for o in gc.get_objects()}
+    assert id(model) not in walked and id(model.holder) not in walked and gc.get_freeze_count() > 0
+    gone = weakref.ref(model)
+    del model
+    assert gone() is not None, "the registry keeps the model"
+    assert reg.unload(request)
+    assert gone() is None, "the unloaded model was freed, cycle and all"
