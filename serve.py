@@ -21,8 +21,10 @@ def _preload() -> None:
     # The registry is Streamlit's process-wide resource cache, read here outside any browser session.
     logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").setLevel(logging.ERROR)
     from explorer import session
+    from explorer.models import registry
 
     session.preload()
+    registry.resettle_every(60.0)
 
 
 if __name__ == "__main__":

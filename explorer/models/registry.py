@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
 import torch
 
@@ -27,9 +28,31 @@ def _settle() -> None:
     Streamlit collects all generations after each run of a page (runner.postScriptGC), and walking the
     430,000 objects of torch, transformers and a model took it 0.2 s each time, about a third of the app
     server's time in the browser tests. After this it walks only what the runs made. Cyclic garbage that
-    was alive at this moment is not collected until the next `unload`, which looks at everything again."""
+    was alive at this moment waits for the next `resettle` (a server's, once a minute, or `unload`'s)."""
     gc.collect()
     gc.freeze()
+
+
+def resettle() -> None:
+    """Looks at every object again (those frozen by `_settle` included), collects the cyclic garbage, and
+    freezes what is left: 0.2 to 0.3 s for the collector to walk everything once."""
+    gc.unfreeze()
+    _settle()
+
+
+def resettle_every(seconds: float = 60.0) -> threading.Thread:
+    """A server's periodic full collection: what died in a cycle after being frozen (a dropped capture's
+    figures, a closed session's state) is freed within `seconds`, one full walk per period instead of one
+    per page run."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(seconds)
+            resettle()
+
+    thread = threading.Thread(target=loop, name="resettle", daemon=True)
+    thread.start()
+    return thread
 
 
 class _Job:
@@ -108,8 +131,7 @@ class ModelRegistry:
         if removed is None:
             return False
         del removed
-        gc.unfreeze()  # a model is freed by the collector, not by its reference count (cycles)
-        _settle()
+        resettle()  # a model is freed by the collector, not by its reference count (cycles)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return True

@@ -124,3 +124,21 @@ def test_a_loaded_model_is_out_of_the_collectors_sight_until_unloaded(tiny_dir, 
     assert gone() is not None, "the registry keeps the model"
     assert reg.unload(request)
     assert gone() is None, "the unloaded model was freed, cycle and all"
+
+
+def test_resettling_frees_what_died_in_a_cycle_after_being_frozen():
+    """A capture's figure alive at a load and dropped later: frozen, it waits for the server's periodic
+    full collection, which frees it."""
+
+    class Figure:
+        pass
+
+    figure = Figure()
+    figure.data = [figure]  # a cycle, as a Plotly figure and its traces make
+    gone = weakref.ref(figure)
+    registry_module._settle()
+    del figure
+    gc.collect()
+    assert gone() is not None, "frozen: not looked at by a collection"
+    registry_module.resettle()
+    assert gone() is None
