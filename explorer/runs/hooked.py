@@ -38,6 +38,7 @@ class Hook:
     fn: Fn  # the tensor in, a replacement (or None: unchanged) out
     call: int | None = None  # which call of a module reused by several layers (None: every call)
     whole: bool = False  # post only: fn reads the whole output (every element of a tuple); no replacement
+    widen: tuple[int, int] | None = None  # pre only: (rows, times), see `branch`
 
 
 def _pre(hooks: list[Hook], calls: dict[int, int]):
@@ -50,6 +51,11 @@ def _pre(hooks: list[Hook], calls: dict[int, int]):
                 continue
             if (y := h.fn(x)) is not None:
                 x, changed = y, True
+        wide = next((h.widen for h in hooks if h.widen is not None), None)
+        if wide is not None and wide[1] > 1 and x.shape[0] == wide[0] * wide[1]:
+            args = (x, *(_tiled(a, *wide) for a in args[1:])) if args else args
+            kwargs = {k: _tiled(v, *wide) for k, v in kwargs.items()}
+            changed = True
         if not changed:
             return None
         if args:
@@ -57,6 +63,21 @@ def _pre(hooks: list[Hook], calls: dict[int, int]):
         return args, {**kwargs, "hidden_states": x}
 
     return hook
+
+
+def _tiled(value: Any, rows: int, times: int) -> Any:
+    """`value` (a module's other input: a mask, positions, a pair of rotary tables) with each tensor of
+    `rows` batch rows repeated `times` times, in the order the stream's branches are stacked. Tensors of one
+    dimension (a cache position) have no batch rows."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 2 and value.shape[0] == rows:
+            return value.repeat(times, *([1] * (value.dim() - 1)))
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_tiled(v, rows, times) for v in value)
+    if isinstance(value, dict):
+        return {k: _tiled(v, rows, times) for k, v in value.items()}
+    return value
 
 
 def _post(hooks: list[Hook], calls: dict[int, int]):
@@ -121,6 +142,20 @@ def run(
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def branch(
+    module: Any, later: Iterable[Any], fn: Fn, rows: int, times: int, call: int | None = None
+) -> list[Hook]:
+    """Hooks for one pass that shares what comes before `module`: `fn` turns its input stream of `rows` rows
+    into `times` versions stacked ((rows * times, ...)), and `module` and the `later` modules (the blocks
+    after it) get their other inputs (masks, positions, an encoder's output) tiled to match. The output
+    has rows * times rows, the versions in `fn`'s order: `times` passes' worth of work after `module`, one
+    before it. `module` is in the stack that makes the output (an encoder-decoder's decoder)."""
+    nothing: Fn = lambda x: None  # noqa: E731
+    return [Hook(module, "pre", fn, call, widen=(rows, times))] + [
+        Hook(m, "pre", nothing, None, widen=(rows, times)) for m in later
+    ]
 
 
 def keep(

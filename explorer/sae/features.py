@@ -223,35 +223,59 @@ class FeatureSteer:
 # -- quality --------------------------------------------------------------------------------------
 
 
-def evaluate(loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = 8) -> dict:
+def evaluate(loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = 4) -> dict:
     """A model card's figures on sequences `ids` (n, ctx): L0, the fraction of variance unexplained and
     the dead latents over every position but the first, and the next-token cross-entropy of the model as
     it is, with the SAE's reconstruction in place of the stream (every position but the first), and with
-    the stream zeroed there; loss recovered = (zeroed - SAE) / (zeroed - clean)."""
+    the stream zeroed there; loss recovered = (zeroed - SAE) / (zeroed - clean). The three runs share one
+    pass up to where the SAE reads (hooked.branch), `batch` sequences at a time; on the architectures
+    whose model code cannot take a batch that grows in the middle (Bloom's ALiBi, GPT-BigCode), they are
+    three passes."""
     module, call = reads(loaded, sae)
+    a = anatomy.of(loaded.model)
+    blocks = [b.module for b in a.stacks[a.output_stack].blocks]
+    later = [] if module not in blocks else blocks[:1] if call is not None else blocks[sae.layer + 1 :]
     fired = torch.zeros(sae.d_sae, dtype=torch.bool)
     sums = {"l0": 0.0, "err": 0.0, "n": 0, "ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "ce_n": 0}
     x_sum = torch.zeros(sae.d_in, dtype=torch.float64)
     x_sq = 0.0
+    kinds = ("clean", "sae", "zero")
+    branched = True
 
-    def splice(kind: str):
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            y = x.clone()
-            y[:, 1:] = sae(x[:, 1:]).to(x.dtype) if kind == "sae" else 0.0
-            return y
-
-        return fn
+    def version(kind: str, x: torch.Tensor) -> torch.Tensor:
+        if kind == "clean":
+            return x
+        y = x.clone()
+        y[:, 1:] = sae(x[:, 1:]).to(x.dtype) if kind == "sae" else 0.0
+        return y
 
     for start in range(0, len(ids), batch):
         chunk = ids[start : start + batch]
         seen: dict = {}
-        for kind in ("clean", "sae", "zero"):
-            hooks = [hooked.keep(seen, "x", module, "pre", call, batch_row=None)] if kind == "clean" else [
-                hooked.Hook(module, "pre", splice(kind), call)]  # fmt: skip
-            out = hooked.run(loaded, {"input_ids": chunk}, hooks, use_cache=False)
-            logits = out.logits[:, :-1].float()
-            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                   chunk[:, 1:].reshape(-1), reduction="sum")  # fmt: skip
+
+        def three(x: torch.Tensor) -> torch.Tensor:
+            seen["x"] = x.detach().clone()
+            return torch.cat([version(kind, x) for kind in kinds])
+
+        logits = None
+        if branched:
+            hooks = hooked.branch(module, later, three, len(chunk), len(kinds), call)
+            try:
+                logits = hooked.run(loaded, {"input_ids": chunk}, hooks, use_cache=False).logits
+                logits = logits.split(len(chunk))
+            except RuntimeError:  # a shape the model code computes from its input's batch
+                branched = False
+        if logits is None:
+            logits = []
+            for kind in kinds:
+                hooks = [hooked.Hook(module, "pre", lambda x, kind=kind: version(kind, x), call)]
+                if kind == "clean":
+                    hooks.insert(0, hooked.keep(seen, "x", module, "pre", call, batch_row=None))
+                logits.append(hooked.run(loaded, {"input_ids": chunk}, hooks, use_cache=False).logits)
+        targets = chunk[:, 1:].reshape(-1)
+        for kind, out in zip(kinds, logits):
+            out = out[:, :-1].float()
+            ce = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), targets, reduction="sum")
             sums[f"ce_{kind}"] += float(ce)
         sums["ce_n"] += chunk[:, 1:].numel()
         x = seen["x"][:, 1:].reshape(-1, sae.d_in).float()

@@ -170,6 +170,39 @@ def test_an_exact_sae_recovers_all_the_loss(tiny_loaded):
     assert found["l0"] == pytest.approx(32, abs=1)  # every dimension: one of its pair fires
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "bloom", "gpt_bigcode"])
+def test_the_cards_cross_entropies_are_those_of_three_passes(tiny_loaded, kind):
+    """evaluate's clean, spliced and zeroed cross-entropies, from one pass branched at the SAE's block (or,
+    where the model code cannot branch, Bloom's and GPT-BigCode's, three passes), against three forward
+    passes with a plain torch hook, on 9 sequences (batches of 4, 4 and 1)."""
+    from explorer.models import anatomy
+
+    loaded = tiny_loaded(kind)
+    sae = random_sae(layer=1)
+    words = torch.tensor(loaded.tokenizer(TEXT, add_special_tokens=False)["input_ids"])
+    ids = torch.stack([words.roll(i) for i in range(9)])
+    found = features.evaluate(loaded, sae, ids)
+    a = anatomy.of(loaded.model)
+    block = a.stacks[a.output_stack].blocks[1].module
+    for kind_ in ("clean", "sae", "zero"):
+
+        def splice(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = x.clone()
+            if kind_ != "clean":
+                y[:, 1:] = sae(x[:, 1:]) if kind_ == "sae" else 0.0
+            return ((y, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": y})
+
+        handle = block.register_forward_pre_hook(splice, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                logits = loaded.model(ids, use_cache=False).logits[:, :-1]
+        finally:
+            handle.remove()
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        assert found[f"ce_{kind_}"] == pytest.approx(float(ce), abs=1e-5), kind_
+
+
 def test_an_sae_for_another_width_is_refused(tiny_loaded):
     with pytest.raises(InputError, match="numbers"):
         features.on_text(tiny_loaded("llama"), random_sae(d_in=48), TEXT)
