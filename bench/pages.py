@@ -71,21 +71,31 @@ SENTENCE = (
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]  # fmt: skip
 
-# In the page: the moments the script state turns running and then back to notRunning, after `arm()`.
+# In the page: the moments the script state turns running and then back to notRunning, after `arm()`. The
+# states come from the mutation records (a fast run can turn running and back before the observer is
+# called: the attribute read then says notRunning only), and a run so fast that its "running" never
+# reached the page counts as done once the page's address has changed (a page opened from the sidebar).
 ARM = """() => {
   const app = document.querySelector('[data-testid="stApp"]');
-  window.__bench = {running: null, done: null};
+  window.__bench = {running: null, done: null, path: location.pathname};
   if (window.__benchObserver) window.__benchObserver.disconnect();
-  window.__benchObserver = new MutationObserver(() => {
-    const state = app.getAttribute('data-test-script-state');
-    if (state === 'running' && window.__bench.running === null) window.__bench.running = performance.now();
-    if (state === 'notRunning' && window.__bench.running !== null && window.__bench.done === null)
-      window.__bench.done = performance.now();
+  window.__benchObserver = new MutationObserver((records) => {
+    const states = records.map((r, i) =>
+      i + 1 < records.length ? records[i + 1].oldValue : app.getAttribute('data-test-script-state'));
+    for (const state of states) {
+      if (state === 'running' && window.__bench.running === null) window.__bench.running = performance.now();
+      if (state === 'notRunning' && window.__bench.running !== null && window.__bench.done === null)
+        window.__bench.done = performance.now();
+    }
   });
-  window.__benchObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+  window.__benchObserver.observe(app, {attributes: true, attributeOldValue: true,
+                                       attributeFilter: ['data-test-script-state']});
 }"""
 DRAWN = """() => {
-  if (window.__bench.done === null) return false;
+  const app = document.querySelector('[data-testid="stApp"]');
+  const moved = location.pathname !== window.__bench.path
+    && app.getAttribute('data-test-script-state') === 'notRunning';
+  if (window.__bench.done === null && !moved) return false;
   if (document.querySelector('[data-testid="stSpinner"], [data-testid="stSkeleton"]')) return false;
   for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
     if (!c.querySelector('.main-svg')) return false;
