@@ -37,6 +37,14 @@ def reads(loaded: LoadedModel, sae: Sae) -> tuple[object, int | None]:
 
 def reads_in(model, sae: Sae, name: str = "This model") -> tuple[object, int | None]:
     """reads() for a bare model (what a steering hook is given)."""
+    module, call, _ = _reading(model, sae, name)
+    return module, call
+
+
+def _reading(model, sae: Sae, name: str) -> tuple[object, int | None, list]:
+    """reads_in(), and the modules after that point in its stack whose other inputs a pass branched there
+    widens (hooked.branch): the later blocks, the one shared block for its later calls, none after the
+    final norm."""
     a = anatomy.of(model)
     stack = a.stacks[a.output_stack]
     d_model = Proj(a.unembed).weight().shape[1] if a.unembed is not None else None
@@ -45,9 +53,11 @@ def reads_in(model, sae: Sae, name: str = "This model") -> tuple[object, int | N
             f"This SAE reads vectors of {sae.d_in} numbers; {name}'s residual stream has {d_model}."
         )
     if sae.layer < len(stack.blocks):
-        return stack.blocks[sae.layer].module, sae.layer if stack.shared_blocks else None
+        if stack.shared_blocks:
+            return stack.blocks[sae.layer].module, sae.layer, [stack.blocks[sae.layer].module]
+        return stack.blocks[sae.layer].module, None, [b.module for b in stack.blocks[sae.layer + 1 :]]
     if sae.layer == len(stack.blocks) and stack.final_norm is not None:
-        return stack.final_norm, None
+        return stack.final_norm, None, []
     raise InputError(f"This SAE reads layer {sae.layer}; the model has {len(stack.blocks)} blocks.")
 
 
@@ -231,10 +241,7 @@ def evaluate(loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = 4) -
     pass up to where the SAE reads (hooked.branch), `batch` sequences at a time; on the architectures
     whose model code cannot take a batch that grows in the middle (Bloom's ALiBi, GPT-BigCode), they are
     three passes."""
-    module, call = reads(loaded, sae)
-    a = anatomy.of(loaded.model)
-    blocks = [b.module for b in a.stacks[a.output_stack].blocks]
-    later = [] if module not in blocks else blocks[:1] if call is not None else blocks[sae.layer + 1 :]
+    module, call, later = _reading(loaded.model, sae, loaded.card.name)
     fired = torch.zeros(sae.d_sae, dtype=torch.bool)
     sums = {"l0": 0.0, "err": 0.0, "n": 0, "ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "ce_n": 0}
     x_sum = torch.zeros(sae.d_in, dtype=torch.float64)
@@ -268,10 +275,11 @@ def evaluate(loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = 4) -
         if logits is None:
             logits = []
             for kind in kinds:
-                hooks = [hooked.Hook(module, "pre", lambda x, kind=kind: version(kind, x), call)]
                 if kind == "clean":
-                    hooks.insert(0, hooked.keep(seen, "x", module, "pre", call, batch_row=None))
-                logits.append(hooked.run(loaded, {"input_ids": chunk}, hooks, use_cache=False).logits)
+                    hook = hooked.keep(seen, "x", module, "pre", call, batch_row=None)
+                else:
+                    hook = hooked.Hook(module, "pre", lambda x, kind=kind: version(kind, x), call)
+                logits.append(hooked.run(loaded, {"input_ids": chunk}, [hook], use_cache=False).logits)
         targets = chunk[:, 1:].reshape(-1)
         for kind, out in zip(kinds, logits):
             out = out[:, :-1].float()
