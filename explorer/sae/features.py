@@ -233,20 +233,31 @@ class FeatureSteer:
 # -- quality --------------------------------------------------------------------------------------
 
 
+EVALUATION = "evaluation.safetensors"  # a card's per-batch sums, beside cfg.json
+SUMS = ("l0", "err", "n", "ce_clean", "ce_sae", "ce_zero", "ce_n", "x_sq")  # the columns of parts["sums"]
+KINDS = ("clean", "sae", "zero")
+
+
 def evaluate(loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = 4) -> dict:
-    """A model card's figures on sequences `ids` (n, ctx): L0, the fraction of variance unexplained and
-    the dead latents over every position but the first, and the next-token cross-entropy of the model as
-    it is, with the SAE's reconstruction in place of the stream (every position but the first), and with
-    the stream zeroed there; loss recovered = (zeroed - SAE) / (zeroed - clean). The three runs share one
-    pass up to where the SAE reads (hooked.branch), `batch` sequences at a time; on the architectures
-    whose model code cannot take a batch that grows in the middle (Bloom's ALiBi, GPT-BigCode), they are
-    three passes."""
+    """A model card's figures on sequences `ids` (n, ctx): figures(measure(...))."""
+    return figures(measure(loaded, sae, ids, batch))
+
+
+def measure(
+    loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = 4, only: list[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """What a model card's figures are made of, one row per batch of `batch` sequences of `ids` (n, ctx)
+    (the batches numbered in `only`, else all): "sums" (the SUMS: active latents, squared reconstruction
+    error, positions, the three next-token cross-entropies summed and the targets they are summed over,
+    the stream's squared norm), "x_sum" (the stream summed over positions), "fired" (the latents active
+    somewhere in the batch). Every position but the first; the clean run, the SAE's reconstruction in place
+    of the stream and the stream zeroed share one pass up to where the SAE reads (hooked.branch); on the
+    architectures whose model code cannot take a batch that grows in the middle (Bloom's ALiBi,
+    GPT-BigCode), they are three passes. A card keeps these beside its figures (EVALUATION), so that a
+    check can rerun a few batches and find the rest where the figures came from."""
     module, call, later = _reading(loaded.model, sae, loaded.card.name)
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
-    sums = {"l0": 0.0, "err": 0.0, "n": 0, "ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "ce_n": 0}
-    x_sum = torch.zeros(sae.d_in, dtype=torch.float64)
-    x_sq = 0.0
-    kinds = ("clean", "sae", "zero")
+    starts = list(range(0, len(ids), batch))
+    rows = {"sums": [], "x_sum": [], "fired": []}
     branched = True
 
     def version(kind: str, x: torch.Tensor) -> torch.Tensor:
@@ -256,17 +267,17 @@ def evaluate(loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = 4) -
         y[:, 1:] = sae(x[:, 1:]).to(x.dtype) if kind == "sae" else 0.0
         return y
 
-    for start in range(0, len(ids), batch):
-        chunk = ids[start : start + batch]
+    for number in range(len(starts)) if only is None else only:
+        chunk = ids[starts[number] : starts[number] + batch]
         seen: dict = {}
 
         def three(x: torch.Tensor) -> torch.Tensor:
             seen["x"] = x.detach().clone()
-            return torch.cat([version(kind, x) for kind in kinds])
+            return torch.cat([version(kind, x) for kind in KINDS])
 
         logits = None
         if branched:
-            hooks = hooked.branch(module, later, three, len(chunk), len(kinds), call)
+            hooks = hooked.branch(module, later, three, len(chunk), len(KINDS), call)
             try:
                 logits = hooked.run(loaded, {"input_ids": chunk}, hooks, use_cache=False).logits
                 logits = logits.split(len(chunk))
@@ -274,31 +285,51 @@ def evaluate(loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = 4) -
                 branched = False
         if logits is None:
             logits = []
-            for kind in kinds:
+            for kind in KINDS:
                 if kind == "clean":
                     hook = hooked.keep(seen, "x", module, "pre", call, batch_row=None)
                 else:
                     hook = hooked.Hook(module, "pre", lambda x, kind=kind: version(kind, x), call)
                 logits.append(hooked.run(loaded, {"input_ids": chunk}, [hook], use_cache=False).logits)
         targets = chunk[:, 1:].reshape(-1)
-        for kind, out in zip(kinds, logits):
+        sums = dict.fromkeys(SUMS, 0.0)
+        for kind, out in zip(KINDS, logits):
             out = out[:, :-1].float()
             ce = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), targets, reduction="sum")
-            sums[f"ce_{kind}"] += float(ce)
-        sums["ce_n"] += chunk[:, 1:].numel()
+            sums[f"ce_{kind}"] = float(ce)
+        sums["ce_n"] = targets.numel()
         x = seen["x"][:, 1:].reshape(-1, sae.d_in).float()
         f = sae.encode(x)
-        fired |= (f > 0).any(0)
-        sums["l0"] += float((f > 0).sum())
-        sums["err"] += float((sae.decode(f) - x).pow(2).sum())
-        sums["n"] += len(x)
-        x_sum += x.double().sum(0)
-        x_sq += float(x.double().pow(2).sum())
-    n = sums["n"]
-    total_var = x_sq - float((x_sum**2).sum()) / n
-    ce = {k: sums[f"ce_{k}"] / sums["ce_n"] for k in ("clean", "sae", "zero")}
+        sums["l0"] = float((f > 0).sum())
+        sums["err"] = float((sae.decode(f) - x).pow(2).sum())
+        sums["n"] = len(x)
+        sums["x_sq"] = float(x.double().pow(2).sum())
+        rows["sums"].append(torch.tensor([sums[k] for k in SUMS], dtype=torch.float64))
+        rows["x_sum"].append(x.double().sum(0))
+        rows["fired"].append((f > 0).any(0))
+    return {k: torch.stack(v) for k, v in rows.items()}
+
+
+def figures(parts: dict[str, torch.Tensor]) -> dict:
+    """A model card's figures from measure()'s rows: L0, the fraction of variance unexplained, the dead
+    latents (never active), the three mean cross-entropies and the loss recovered, (zeroed - SAE) /
+    (zeroed - clean)."""
+    s = dict(zip(SUMS, parts["sums"].sum(0).tolist()))
+    n = s["n"]
+    total_var = s["x_sq"] - float((parts["x_sum"].sum(0) ** 2).sum()) / n
+    ce = {k: s[f"ce_{k}"] / s["ce_n"] for k in KINDS}
     return {
-        "l0": sums["l0"] / n, "fvu": sums["err"] / total_var, "dead": int((~fired).sum()),
+        "l0": s["l0"] / n, "fvu": s["err"] / total_var, "dead": int((~parts["fired"].any(0)).sum()),
         "ce_clean": ce["clean"], "ce_sae": ce["sae"], "ce_zero": ce["zero"],
-        "loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]), "tokens": n,
+        "loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]), "tokens": int(n),
     }  # fmt: skip
+
+
+def saved_evaluation(sae: Sae) -> dict[str, torch.Tensor] | None:
+    """The card's measure() rows saved beside it, or None (an SAE from elsewhere)."""
+    path = None if sae.folder is None else Path(sae.folder) / EVALUATION
+    if path is None or not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(path)

@@ -13,7 +13,8 @@
 3. On the held-out docstrings it measures L0, the fraction of variance unexplained, the dead latents
    (never active there), and the cross-entropy loss recovered when the SAE's reconstruction replaces the
    stream (every position but the first) against zero ablation; `explorer.sae.features.evaluate` computes
-   the same from the saved files (a test recomputes the card's figures with it).
+   the same from the saved files; the per-batch sums behind the figures are saved with them
+   (evaluation.safetensors), and a test recomputes a few batches and the figures from the sums.
 4. For every latent it keeps the TOP_CONTEXTS strongest activations on the training text, with the
    window of tokens around each and the latent's activation on each of them, its firing frequency and a
    histogram of its non-zero activations: contexts.safetensors beside the weights.
@@ -287,7 +288,10 @@ CFG_OWN = ("architecture", "d_in", "d_sae", "hook_name", "hook_layer", "apply_b_
 
 def finish(loaded, sae: Sae, out: Path, card_cfg: dict, texts: list[str] | None = None) -> None:
     """Measures the saved SAE (its weights as saved) on the held-out sequences (of `texts`, else of the
-    docstrings) and writes the figures into cfg.json and the model card (README.md)."""
+    docstrings) and writes the figures into cfg.json and the model card (README.md), and the per-batch
+    sums they come from into evaluation.safetensors."""
+    from safetensors.torch import save_file
+
     from explorer.sae import features
 
     n = card_cfg["train_config"]["eval_sequences"]
@@ -295,9 +299,11 @@ def finish(loaded, sae: Sae, out: Path, card_cfg: dict, texts: list[str] | None 
         test_ids = held_out_sequences(loaded.tokenizer, n)
     else:
         test_ids = sequences(loaded.tokenizer, texts, n * (CONTEXT - 1))[:n]
-    scores = features.evaluate(loaded, sae, test_ids)
+    parts = features.measure(loaded, sae, test_ids)
+    scores = features.figures(parts)
     card_cfg = {**card_cfg, "held_out_tokens": int(test_ids.numel()), "evaluation": scores}
     sae.save(out, dtype=DTYPE, **card_cfg)
+    save_file(parts, out / features.EVALUATION)
     (out / "README.md").write_text(card(sae, card_cfg))
     print(json.dumps(scores))
 
@@ -348,8 +354,11 @@ norm of √d_in while training (folded back into the weights); AuxK loss (k_aux 
 | loss recovered (zeroed 0, clean 1) | {e["loss_recovered"]:.3f} |
 
 The SAE's reconstruction replaces the stream entering block {sae.layer} at every position but the first;
-zero ablation replaces it by zeros there. `tests/unit/test_sae_embedded.py` recomputes these figures from
-the files in this folder.
+zero ablation replaces it by zeros there, {e["tokens"]:,} positions in batches of 4 sequences.
+`evaluation.safetensors` keeps each batch's sums (active latents, squared error, the three
+cross-entropies, the stream's sum and squared norm, the latents that fired), which these figures are made
+of; `tests/unit/test_sae_embedded.py` recomputes the figures from them and a few batches from this folder's
+weights and the held-out text.
 
 `history.json`: the training loss every 25 steps. `contexts.safetensors`: each latent's {TOP_CONTEXTS}
 strongest activations on the training text (token

@@ -203,6 +203,29 @@ def test_the_cards_cross_entropies_are_those_of_three_passes(tiny_loaded, kind):
         assert found[f"ce_{kind_}"] == pytest.approx(float(ce), abs=1e-5), kind_
 
 
+def test_a_cards_figures_are_made_of_its_batches_sums(tiny_loaded):
+    """measure() gives one row per batch, the same row when a batch is measured alone, and figures() of
+    the rows is evaluate(): what lets a check of the card rerun a few batches only."""
+    loaded = tiny_loaded("gpt2")
+    sae = random_sae(layer=1)
+    words = torch.tensor(loaded.tokenizer(TEXT, add_special_tokens=False)["input_ids"])
+    ids = torch.stack([words.roll(i) for i in range(9)])
+    every = features.measure(loaded, sae, ids)
+    assert {k: tuple(v.shape) for k, v in every.items()} == {
+        "sums": (3, 8),
+        "x_sum": (3, 32),
+        "fired": (3, 64),
+    }
+    some = features.measure(loaded, sae, ids, only=[2, 0])
+    for key in every:
+        assert torch.allclose(some[key][0].double(), every[key][2].double(), rtol=1e-6)
+        assert torch.allclose(some[key][1].double(), every[key][0].double(), rtol=1e-6)
+    assert features.figures(every) == pytest.approx(features.evaluate(loaded, sae, ids), rel=1e-9)
+    assert every["sums"][:, features.SUMS.index("n")].tolist() == [4 * (ids.shape[1] - 1)] * 2 + [
+        ids.shape[1] - 1
+    ]
+
+
 def test_an_sae_for_another_width_is_refused(tiny_loaded):
     with pytest.raises(InputError, match="numbers"):
         features.on_text(tiny_loaded("llama"), random_sae(d_in=48), TEXT)
@@ -239,6 +262,7 @@ def test_the_training_command_on_a_tiny_model_and_corpus(tiny_dir, tmp_path):
     assert card["l0"] <= 4 and 0 <= card["fvu"] < 1
     assert f"{card['loss_recovered']:.3f}" in (out / "README.md").read_text()
     assert features.saved_contexts(sae)["context_ids"].shape[:2] == (64, train.TOP_CONTEXTS)
+    assert features.figures(features.saved_evaluation(sae)) == pytest.approx(card)  # 1 batch of 4
 
 
 def test_top_contexts_are_drawn_as_text():
