@@ -3,11 +3,11 @@ computation of one head from the model's own weights, the NPZ export and the tra
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +18,6 @@ from explorer.runs.capture import capture
 from explorer.runs.export import write_npz
 
 TEXT = "the cat sat on the mat because it was tired"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +165,19 @@ def test_npz_round_trips(models, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "explorer", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    """`python -m explorer ARGS` run in this process: its exit code, stdout and stderr. (A process of its
+    own spends 6 to 10 s importing torch and transformers on 2 cores; tests/unit/test_errors.py runs the
+    command in one, with the environment of a machine that is offline.)"""
+    from explorer.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse refusing the arguments
+            code = exit_.code
+    return subprocess.CompletedProcess(
+        ["python", "-m", "explorer", *args], code, out.getvalue(), err.getvalue()
     )
 
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +18,11 @@ from explorer.errors import InputError
 from explorer.models import anatomy
 from explorer.models.loading import LoadRequest, load_model
 from explorer.runs import hooked
+from tests.unit.test_capture import _cli
 from tests.unit.test_scratch import TEXT, gemma_config, qwen_config
 
 KINDS = ["bert", "gpt2", "llama", "t5", "bart", "gemma3", "qwen2"]
 SHORT = "the cat sat on the mat because it was tired"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -259,12 +256,6 @@ def test_neurons_and_lens(loaded):
     best = lm.tokenizer.convert_ids_to_tokens(int(logits.argmax()))
     assert lens[(f.n_layers, f.n_pos - 1)][0][0] == best
     assert flow.lens_tops(loaded("bert"), flow.compute(loaded("bert"), SHORT), [(0, 0)]) == {}
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "explorer", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
 
 
 def test_flow_command(tiny_dir):
