@@ -35,25 +35,32 @@ def test_embedded_card(name):
 
 def test_a_gguf_converts_once_into_what_transformers_own_gguf_load_gives(tmp_path, monkeypatch):
     """A GGUF path given by a user converts into the cache on the first load and reads it after; the
-    converted safetensors give the logits of transformers' own GGUF load, and so does the embedded
-    SmolLM2's conversion cached by `make models` (one GGUF load of 20 s for the three, not two)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    converted safetensors give the logits of transformers' own GGUF load (the model and tokenizer that
+    the conversion got from AutoModelForCausalLM.from_pretrained(gguf_file=...), kept aside here), and so
+    does the embedded SmolLM2's conversion cached by `make models`: one GGUF load of 20 s for all of it."""
     monkeypatch.setenv("TRANSFORMER_EXPLORER_CACHE", str(tmp_path / "cache"))
     item = zoo.entry("smollm2-135m-instruct")
     _, path = item.locate(item, tmp_path)
+    gguf_loads = []
+    real_load = convert._load_gguf
+
+    def kept(*args, **kwargs):
+        gguf_loads.append(real_load(*args, **kwargs))
+        return gguf_loads[-1]
+
+    monkeypatch.setattr(convert, "_load_gguf", kept)
     first = load_model(LoadRequest("gguf", str(path)))
     key = convert.file_key(path)
     assert convert.is_converted(key) and first.weights_from == str(convert.converted_path(key))
+    assert len(gguf_loads) == 1
     monkeypatch.setattr(convert, "_load_gguf", _no_second_conversion)
     second = load_model(LoadRequest("gguf", str(path)))
     assert second.weights_from == first.weights_from
     assert second.card == first.card
 
-    direct = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    direct, tokenizer = gguf_loads[0]
+    direct.set_attn_implementation("eager")  # as the app loads; the GGUF load took transformers' default
+    direct.eval()
     text = "The capital of France is"
     ids = tokenizer(text, return_tensors="pt").input_ids
     assert ids.tolist() == first.tokenizer(text, return_tensors="pt").input_ids.tolist()
