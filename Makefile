@@ -10,8 +10,9 @@ PORT ?= 8501
 # ADDRESS=0.0.0.0 serves a classroom: every machine that reaches this one
 ADDRESS ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM := false
-# Test processes (pytest-xdist): one per core, at most 4; the browser tests run in one of them, the other
-# tests' files are handed out longest first (see tests/conftest.py); WORKERS=0 runs the tests in one process.
+# Test processes (pytest-xdist): one per core, at most 4; the browser tests start first, in two of them (the
+# lessons walk in one, the other browser files in the other), then the other files are handed out longest
+# first (see tests/conftest.py); WORKERS=0 runs the tests in one process.
 WORKERS ?= auto
 XDIST = -n $(WORKERS) --maxprocesses 4 --dist loadscope --no-loadscope-reorder
 

@@ -24,23 +24,30 @@ def pytest_configure(config):
         torch.set_num_threads(share)
 
 
-# Under pytest-xdist (`make test`) the browser tests run in one process, one after the other (two at once,
-# each with its own app server and Chromium, took longer on two cores), and start first, the longest first;
-# the other test files go to the other processes, the longest (20 to 250 s each on the project's 2-core
-# machine) first, so that the processes finish together.
+# Under pytest-xdist (`make test`) the browser tests run in two processes, each with its own app server and
+# Chromium, one after the other in each, and start first: the lessons walked on every model (4 to 6 min
+# on the project's 2-core machine) in one, the other browser files in the other (13 to 20 min in all, the
+# longest first). Then every process takes the other test files, one at a time, the longest first, so that
+# the processes finish together. (All the browser tests in one process made it the last to finish, by 3 to
+# 5 minutes, once the other files had been cut to less work than they had.)
+SECOND_BROWSER = "tests/e2e/test_lessons_page.py"
 LONGEST = (
     "tests/e2e/test_lessons_page.py",
     "tests/e2e/test_class_walk.py",
     "tests/e2e/test_attention_page.py",
     "tests/e2e/test_experiments_page.py",
-    "tests/unit/test_sae_embedded.py",
-    "tests/unit/test_embedded.py",
-    "tests/app/test_learn_pages.py",
     "tests/unit/test_embedded_unchanged.py",
-    "tests/unit/test_flow.py",
+    "tests/app/test_learn_pages.py",
     "tests/unit/test_experiments_embedded.py",
-    "tests/unit/test_experiments.py",
+    "tests/unit/test_embedded.py",
+    "tests/unit/test_sae_embedded.py",
     "tests/unit/test_instruments_embedded.py",
+    "tests/app/test_attention_pages.py",
+    "tests/app/test_bad_input.py",
+    "tests/app/test_experiments_page.py",
+    "tests/app/test_generate_page.py",
+    "tests/app/test_links.py",
+    "tests/app/test_flow_page.py",
 )
 
 
@@ -53,12 +60,15 @@ def _browser(path: str) -> bool:
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Whole test files, in the order of pytest_collection_modifyitems; the browser tests in one process."""
+    """Whole test files, in the order of pytest_collection_modifyitems; the browser tests in two processes
+    (SECOND_BROWSER in one, the other browser files in the other)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class BrowserTestsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = _file(nodeid)
+            if path == SECOND_BROWSER:
+                return "browser 2"
             return "browser" if _browser(path) else path
 
     return BrowserTestsTogether(config, log)
