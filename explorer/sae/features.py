@@ -127,13 +127,18 @@ class Dashboard:
     hist_max: float | None
 
 
-def saved_contexts(sae: Sae) -> dict[str, torch.Tensor] | None:
-    path = None if sae.folder is None else Path(sae.folder) / CONTEXTS
+def _saved(sae: Sae, name: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of file `name` in the SAE's folder, or None where it has none."""
+    path = None if sae.folder is None else Path(sae.folder) / name
     if path is None or not path.is_file():
         return None
     from safetensors.torch import load_file
 
     return load_file(path)
+
+
+def saved_contexts(sae: Sae) -> dict[str, torch.Tensor] | None:
+    return _saved(sae, CONTEXTS)
 
 
 def dashboard(loaded: LoadedModel, sae: Sae, feature: int, weights: torch.Tensor | None = None,
@@ -236,15 +241,16 @@ class FeatureSteer:
 EVALUATION = "evaluation.safetensors"  # a card's per-batch sums, beside cfg.json
 SUMS = ("l0", "err", "n", "ce_clean", "ce_sae", "ce_zero", "ce_n", "x_sq")  # the columns of parts["sums"]
 KINDS = ("clean", "sae", "zero")
+BATCH = 4  # sequences per batch: a card's rows are per BATCH sequences
 
 
-def evaluate(loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = 4) -> dict:
+def evaluate(loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = BATCH) -> dict:
     """A model card's figures on sequences `ids` (n, ctx): figures(measure(...))."""
     return figures(measure(loaded, sae, ids, batch))
 
 
 def measure(
-    loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = 4, only: list[int] | None = None
+    loaded: LoadedModel, sae: Sae, ids: torch.Tensor, batch: int = BATCH, only: list[int] | None = None
 ) -> dict[str, torch.Tensor]:
     """What a model card's figures are made of, one row per batch of `batch` sequences of `ids` (n, ctx)
     (the batches numbered in `only`, else all): "sums" (the SUMS: active latents, squared reconstruction
@@ -256,7 +262,6 @@ def measure(
     GPT-BigCode), they are three passes. A card keeps these beside its figures (EVALUATION), so that a
     check can rerun a few batches and find the rest where the figures came from."""
     module, call, later = _reading(loaded.model, sae, loaded.card.name)
-    starts = list(range(0, len(ids), batch))
     rows = {"sums": [], "x_sum": [], "fired": []}
     branched = True
 
@@ -267,8 +272,8 @@ def measure(
         y[:, 1:] = sae(x[:, 1:]).to(x.dtype) if kind == "sae" else 0.0
         return y
 
-    for number in range(len(starts)) if only is None else only:
-        chunk = ids[starts[number] : starts[number] + batch]
+    for number in range(-(-len(ids) // batch)) if only is None else only:
+        chunk = ids[number * batch : (number + 1) * batch]
         seen: dict = {}
 
         def three(x: torch.Tensor) -> torch.Tensor:
@@ -327,9 +332,4 @@ def figures(parts: dict[str, torch.Tensor]) -> dict:
 
 def saved_evaluation(sae: Sae) -> dict[str, torch.Tensor] | None:
     """The card's measure() rows saved beside it, or None (an SAE from elsewhere)."""
-    path = None if sae.folder is None else Path(sae.folder) / EVALUATION
-    if path is None or not path.is_file():
-        return None
-    from safetensors.torch import load_file
-
-    return load_file(path)
+    return _saved(sae, EVALUATION)

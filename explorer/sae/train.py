@@ -309,6 +309,8 @@ def finish(loaded, sae: Sae, out: Path, card_cfg: dict, texts: list[str] | None 
 
 
 def card(sae: Sae, cfg: dict) -> str:
+    from explorer.sae.features import BATCH
+
     e, t = cfg["evaluation"], cfg["train_config"]
     dead = e["dead"] / sae.d_sae
     ce = f"{e['ce_clean']:.3f} / {e['ce_sae']:.3f} / {e['ce_zero']:.3f}"
@@ -354,7 +356,7 @@ norm of √d_in while training (folded back into the weights); AuxK loss (k_aux 
 | loss recovered (zeroed 0, clean 1) | {e["loss_recovered"]:.3f} |
 
 The SAE's reconstruction replaces the stream entering block {sae.layer} at every position but the first;
-zero ablation replaces it by zeros there, {e["tokens"]:,} positions in batches of 4 sequences.
+zero ablation replaces it by zeros there, {e["tokens"]:,} positions in batches of {BATCH} sequences.
 `evaluation.safetensors` keeps each batch's sums (active latents, squared error, the three
 cross-entropies, the stream's sum and squared norm, the latents that fired), which these figures are made
 of; `tests/unit/test_sae_embedded.py` recomputes the figures from them and a few batches from this folder's

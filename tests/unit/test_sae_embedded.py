@@ -41,10 +41,11 @@ def test_the_model_cards_figures_are_what_the_files_give(loaded, sae):
     parts = features.saved_evaluation(sae)
     assert parts is not None, f"{features.EVALUATION} is beside the card"
     n = sae.cfg["train_config"]["eval_sequences"]
-    assert sae.cfg["held_out_tokens"] == n * train.CONTEXT and len(parts["sums"]) == math.ceil(n / 4) == 25
+    assert sae.cfg["held_out_tokens"] == n * train.CONTEXT
+    assert len(parts["sums"]) == math.ceil(n / features.BATCH) == 25
     assert features.figures(parts) == pytest.approx(card, rel=1e-12)
-    ids = train.held_out_sequences(loaded.tokenizer, 4 * CHECKED)
-    assert ids.shape == (4 * CHECKED, train.CONTEXT)
+    ids = train.held_out_sequences(loaded.tokenizer, features.BATCH * CHECKED)
+    assert ids.shape == (features.BATCH * CHECKED, train.CONTEXT)
     found = features.measure(loaded, sae, ids)
     for batch in range(CHECKED):
         for column, name in enumerate(features.SUMS):
