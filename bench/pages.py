@@ -14,8 +14,12 @@ each page's time reads as a ratio: `page_s / forward_s`. `excess_s` is what the 
 pass. Pages do more than one forward pass where they must (a logit lens unembeds every layer, Flow splits
 every block, Generate runs the first step); the goal is every page within 1 s of the work it really needs.
 
-Prints one JSON object on its last line: {"pages": [{"model", "page", "page_s", "forward_s", "ratio",
-"excess_s", "error"}...], "slowest": ...}.
+Beside each answer, `browser_s`: how long Chromium's main thread for the page was busy meanwhile (React
+and Plotly building and drawing the page: script, style, layout, paint). It overlaps the server's run, as
+the page draws what arrives; where it is close to `page_s`, the answer waits on the drawing.
+
+Prints one JSON object on its last line: {"pages": [{"model", "page", "page_s", "browser_s",
+"forward_s", "ratio", "excess_s", "error"}...], "slowest": ...}.
 Run: `make bench` or `.venv/bin/python bench/pages.py [--models NAME ...] [--pages PATH ...]`.
 """
 
@@ -148,24 +152,35 @@ def settle(page, timeout: float = 600_000) -> None:
     page.wait_for_function(READY, timeout=timeout, polling=50)
 
 
-def time_text(page, text: str, timeout: float = 600_000) -> float:
-    """Seconds from Ctrl+Enter with `text` in the page's first text box to the page drawn again."""
+def main_thread_s(cdp) -> float:
+    """Seconds the page's main thread has been busy (TaskDuration): script, style, layout, paint."""
+    metrics = cdp.send("Performance.getMetrics")["metrics"]
+    return next(m["value"] for m in metrics if m["name"] == "TaskDuration")
+
+
+def timed(page, cdp, act, timeout: float) -> dict:
+    """Times `act()` (a key or a click that reruns the page) up to the page drawn again: `page_s`; and
+    `browser_s`, how long the page's main thread was busy meanwhile (drawing, mostly)."""
+    page.evaluate(ARM)
+    busy = main_thread_s(cdp)
+    started = page.evaluate("performance.now()")
+    act()
+    page.wait_for_function(DRAWN, timeout=timeout, polling=50)
+    ended = page.evaluate("performance.now()")
+    return {"page_s": round((ended - started) / 1000, 3), "browser_s": round(main_thread_s(cdp) - busy, 3)}
+
+
+def time_text(page, cdp, text: str, timeout: float = 600_000) -> dict:
+    """From Ctrl+Enter with `text` in the page's first text box to the page drawn again (see `timed`)."""
     box = page.locator('[data-testid="stMain"] textarea').first
     box.fill(text)
-    page.evaluate(ARM)
-    started = page.evaluate("performance.now()")
-    box.press("Control+Enter")
-    page.wait_for_function(DRAWN, timeout=timeout, polling=50)
-    return (page.evaluate("performance.now()") - started) / 1000
+    return timed(page, cdp, lambda: box.press("Control+Enter"), timeout)
 
 
-def time_open(page, name: str, timeout: float = 600_000) -> float:
-    """Seconds from a click on the page `name` in the sidebar to the page drawn."""
-    page.evaluate(ARM)
-    started = page.evaluate("performance.now()")
-    page.get_by_test_id("stSidebarNav").get_by_text(name, exact=True).click()
-    page.wait_for_function(DRAWN, timeout=timeout, polling=50)
-    return (page.evaluate("performance.now()") - started) / 1000
+def time_open(page, cdp, name: str, timeout: float = 600_000) -> dict:
+    """From a click on the page `name` in the sidebar to the page drawn (see `timed`)."""
+    link = page.get_by_test_id("stSidebarNav").get_by_text(name, exact=True)
+    return timed(page, cdp, link.click, timeout)
 
 
 def error_text(page) -> str | None:
@@ -202,6 +217,8 @@ def main() -> None:
                         continue  # MiniLM reads 512 tokens; the date normalizer reads dates
                     context = browser.new_context(viewport={"width": 1500, "height": 1100})
                     page = context.new_page()
+                    cdp = context.new_cdp_session(page)
+                    cdp.send("Performance.enable")
                     url_path, _, _ = path.partition("/")
                     query = "&".join(q for q in (f"model={model}", PAGES[path]) if q)
                     text = long_text(loaded, index) if long else new_text(model, index)
@@ -210,14 +227,14 @@ def main() -> None:
                         if path in NO_TEXT:  # opened from the sidebar of a page that has drawn a chart
                             page.goto(f"{base}/attention?{query}")
                             settle(page)
-                            row["page_s"] = round(time_open(page, SIDEBAR_NAME[path], TIMEOUT_MS), 3)
+                            row.update(time_open(page, cdp, SIDEBAR_NAME[path], TIMEOUT_MS))
                         else:
                             page.goto(f"{base}/{url_path}?{query}")
                             settle(page)
                             if not page.locator('[data-testid="stMain"] textarea').count():
                                 context.close()  # the page has nothing to type for this model
                                 continue
-                            row["page_s"] = round(time_text(page, text, TIMEOUT_MS), 3)
+                            row.update(time_text(page, cdp, text, TIMEOUT_MS))
                     except PlaywrightTimeout:  # recorded, with a picture of the page; the next one goes on
                         ARTIFACTS.mkdir(parents=True, exist_ok=True)
                         shot = ARTIFACTS / f"{model}-{url_path or 'model'}.png"
