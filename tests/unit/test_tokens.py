@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from explorer.analyses.tokens import display_tokens, split_characters, token_bytes
+from explorer.analyses import tokens
+from explorer.analyses.tokens import (
+    BYTE_LEVEL,
+    PLAIN,
+    SENTENCEPIECE,
+    WORDPIECE,
+    display_tokens,
+    piece_style,
+    split_characters,
+    token_bytes,
+)
 from explorer.figures.steps import sequence_html
 from explorer.runs.stepping import Step
 
@@ -55,3 +67,63 @@ def test_the_generated_text_shows_the_character_once(bytes_tokenizer):
     html = sequence_html(tokens[:1], steps, split_characters(token_bytes(bytes_tokenizer, ids)))
     assert "ש" in html and "\\x" not in html
     assert "its bytes in tokens 1 to 2" in html and "step 1:" in html and "step 2:" in html
+
+
+def _fast(model, pre_tokenizer, decoder):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(model)
+    if pre_tokenizer is not None:
+        tok.pre_tokenizer = pre_tokenizer
+    if decoder is not None:
+        tok.decoder = decoder
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def _kinds():
+    from tokenizers import decoders, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "a": 1, "b": 2, "▁a": 3, "##b": 4}
+    return {
+        "byte-level": _fast(
+            models.BPE(vocab=vocab, merges=[]), pre_tokenizers.ByteLevel(), decoders.ByteLevel()
+        ),
+        "byte-level in a sequence": _fast(
+            models.BPE(vocab=vocab, merges=[]),
+            pre_tokenizers.Sequence([pre_tokenizers.Digits(), pre_tokenizers.ByteLevel()]),
+            None,
+        ),
+        "sentencepiece": _fast(
+            models.Unigram([(p, -1.0) for p in vocab], 0, byte_fallback=False),
+            pre_tokenizers.Metaspace(),
+            decoders.Metaspace(),
+        ),
+        "sentencepiece, decoded by replacing ▁": _fast(  # Gemma's and Llama 2's kind
+            models.BPE(vocab=vocab, merges=[], byte_fallback=True),
+            pre_tokenizers.Split(" ", "merged_with_previous"),
+            decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]),
+        ),
+        "wordpiece": _fast(
+            models.WordPiece(vocab, unk_token="[UNK]"), pre_tokenizers.BertPreTokenizer(), None
+        ),
+        "plain": _fast(models.WordLevel(vocab, unk_token="[UNK]"), pre_tokenizers.Whitespace(), None),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "style"),
+    [("byte-level", BYTE_LEVEL), ("byte-level in a sequence", BYTE_LEVEL), ("sentencepiece", SENTENCEPIECE),
+     ("sentencepiece, decoded by replacing ▁", SENTENCEPIECE), ("wordpiece", WORDPIECE), ("plain", PLAIN)],
+)  # fmt: skip
+def test_the_piece_style_is_read_from_the_components_as_from_the_whole_tokenizer(kind, style):
+    """The style comes from the pre-tokenizer, the decoder and the model type, each read on its own (the
+    whole tokenizer's JSON holds the vocabulary: seconds on a 262k-word one); they are the same entries
+    as in that JSON."""
+    tokenizer = _kinds()[kind]
+    assert piece_style.__wrapped__(tokenizer) == style
+    backend = tokenizer.backend_tokenizer
+    whole = json.loads(backend.to_str())
+    assert tokens._component(backend.pre_tokenizer) == whole["pre_tokenizer"]
+    assert tokens._component(backend.decoder) == whole["decoder"]
+    assert type(backend.model).__name__ == whole["model"]["type"]
