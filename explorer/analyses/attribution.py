@@ -253,7 +253,8 @@ def _rollout(loaded, probe, f, want, other) -> InputAttribution:
         raise InputError(
             "Attention rollout follows one stack's self-attention: not an encoder-decoder's source."
         )
-    out = hooked.run(loaded, probe.inputs, output_attentions=True, **hooked.options(loaded.model))
+    options = hooked.options(loaded.model, last_logits_only=True)  # the maps only: no [pos, vocab] logits
+    out = hooked.run(loaded, probe.inputs, output_attentions=True, **options)
     maps = torch.stack([m[0].float() for m in out.attentions]).cpu().numpy()  # [layer, head, q, k]
     with torch.no_grad():
         value = float(f(loaded.model.get_input_embeddings()(probe.inputs["input_ids"]).detach())[0])

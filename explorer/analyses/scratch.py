@@ -132,7 +132,8 @@ def capture(
         if layer is None or i == layer
     ]
     inputs = hooked.inputs(model, ids)
-    out = hooked.run(loaded, inputs, hooks, output_attentions=True, **hooked.options(model))
+    options = hooked.options(model, last_logits_only=True)  # the maps and inputs only: no [pos, vocab] logits
+    out = hooked.run(loaded, inputs, hooks, output_attentions=True, **options)
     dtype = next(model.parameters()).dtype
     encoded = getattr(out, "encoder_last_hidden_state", None)  # what every cross-attention reads
     result = {}
