@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from explorer.analyses import tokens
 from explorer.analyses.tokens import (
     BYTE_LEVEL,
     PLAIN,
     SENTENCEPIECE,
     WORDPIECE,
+    _component,
     display_tokens,
     piece_style,
     split_characters,
@@ -124,6 +124,6 @@ def test_the_piece_style_is_read_from_the_components_as_from_the_whole_tokenizer
     assert piece_style.__wrapped__(tokenizer) == style
     backend = tokenizer.backend_tokenizer
     whole = json.loads(backend.to_str())
-    assert tokens._component(backend.pre_tokenizer) == whole["pre_tokenizer"]
-    assert tokens._component(backend.decoder) == whole["decoder"]
+    assert _component(backend.pre_tokenizer) == whole["pre_tokenizer"]
+    assert _component(backend.decoder) == whole["decoder"]
     assert type(backend.model).__name__ == whole["model"]["type"]
