@@ -19,21 +19,34 @@ from explorer.analyses.tokens import (
 )
 from explorer.figures.steps import sequence_html
 from explorer.runs.stepping import Step
+from tests.conftest import tiny_tokenizer
+
+
+def _fast(model, pre_tokenizer, decoder, **special):
+    """A transformers tokenizer around a `tokenizers` model, with this pre-tokenizer and decoder (or none)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(model)
+    if pre_tokenizer is not None:
+        tok.pre_tokenizer = pre_tokenizer
+    if decoder is not None:
+        tok.decoder = decoder
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special)
 
 
 @pytest.fixture(scope="module")
 def bytes_tokenizer():
     """Byte-level BPE with no merges: one token per byte, so every non-ASCII character is split."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import decoders, models, pre_tokenizers
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
     vocab["<eos>"] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    return _fast(
+        models.BPE(vocab=vocab, merges=[]), pre_tokenizers.ByteLevel(add_prefix_space=False),
+        decoders.ByteLevel(), eos_token="<eos>",
+    )  # fmt: skip
 
 
 def test_the_bytes_of_split_characters_come_back_together(bytes_tokenizer):
@@ -69,19 +82,9 @@ def test_the_generated_text_shows_the_character_once(bytes_tokenizer):
     assert "its bytes in tokens 1 to 2" in html and "step 1:" in html and "step 2:" in html
 
 
-def _fast(model, pre_tokenizer, decoder):
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(model)
-    if pre_tokenizer is not None:
-        tok.pre_tokenizer = pre_tokenizer
-    if decoder is not None:
-        tok.decoder = decoder
-    return PreTrainedTokenizerFast(tokenizer_object=tok)
-
-
-def _kinds():
+@pytest.fixture(scope="module")
+def kinds():
+    """One small tokenizer of each kind whose style piece_style tells apart, built once."""
     from tokenizers import decoders, models, pre_tokenizers
 
     vocab = {"[UNK]": 0, "a": 1, "b": 2, "▁a": 3, "##b": 4}
@@ -107,7 +110,7 @@ def _kinds():
         "wordpiece": _fast(
             models.WordPiece(vocab, unk_token="[UNK]"), pre_tokenizers.BertPreTokenizer(), None
         ),
-        "plain": _fast(models.WordLevel(vocab, unk_token="[UNK]"), pre_tokenizers.Whitespace(), None),
+        "plain": tiny_tokenizer(),  # the tiny models' word-level one
     }
 
 
@@ -116,11 +119,11 @@ def _kinds():
     [("byte-level", BYTE_LEVEL), ("byte-level in a sequence", BYTE_LEVEL), ("sentencepiece", SENTENCEPIECE),
      ("sentencepiece, decoded by replacing ▁", SENTENCEPIECE), ("wordpiece", WORDPIECE), ("plain", PLAIN)],
 )  # fmt: skip
-def test_the_piece_style_is_read_from_the_components_as_from_the_whole_tokenizer(kind, style):
+def test_the_piece_style_is_read_from_the_components_as_from_the_whole_tokenizer(kinds, kind, style):
     """The style comes from the pre-tokenizer, the decoder and the model type, each read on its own (the
     whole tokenizer's JSON holds the vocabulary: seconds on a 262k-word one); they are the same entries
     as in that JSON."""
-    tokenizer = _kinds()[kind]
+    tokenizer = kinds[kind]
     assert piece_style.__wrapped__(tokenizer) == style
     backend = tokenizer.backend_tokenizer
     whole = json.loads(backend.to_str())
