@@ -74,15 +74,51 @@ def browser():
         b.close()
 
 
+VIEWPORT = {"width": 1500, "height": 1200}
+
+
+class _Tab:
+    """One browser tab per test process, handed to each test in turn. Opening the app in a new tab cost
+    Chromium 7 to 9 s of CPU (a new renderer process compiling Streamlit's scripts), against 2 to 3.5 s in
+    a tab that had shown the app before, measured on this 2-core machine; with the browser tests' 45 new
+    tabs that was about 100 s of the suite's wall time. Each test still starts from a page of its own (its
+    first `goto` loads the app anew, with a new Streamlit session); what is shared is the renderer
+    process and its compiled code. Tests that need a second browser (a link opened elsewhere, eight
+    sessions at once) make their own context."""
+
+    def __init__(self, browser) -> None:
+        self.browser = browser
+        self.page = None
+
+    def take(self):
+        if self.page is None or self.page.is_closed():
+            context = self.browser.new_context(viewport=VIEWPORT)
+            self.page = context.new_page()
+            self.page.on("dialog", lambda d: (self.page.dialogs.append(d.message), d.dismiss()))
+        self.page.context.clear_cookies()
+        self.page.dialogs = []
+        self.page.set_viewport_size(VIEWPORT)
+        return self.page
+
+    def give_back(self) -> None:
+        """Leaves the app (its session ends, its script stops); a tab that cannot is dropped."""
+        try:
+            self.page.goto("about:blank", timeout=20_000)
+        except Exception:  # a crashed or hung tab: the next test gets a new one
+            self.page.context.close()
+            self.page = None
+
+
+@pytest.fixture(scope="session")
+def _tab(browser):
+    return _Tab(browser)
+
+
 @pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1500, "height": 1200})
-    pg = context.new_page()
-    dialogs: list[str] = []
-    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    pg.dialogs = dialogs
+def page(_tab):
+    pg = _tab.take()
     yield pg
-    context.close()
+    _tab.give_back()
 
 
 def wait_for_app_run(page, timeout: float = 180_000) -> None:
