@@ -49,6 +49,16 @@ def test_load_an_encoder_decoder_folder(tiny_dir):
     assert "Cross-attention" in texts and "Encoder" in texts and "× 3" in texts
 
 
+def test_the_hidden_chart_sent_while_a_model_loads_is_gone_once_it_is_in(tiny_dir):
+    at = app()
+    assert len(charts(at)) == 2  # the Model page's own: the diagram and the parameter bars
+    load_folder(at, tiny_dir("gpt2"))  # a wait for a model: the session's first, so a chart warms up
+    assert at.session_state[session.CHARTS_WARMED]
+    titles = [c["layout"].get("title", {}).get("text", "") for c in charts(at)]
+    assert len(titles) == 2 and titles[0].startswith("GPT2LMHeadModel") and titles[1].startswith("Where the")
+    assert not at.get("html")  # nor its style
+
+
 def test_bad_folder_keeps_the_previous_model(tmp_path, tiny_dir):
     at = app()
     load_folder(at, tiny_dir("bert"))
