@@ -128,6 +128,36 @@ def wait_for_app_run(page, timeout: float = 180_000) -> None:
     page.wait_for_selector('[data-testid="stSkeleton"]', state="detached", timeout=timeout)
 
 
+# The page's own record of its script's state: every change, from the mutation records (a run can turn
+# "running" and back before an observer is called, and the attribute read then says "notRunning" only).
+_ARM_RERUN = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  const seen = window.__rerun = {running: false, done: false};
+  if (window.__rerunObserver) window.__rerunObserver.disconnect();
+  window.__rerunObserver = new MutationObserver((records) => {
+    records.forEach((r, i) => {
+      const state = i + 1 < records.length
+        ? records[i + 1].oldValue : app.getAttribute('data-test-script-state');
+      if (state === 'running') seen.running = true;
+      if (state === 'notRunning' && seen.running) seen.done = true;
+    });
+  });
+  window.__rerunObserver.observe(app, {attributes: true, attributeOldValue: true,
+                                       attributeFilter: ['data-test-script-state']});
+}"""
+
+
+def rerun(page, act, timeout: float = 180_000) -> None:
+    """Does `act()` (a key or a click that reruns the page's script) and waits for that run to end: seen
+    running, then not running, then drawn. Not a fixed pause before waiting: on a busy machine the run had
+    not started 300 ms after Ctrl+Enter, the wait found the page idle, and the test read it mid-run (FFN
+    memory's old chart and new chart both on the page, in one of five fresh-clone runs)."""
+    page.evaluate(_ARM_RERUN)
+    act()
+    page.wait_for_function("() => window.__rerun.done", timeout=timeout, polling=50)
+    wait_for_app_run(page, timeout)
+
+
 def screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import screenshot, wait_for_app_run
+from tests.e2e.conftest import rerun, screenshot, wait_for_app_run
 from tests.e2e.test_from_scratch import open_page
 
 pytestmark = pytest.mark.e2e
@@ -16,9 +16,7 @@ pytestmark = pytest.mark.e2e
 def send(page, text: str) -> None:
     box = page.get_by_role("textbox", name="Text")
     box.fill(text)
-    box.press("Control+Enter")
-    page.wait_for_timeout(300)  # the rerun starts
-    wait_for_app_run(page)
+    rerun(page, lambda: box.press("Control+Enter"))
 
 
 def test_ffn_memory_takes_a_second_text(page, app_url):

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from explorer.models import zoo
-from tests.e2e.conftest import screenshot, wait_for_app_run
+from tests.e2e.conftest import rerun, screenshot, wait_for_app_run
 from tests.e2e.test_model_page import load_embedded
 
 pytestmark = pytest.mark.e2e
@@ -72,9 +72,7 @@ def test_a_class_walks_every_page_on_every_model(page, app_url, browser):
         visit(page, "Attention", model)
         box = text_box(page)
         box.fill(text)
-        box.press("Control+Enter")
-        page.wait_for_timeout(300)  # the rerun starts
-        wait_for_app_run(page)
+        rerun(page, lambda: box.press("Control+Enter"))
         for name, (_, shows_text) in PAGES.items():
             visit(page, name, model)
             no_traceback(page, f"{model}, {name}")
