@@ -80,11 +80,11 @@ VIEWPORT = {"width": 1500, "height": 1200}
 class _Tab:
     """One browser tab per test process, handed to each test in turn. Opening the app in a new tab cost
     Chromium 7 to 9 s of CPU (a new renderer process compiling Streamlit's scripts), against 2 to 3.5 s in
-    a tab that had shown the app before, measured on this 2-core machine; with the browser tests' 45 new
-    tabs that was about 100 s of the suite's wall time. Each test still starts from a page of its own (its
-    first `goto` loads the app anew, with a new Streamlit session); what is shared is the renderer
-    process and its compiled code. Tests that need a second browser (a link opened elsewhere, eight
-    sessions at once) make their own context."""
+    a tab that had shown the app before, measured on this 2-core machine; with this, the whole suite ran
+    in 11 min 35 s against 15 min 26 s the run before (README, "Speed"). Each test still starts from a
+    page of its own (its first `goto` loads the app anew, with a new Streamlit session); what is shared is
+    the renderer process and its compiled code. Tests that need a second browser (a link opened
+    elsewhere, eight sessions at once) make their own context."""
 
     def __init__(self, browser) -> None:
         self.browser = browser
