@@ -44,7 +44,7 @@ from bench.sessions import DONE, free_port  # noqa: E402
 from explorer.models import zoo  # noqa: E402
 from explorer.models.loading import LoadRequest, load_model  # noqa: E402
 from explorer.runs import hooked  # noqa: E402
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.e2e.conftest import ARM_RUN_RECORDS, CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 # url path -> the query the page needs beyond the model ("" : the page as it opens)
 PAGES = {
@@ -75,31 +75,14 @@ SENTENCE = (
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]  # fmt: skip
 
-# In the page: the moments the script state turns running and then back to notRunning, after `arm()`. The
-# states come from the mutation records (a fast run can turn running and back before the observer is
-# called: the attribute read then says notRunning only), and a run so fast that its "running" never
-# reached the page counts as done once the page's address has changed (a page opened from the sidebar).
-ARM = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  window.__bench = {running: null, done: null, path: location.pathname};
-  if (window.__benchObserver) window.__benchObserver.disconnect();
-  window.__benchObserver = new MutationObserver((records) => {
-    const states = records.map((r, i) =>
-      i + 1 < records.length ? records[i + 1].oldValue : app.getAttribute('data-test-script-state'));
-    for (const state of states) {
-      if (state === 'running' && window.__bench.running === null) window.__bench.running = performance.now();
-      if (state === 'notRunning' && window.__bench.running !== null && window.__bench.done === null)
-        window.__bench.done = performance.now();
-    }
-  });
-  window.__benchObserver.observe(app, {attributes: true, attributeOldValue: true,
-                                       attributeFilter: ['data-test-script-state']});
-}"""
+# After ARM_RUN_RECORDS (tests/e2e/conftest.py): drawn once the run it recorded has ended, or, for a run so
+# fast that its "running" never reached the page, once the page's address has changed (a page opened from
+# the sidebar).
 DRAWN = """() => {
   const app = document.querySelector('[data-testid="stApp"]');
-  const moved = location.pathname !== window.__bench.path
+  const moved = location.pathname !== window.__run.path
     && app.getAttribute('data-test-script-state') === 'notRunning';
-  if (window.__bench.done === null && !moved) return false;
+  if (window.__run.done === null && !moved) return false;
   if (document.querySelector('[data-testid="stSpinner"], [data-testid="stSkeleton"]')) return false;
   for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
     if (!c.querySelector('.main-svg')) return false;
@@ -161,7 +144,7 @@ def main_thread_s(cdp) -> float:
 def timed(page, cdp, act, timeout: float) -> dict:
     """Times `act()` (a key or a click that reruns the page) up to the page drawn again: `page_s`; and
     `browser_s`, how long the page's main thread was busy meanwhile (drawing, mostly)."""
-    page.evaluate(ARM)
+    page.evaluate(ARM_RUN_RECORDS)
     busy = main_thread_s(cdp)
     started = page.evaluate("performance.now()")
     act()

@@ -128,22 +128,25 @@ def wait_for_app_run(page, timeout: float = 180_000) -> None:
     page.wait_for_selector('[data-testid="stSkeleton"]', state="detached", timeout=timeout)
 
 
-# The page's own record of its script's state: every change, from the mutation records (a run can turn
-# "running" and back before an observer is called, and the attribute read then says "notRunning" only).
-_ARM_RERUN = """() => {
+# In the page, after `ARM_RUN_RECORDS`: the moments the script state turns running and then back to
+# notRunning (window.__run; bench/pages.py times them too). The states come from the mutation records: a
+# run can turn running and back before an observer is called, and the attribute read then says
+# notRunning only.
+ARM_RUN_RECORDS = """() => {
   const app = document.querySelector('[data-testid="stApp"]');
-  const seen = window.__rerun = {running: false, done: false};
-  if (window.__rerunObserver) window.__rerunObserver.disconnect();
-  window.__rerunObserver = new MutationObserver((records) => {
+  const seen = window.__run = {running: null, done: null, path: location.pathname};
+  if (window.__runObserver) window.__runObserver.disconnect();
+  window.__runObserver = new MutationObserver((records) => {
     records.forEach((r, i) => {
       const state = i + 1 < records.length
         ? records[i + 1].oldValue : app.getAttribute('data-test-script-state');
-      if (state === 'running') seen.running = true;
-      if (state === 'notRunning' && seen.running) seen.done = true;
+      if (state === 'running' && seen.running === null) seen.running = performance.now();
+      if (state === 'notRunning' && seen.running !== null && seen.done === null)
+        seen.done = performance.now();
     });
   });
-  window.__rerunObserver.observe(app, {attributes: true, attributeOldValue: true,
-                                       attributeFilter: ['data-test-script-state']});
+  window.__runObserver.observe(app, {attributes: true, attributeOldValue: true,
+                                     attributeFilter: ['data-test-script-state']});
 }"""
 
 
@@ -152,9 +155,9 @@ def rerun(page, act, timeout: float = 180_000) -> None:
     running, then not running, then drawn. Not a fixed pause before waiting: on a busy machine the run had
     not started 300 ms after Ctrl+Enter, the wait found the page idle, and the test read it mid-run (FFN
     memory's old chart and new chart both on the page, in one of five fresh-clone runs)."""
-    page.evaluate(_ARM_RERUN)
+    page.evaluate(ARM_RUN_RECORDS)
     act()
-    page.wait_for_function("() => window.__rerun.done", timeout=timeout, polling=50)
+    page.wait_for_function("() => window.__run.done !== null", timeout=timeout, polling=50)
     wait_for_app_run(page, timeout)
 
 
