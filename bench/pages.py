@@ -44,7 +44,7 @@ from bench.sessions import DONE, free_port  # noqa: E402
 from explorer.models import zoo  # noqa: E402
 from explorer.models.loading import LoadRequest, load_model  # noqa: E402
 from explorer.runs import hooked  # noqa: E402
-from tests.e2e.conftest import ARM_RUN_RECORDS, CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 # url path -> the query the page needs beyond the model ("" : the page as it opens)
 PAGES = {
@@ -75,7 +75,28 @@ SENTENCE = (
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]  # fmt: skip
 
-# After ARM_RUN_RECORDS (tests/e2e/conftest.py): drawn once the run it recorded has ended, or, for a run so
+# In the page, after `ARM_RUN_RECORDS`: the moments the script state turns running and then back to
+# notRunning (window.__run). The states come from the mutation records: a run can turn running and back
+# before an observer is called, and the attribute read then says notRunning only. (A run of a few tens of
+# milliseconds can even start and end within one update of the page, and never show: see DRAWN.)
+ARM_RUN_RECORDS = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  const seen = window.__run = {running: null, done: null, path: location.pathname};
+  if (window.__runObserver) window.__runObserver.disconnect();
+  window.__runObserver = new MutationObserver((records) => {
+    records.forEach((r, i) => {
+      const state = i + 1 < records.length
+        ? records[i + 1].oldValue : app.getAttribute('data-test-script-state');
+      if (state === 'running' && seen.running === null) seen.running = performance.now();
+      if (state === 'notRunning' && seen.running !== null && seen.done === null)
+        seen.done = performance.now();
+    });
+  });
+  window.__runObserver.observe(app, {attributes: true, attributeOldValue: true,
+                                     attributeFilter: ['data-test-script-state']});
+}"""
+
+# After ARM_RUN_RECORDS: drawn once the run it recorded has ended, or, for a run so
 # fast that its "running" never reached the page, once the page's address has changed (a page opened from
 # the sidebar).
 DRAWN = """() => {

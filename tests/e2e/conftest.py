@@ -95,6 +95,7 @@ class _Tab:
             context = self.browser.new_context(viewport=VIEWPORT)
             self.page = context.new_page()
             self.page.on("dialog", lambda d: (self.page.dialogs.append(d.message), d.dismiss()))
+            watch_runs(self.page)
         self.page.context.clear_cookies()
         self.page.dialogs = []
         self.page.set_viewport_size(VIEWPORT)
@@ -128,36 +129,44 @@ def wait_for_app_run(page, timeout: float = 180_000) -> None:
     page.wait_for_selector('[data-testid="stSkeleton"]', state="detached", timeout=timeout)
 
 
-# In the page, after `ARM_RUN_RECORDS`: the moments the script state turns running and then back to
-# notRunning (window.__run; bench/pages.py times them too). The states come from the mutation records: a
-# run can turn running and back before an observer is called, and the attribute read then says
-# notRunning only.
-ARM_RUN_RECORDS = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  const seen = window.__run = {running: null, done: null, path: location.pathname};
-  if (window.__runObserver) window.__runObserver.disconnect();
-  window.__runObserver = new MutationObserver((records) => {
-    records.forEach((r, i) => {
-      const state = i + 1 < records.length
-        ? records[i + 1].oldValue : app.getAttribute('data-test-script-state');
-      if (state === 'running' && seen.running === null) seen.running = performance.now();
-      if (state === 'notRunning' && seen.running !== null && seen.done === null)
-        seen.done = performance.now();
-    });
-  });
-  window.__runObserver.observe(app, {attributes: true, attributeOldValue: true,
-                                     attributeFilter: ['data-test-script-state']});
-}"""
+def watch_runs(page) -> None:
+    """Counts the script runs that the app server reports finished to `page` (`page.runs_finished`):
+    Streamlit's script_finished messages on the page's websocket, a run cut short by the next one not
+    counted. Call it before the page opens the app; the shared tab does."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    page.runs_finished = 0
+
+    def count(payload) -> None:
+        if isinstance(payload, bytes):
+            msg = ForwardMsg.FromString(payload)
+            if msg.WhichOneof("type") == "script_finished":
+                page.runs_finished += msg.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN
+
+    def listen(ws) -> None:
+        if ws.url.endswith("/_stcore/stream"):
+            ws.on("framereceived", count)
+
+    page.on("websocket", listen)
 
 
 def rerun(page, act, timeout: float = 180_000) -> None:
-    """Does `act()` (a key or a click that reruns the page's script) and waits for that run to end: seen
-    running, then not running, then drawn. Not a fixed pause before waiting: on a busy machine the run had
-    not started 300 ms after Ctrl+Enter, the wait found the page idle, and the test read it mid-run (FFN
-    memory's old chart and new chart both on the page, in one of five fresh-clone runs)."""
-    page.evaluate(ARM_RUN_RECORDS)
+    """Does `act()` (a key or a click that reruns the page's script) on the idle page and waits until the
+    server has finished the run it started and the page has drawn it. Not a fixed pause before waiting:
+    on a busy machine the run had not started 300 ms after Ctrl+Enter, the wait found the page idle, and
+    the test read it mid-run (FFN memory's old chart and new chart both on the page, in one of five
+    fresh-clone runs). Nor the page's script state: a run of a few tens of milliseconds can start and
+    end within one update of the page, which then never says "running" (a lesson's Check button)."""
+    if not hasattr(page, "runs_finished"):
+        raise RuntimeError("rerun(page, ...) needs watch_runs(page) before the page opened the app")
+    wait_for_app_run(page, timeout)
+    before = page.runs_finished
     act()
-    page.wait_for_function("() => window.__run.done !== null", timeout=timeout, polling=50)
+    deadline = time.monotonic() + timeout / 1000
+    while page.runs_finished == before:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no run of the app ended within {timeout / 1000:.0f} s of the action")
+        page.wait_for_timeout(25)  # Playwright hands the websocket's messages over while it waits
     wait_for_app_run(page, timeout)
 
 

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from bench.attention import PROSE
-from tests.e2e.conftest import screenshot, wait_for_app_run
+from tests.e2e.conftest import rerun, screenshot, wait_for_app_run
 from tests.e2e.test_model_page import load_embedded
 
 pytestmark = pytest.mark.e2e
@@ -30,8 +30,7 @@ def chart(page, text: str):
 
 
 def pick_view(page, name: str) -> None:
-    page.get_by_test_id("stButtonGroup").get_by_text(name, exact=True).click()
-    wait_for_app_run(page)
+    rerun(page, lambda: page.get_by_test_id("stButtonGroup").get_by_text(name, exact=True).click())
 
 
 def bertviz_frame(page):
@@ -79,8 +78,7 @@ def test_hostile_text_is_shown_as_text_everywhere(page, app_url):
     open_attention(page, app_url)
     box = page.get_by_label("Text")
     box.fill(HOSTILE)
-    box.press("Control+Enter")
-    wait_for_app_run(page)
+    rerun(page, lambda: box.press("Control+Enter"))
     chips = page.locator('[data-testid="stHtml"]')
     expect(chips.get_by_text("</", exact=True).first).to_be_visible(timeout=60_000)
     assert page.locator('img[src="x"]').count() == 0
@@ -98,8 +96,7 @@ def test_hostile_text_is_shown_as_text_everywhere(page, app_url):
     expect(frame.locator("svg text").filter(has_text="</").first).to_be_visible()
     assert frame.locator('img[src="x"]').count() == 0
     assert frame.locator("b").count() == 0
-    page.get_by_text("Model view (every head)").click()
-    wait_for_app_run(page)
+    rerun(page, lambda: page.get_by_text("Model view (every head)").click())
     expect(frame.locator("svg").first).to_be_visible(timeout=30_000)
     screenshot(page, "attention-hostile-bertviz-model")
     assert page.dialogs == []
@@ -137,8 +134,12 @@ def test_date_normalizer_cross_attention(page, app_url):
     screenshot(page, "attention-date-cross-mean")
     pick_view(page, "All heads")
     expect(chart(page, "1 layers × 4 heads")).to_be_visible()
-    page.get_by_test_id("stButtonGroup").get_by_text("Encoder self-attention", exact=True).click()
-    wait_for_app_run(page)
+    rerun(
+        page,
+        lambda: (
+            page.get_by_test_id("stButtonGroup").get_by_text("Encoder self-attention", exact=True).click()
+        ),
+    )
     expect(chart(page, "3 layers × 4 heads")).to_be_visible()
     assert page.dialogs == []
 
@@ -153,8 +154,7 @@ def test_switching_to_gemma_keeps_the_page_working(page, app_url):
     expect(chart(page, "(sliding window 512)")).to_be_visible(timeout=300_000)
     box = page.get_by_label("Text")
     box.fill(LONG_TEXT)
-    box.press("Control+Enter")
-    wait_for_app_run(page)
+    rerun(page, lambda: box.press("Control+Enter"))
     expect(page.get_by_text("tokens the model read")).to_be_visible(timeout=300_000)
     assert page.get_by_test_id("stException").count() == 0
     screenshot(page, "attention-gemma")
@@ -170,8 +170,10 @@ def test_induction_heads_are_found_on_a_probe(page, app_url):
     pattern = main.get_by_role("combobox", name="Pattern")
     pattern.click()
     pattern.fill("Previous token")  # the list opens on what is typed
-    page.get_by_role("option", name="Previous token: attends to the token just before").click()
-    wait_for_app_run(page)
+    rerun(
+        page,
+        lambda: page.get_by_role("option", name="Previous token: attends to the token just before").click(),
+    )
     expect(main.locator(".gtitle", has_text="Previous token: attends")).to_have_count(1, timeout=60_000)
     expect(page).to_have_url(re.compile(r"detect=previous"))  # a copied link opens this pattern
     assert page.get_by_test_id("stException").count() == 0

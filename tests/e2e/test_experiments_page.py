@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import screenshot, wait_for_app_run
+from tests.e2e.conftest import rerun, screenshot, wait_for_app_run
 from tests.e2e.test_from_scratch import open_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -19,8 +19,8 @@ HOSTILE = "The </script><b>x</b> <img src=x onerror=alert(1)> is"
 
 def test_head_scan_and_patching_on_smollm2(page, app_url):
     open_page(page, app_url, "Experiments")
-    page.get_by_role("button", name="Example: a fact to recall").click()  # the Eiffel Tower and ' Paris'
-    wait_for_app_run(page)
+    example = page.get_by_role("button", name="Example: a fact to recall")  # the Eiffel Tower and ' Paris'
+    rerun(page, lambda: example.click())
     expect(page.get_by_test_id("stMain").get_by_role("textbox", name="Text")).to_have_value(
         "The Eiffel Tower is in the city of"
     )

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import screenshot, wait_for_app_run
+from tests.e2e.conftest import rerun, screenshot, wait_for_app_run
 
 pytestmark = pytest.mark.e2e
 TEXT = "def forward(self, hidden_states): return the tensor of shape (batch, seq_len)"
@@ -32,8 +32,7 @@ def test_features_of_a_text_a_dashboard_and_steering_with_it(page, app_url):
     expect(shaded).to_be_visible()
     assert page.get_by_test_id("stException").count() == 0
     screenshot(page, "features")
-    main.get_by_role("button", name=f"Steer generation with feature #{feature}").click()
-    wait_for_app_run(page)
+    rerun(page, lambda: main.get_by_role("button", name=f"Steer generation with feature #{feature}").click())
     expect(page.get_by_role("heading", name="Generate, one token at a time")).to_be_visible(timeout=60_000)
     paired = page.locator(".gtitle", has_text=f"steered and not (+ 8 × feature #{feature} at layer 15)")
     expect(paired).to_have_count(1, timeout=120_000)

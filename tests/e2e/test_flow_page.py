@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import screenshot, wait_for_app_run
+from tests.e2e.conftest import rerun, screenshot, wait_for_app_run
 from tests.e2e.test_model_page import load_embedded
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -104,8 +104,7 @@ def test_smollm2_graph_edge_and_ffn(page, app_url):
     # a hostile text: tokens on the axis as text, no dialog
     box = page.get_by_role("textbox", name="Text")
     box.fill(HOSTILE)
-    box.press("Control+Enter")
-    wait_for_app_run(page)
+    rerun(page, lambda: box.press("Control+Enter"))
     # SmolLM2 reads "<img" as "␣<" and "img": the axis shows them as the characters they are
     expect(graph(page).locator(".xtick text").filter(has_text="img").first).to_be_attached(timeout=30_000)
     labels = graph(page).locator(".xtick text").all_text_contents()
@@ -125,8 +124,7 @@ def test_minilm_routes_from_the_first_token(page, app_url):
     combobox.click()
     combobox.fill("0: [CLS]")
     expect(page.get_by_role("option", name="0: [CLS]")).to_have_count(1)
-    page.keyboard.press("Enter")
-    wait_for_app_run(page)
+    rerun(page, lambda: page.keyboard.press("Enter"))
     expect(graph(page).locator(".gtitle").filter(has_text="Routes to 0 ").first).to_be_visible(timeout=30_000)
     expect(graph(page).locator(".gtitle")).to_have_count(1)
     key = click_point(page, "edges", "attention|", across=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import screenshot, wait_for_app_run
+from tests.e2e.conftest import rerun, screenshot, wait_for_app_run
 
 pytestmark = pytest.mark.e2e
 
@@ -24,9 +24,8 @@ def open_page(page, app_url, title: str) -> None:
 def submit_text(page, text: str, shows) -> None:
     box = page.get_by_role("textbox", name="Text")
     box.fill(text)
-    box.press("Control+Enter")
+    rerun(page, lambda: box.press("Control+Enter"))
     expect(shows).to_be_visible(timeout=60_000)
-    wait_for_app_run(page)
 
 
 def test_from_scratch_page_on_smollm2(page, app_url):

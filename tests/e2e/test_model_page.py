@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from explorer.models import zoo
-from tests.e2e.conftest import screenshot, wait_for_app_run
+from tests.e2e.conftest import rerun, screenshot, wait_for_app_run
 
 pytestmark = pytest.mark.e2e
 
@@ -89,8 +89,7 @@ def test_hostile_folder_name_shows_as_text(page, app_url, tmp_path):
     box = sidebar.get_by_role("textbox", name="Folder")
     expect(box).to_be_visible()
     box.fill(str(folder))
-    box.press("Enter")
-    wait_for_app_run(page)
+    rerun(page, lambda: box.press("Enter"))
     sidebar.get_by_role("button", name="Load", exact=True).click()
     heading = page.get_by_role("heading", level=1)
     expect(heading).to_have_text(HOSTILE, timeout=60_000)

@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from explorer.models.loading import LoadRequest, load_model
 from explorer.runs.capture import capture
-from tests.e2e.conftest import screenshot, wait_for_app_run
+from tests.e2e.conftest import rerun, screenshot, wait_for_app_run, watch_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -81,16 +81,15 @@ def test_eight_sessions_at_once_each_see_their_own_text(browser, app_url, smollm
 
 def test_a_copied_link_opens_the_same_view(browser, app_url):
     first = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+    watch_runs(first)
     first.goto(f"{app_url}/attention")
     wait_for_app_run(first)
     box = first.get_by_test_id("stTextArea").locator("textarea").first
     box.fill("Teachers share links with their class.")
-    box.press("Control+Enter")
-    wait_for_app_run(first)
+    rerun(first, lambda: box.press("Control+Enter"))
     layer = first.get_by_test_id("stSelectbox").filter(has_text="Layer")
     layer.locator("input").fill("12")
-    layer.locator("input").press("Enter")
-    wait_for_app_run(first)
+    rerun(first, lambda: layer.locator("input").press("Enter"))
     expect(first.get_by_test_id("stPlotlyChart").filter(has_text="layer 12, head 0")).to_be_visible()
     assert "layer=12" in first.url and "text=Teachers" in first.url  # the address bar follows the view
     first.get_by_test_id("stSidebar").get_by_text("Link to this view").click()
