@@ -30,7 +30,7 @@ def chart(page, text: str):
 
 
 def pick_view(page, name: str) -> None:
-    rerun(page, lambda: page.get_by_test_id("stButtonGroup").get_by_text(name, exact=True).click())
+    rerun(page, page.get_by_test_id("stButtonGroup").get_by_text(name, exact=True).click)
 
 
 def bertviz_frame(page):
@@ -96,7 +96,7 @@ def test_hostile_text_is_shown_as_text_everywhere(page, app_url):
     expect(frame.locator("svg text").filter(has_text="</").first).to_be_visible()
     assert frame.locator('img[src="x"]').count() == 0
     assert frame.locator("b").count() == 0
-    rerun(page, lambda: page.get_by_text("Model view (every head)").click())
+    rerun(page, page.get_by_text("Model view (every head)").click)
     expect(frame.locator("svg").first).to_be_visible(timeout=30_000)
     screenshot(page, "attention-hostile-bertviz-model")
     assert page.dialogs == []
@@ -134,12 +134,7 @@ def test_date_normalizer_cross_attention(page, app_url):
     screenshot(page, "attention-date-cross-mean")
     pick_view(page, "All heads")
     expect(chart(page, "1 layers × 4 heads")).to_be_visible()
-    rerun(
-        page,
-        lambda: (
-            page.get_by_test_id("stButtonGroup").get_by_text("Encoder self-attention", exact=True).click()
-        ),
-    )
+    rerun(page, page.get_by_test_id("stButtonGroup").get_by_text("Encoder self-attention", exact=True).click)
     expect(chart(page, "3 layers × 4 heads")).to_be_visible()
     assert page.dialogs == []
 
@@ -170,10 +165,8 @@ def test_induction_heads_are_found_on_a_probe(page, app_url):
     pattern = main.get_by_role("combobox", name="Pattern")
     pattern.click()
     pattern.fill("Previous token")  # the list opens on what is typed
-    rerun(
-        page,
-        lambda: page.get_by_role("option", name="Previous token: attends to the token just before").click(),
-    )
+    previous = page.get_by_role("option", name="Previous token: attends to the token just before")
+    rerun(page, previous.click)
     expect(main.locator(".gtitle", has_text="Previous token: attends")).to_have_count(1, timeout=60_000)
     expect(page).to_have_url(re.compile(r"detect=previous"))  # a copied link opens this pattern
     assert page.get_by_test_id("stException").count() == 0

@@ -22,7 +22,7 @@ def send(page, text: str) -> None:
 def test_ffn_memory_takes_a_second_text(page, app_url):
     """Hello world, then a longer sentence: it raised a TypeError that stayed on the page."""
     open_page(page, app_url, "FFN memory")
-    rerun(page, lambda: page.get_by_role("button", name="Example: a fact to recall").click())
+    rerun(page, page.get_by_role("button", name="Example: a fact to recall").click)
     token = page.get_by_role("combobox", name="Token")
     expect(token).to_have_value("8: ␣of")  # the token whose next word is " Paris"
     send(page, "Hello world")

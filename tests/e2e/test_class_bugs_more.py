@@ -73,7 +73,7 @@ def test_generate_after_the_end_and_past_the_limit(page, app_url):
     wait_for_app_run(page)
     undo_to = page.get_by_role("combobox", name="Undo back to")
     undo_to.click()
-    rerun(page, lambda: page.get_by_role("option", name="the prompt (step 0)").click())
+    rerun(page, page.get_by_role("option", name="the prompt (step 0)").click)
     page.get_by_role("button", name="Undo", exact=True).click()
     expect(page.get_by_role("button", name="Step", exact=True)).to_be_enabled(timeout=60_000)
     expect(page.get_by_role("button", name="Run 10 steps")).to_be_enabled()

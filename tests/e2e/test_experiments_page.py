@@ -20,7 +20,7 @@ HOSTILE = "The </script><b>x</b> <img src=x onerror=alert(1)> is"
 def test_head_scan_and_patching_on_smollm2(page, app_url):
     open_page(page, app_url, "Experiments")
     example = page.get_by_role("button", name="Example: a fact to recall")  # the Eiffel Tower and ' Paris'
-    rerun(page, lambda: example.click())
+    rerun(page, example.click)
     expect(page.get_by_test_id("stMain").get_by_role("textbox", name="Text")).to_have_value(
         "The Eiffel Tower is in the city of"
     )

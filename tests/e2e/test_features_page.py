@@ -32,7 +32,7 @@ def test_features_of_a_text_a_dashboard_and_steering_with_it(page, app_url):
     expect(shaded).to_be_visible()
     assert page.get_by_test_id("stException").count() == 0
     screenshot(page, "features")
-    rerun(page, lambda: main.get_by_role("button", name=f"Steer generation with feature #{feature}").click())
+    rerun(page, main.get_by_role("button", name=f"Steer generation with feature #{feature}").click)
     expect(page.get_by_role("heading", name="Generate, one token at a time")).to_be_visible(timeout=60_000)
     paired = page.locator(".gtitle", has_text=f"steered and not (+ 8 × feature #{feature} at layer 15)")
     expect(paired).to_have_count(1, timeout=120_000)

@@ -19,7 +19,7 @@ def sequence(page):
 
 
 def click(page, name: str) -> None:
-    rerun(page, lambda: page.get_by_role("button", name=name, exact=True).click())
+    rerun(page, page.get_by_role("button", name=name, exact=True).click)
 
 
 def test_step_force_and_undo(page, app_url):
@@ -37,14 +37,14 @@ def test_step_force_and_undo(page, app_url):
 
     second = page.get_by_role("button", name="2. ", exact=False).first
     forced = second.inner_text().split(". ", 1)[1]
-    rerun(page, lambda: second.click())
+    rerun(page, second.click)
     expect(generated).to_have_count(6)
     expect(page.get_by_text("How: picked by you. Rank 2")).to_be_visible()
     assert generated.nth(5).inner_text() == forced  # the second-ranked candidate is now in the text
     screenshot(page, "generate-forced-second")
 
     page.get_by_role("combobox", name="Undo back to").click()
-    rerun(page, lambda: page.get_by_role("option", name="after step 3").click())
+    rerun(page, page.get_by_role("option", name="after step 3").click)
     click(page, "Undo")
     expect(generated).to_have_count(3)
     tree = page.get_by_test_id("stPlotlyChart").filter(has_text="branches you undid")

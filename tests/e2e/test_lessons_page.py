@@ -41,7 +41,7 @@ def press(page, key: str, shows) -> None:
 
 
 def revealed(page) -> str:
-    rerun(page, lambda: main(page).get_by_role("button", name="Show the answer").click())
+    rerun(page, main(page).get_by_role("button", name="Show the answer").click)
     info = main(page).get_by_test_id("stAlertContentInfo").filter(has_text="Answer:")
     expect(info).to_be_visible()
     return re.search(r"Answer:\s*(.+)", info.inner_text()).group(1).strip()
@@ -64,7 +64,7 @@ def answer(page, kind: str, value: str, options: list[str] | None = None) -> Non
                 button.click()
     else:
         m.get_by_label(re.compile("^Your answer")).fill(value)
-    rerun(page, lambda: m.get_by_role("button", name="Check").click())
+    rerun(page, m.get_by_role("button", name="Check").click)
 
 
 def wrong_value(kind: str, right: str, options: list[str]) -> str:
@@ -155,7 +155,7 @@ def test_a_teachers_link_opens_the_lesson_model_text_and_screen(page, app_url):
     press(page, "ArrowLeft", main(page).get_by_text("(1/3)"))
     press(page, "ArrowLeft", page.get_by_role("heading", name="4. Where is each token?", exact=True))
     expect(main(page).get_by_text("(3/3)")).to_be_visible()
-    rerun(page, lambda: main(page).get_by_role("button", name="Leave presentation mode").click())
+    rerun(page, main(page).get_by_role("button", name="Leave presentation mode").click)
     expect(page.get_by_test_id("stSidebar")).to_be_visible()
     expect(main(page).get_by_role("textbox", name="Text")).to_have_value(text)
 
@@ -173,7 +173,7 @@ def test_the_glossary_explains_words_on_hover(page, app_url):
 def test_the_three_families_side_by_side(page, app_url):
     page.goto(f"{app_url}/lessons?model=all-minilm-l6-v2&lesson=masks")
     wait_for_app_run(page)
-    rerun(page, lambda: main(page).get_by_role("button", name=re.compile("^Side by side")).click())
+    rerun(page, main(page).get_by_role("button", name=re.compile("^Side by side")).click)
     titles = main(page).locator(".gtitle")
     for title in ("all-minilm-l6-v2: self-attention", "smollm2-135m-instruct: causal self-attention",
                   "date-normalizer: encoder self-attention", "date-normalizer: decoder self-attention",
