@@ -73,6 +73,7 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._models: dict[LoadRequest, LoadedModel] = {}
         self._jobs: dict[LoadRequest, _Job] = {}
+        self._failed: set[LoadRequest] = set()  # the requests whose last load ended in an error
         self._guard = threading.Lock()
 
     def get(self, request: LoadRequest) -> LoadedModel | None:
@@ -83,6 +84,32 @@ class ModelRegistry:
         with self._guard:
             return request in self._jobs
 
+    def failed(self, request: LoadRequest) -> bool:
+        """Whether `request`'s last load ended in an error (and none has started since)."""
+        with self._guard:
+            return request in self._failed
+
+    def stage(self, request: LoadRequest) -> tuple[str, float] | None:
+        """The stage of `request`'s load and its fraction done, while it loads; None otherwise."""
+        with self._guard:
+            job = self._jobs.get(request)
+            return job.stage if job is not None else None
+
+    def start(self, request: LoadRequest) -> None:
+        """Starts loading `request` in the background, unless it is loaded or loading; returns at once."""
+        with self._guard:
+            if request not in self._models:
+                self._job(request)
+
+    def _job(self, request: LoadRequest) -> _Job:
+        """`request`'s load, started here if none is under way (call with the guard held)."""
+        job = self._jobs.get(request)
+        if job is None:
+            job = self._jobs[request] = _Job(request)
+            self._failed.discard(request)
+            threading.Thread(target=self._run, args=(job,), name=f"load {request.label}", daemon=True).start()
+        return job
+
     def load(
         self, request: LoadRequest, progress: Progress | None = None, poll_s: float = 0.25
     ) -> LoadedModel:
@@ -91,12 +118,7 @@ class ModelRegistry:
             found = self._models.get(request)
             if found is not None:
                 return found
-            job = self._jobs.get(request)
-            if job is None:
-                job = self._jobs[request] = _Job(request)
-                threading.Thread(
-                    target=self._run, args=(job,), name=f"load {request.label}", daemon=True
-                ).start()
+            job = self._job(request)
         last = None
         while not job.done.wait(poll_s):
             if progress is not None and job.stage != last:
@@ -120,6 +142,8 @@ class ModelRegistry:
         with self._guard:
             if job.result is not None:
                 self._models[job.request] = job.result
+            else:
+                self._failed.add(job.request)
             del self._jobs[job.request]
         if job.result is not None:
             _settle()

@@ -164,6 +164,8 @@ ZOO: dict[str, ZooEntry] = {
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_TEXT = "The cat sat on the mat because it was tired."
+DEFAULT_MASKED = "The cat sat on the {mask} because it was tired."
 
 
 def entry_of(request) -> ZooEntry | None:
@@ -177,3 +179,17 @@ def entry(name: str) -> ZooEntry:
     except KeyError:
         known = ", ".join(ZOO)
         raise LoadError(f"No embedded model named {name!r}. Embedded models: {known}.") from None
+
+
+def default_text(loaded) -> str:
+    """The pages' first text for `loaded` (a LoadedModel): the embedded model's own example (the date
+    normalizer reads dates); for a masked-language model, the classic sentence with a word masked by its
+    own mask token; else the classic sentence."""
+    entry = entry_of(loaded.request)
+    if entry is not None and entry.example:
+        return entry.example
+    mask = loaded.tokenizer.mask_token
+    names = getattr(loaded.model.config, "architectures", None) or [type(loaded.model).__name__]
+    if mask and any(name.endswith("ForMaskedLM") for name in names):
+        return DEFAULT_MASKED.format(mask=mask)
+    return DEFAULT_TEXT
