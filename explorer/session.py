@@ -3,6 +3,7 @@ per-user session keys. Pages read and write state only through these names."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,8 +14,9 @@ from explorer.models import zoo
 from explorer.models.devices import release_freed_memory
 from explorer.models.loading import LoadedModel, LoadRequest
 from explorer.models.registry import ModelRegistry
+from explorer.runs import saved
 from explorer.runs.capture import Capture, capture
-from explorer.serving import links
+from explorer.serving import links, startup
 from explorer.serving.links import Param
 from explorer.serving.store import CaptureStore
 from explorer.web.display import md
@@ -23,7 +25,7 @@ from explorer.web.display import md
 REQUEST = "model_request"  # the LoadRequest this user has loaded
 LOAD_ERROR = "model_load_error"  # the message of this user's last failed load
 PENDING = "model_pending"  # a LoadRequest this user is waiting for (survives reruns)
-CHARTS_WARMED = "charts_warmed"  # this session's browser has been sent a chart (see _warm_charts)
+PREVIEW_OVER = "preview_over"  # this session has left the saved first view (see preview)
 SOURCE = "picker_source"
 EMBEDDED = "picker_embedded"
 HUB_ID = "picker_hub_id"
@@ -188,15 +190,16 @@ def default_request() -> LoadRequest:
     return LoadRequest("embedded", zoo.DEFAULT_MODEL)
 
 
-def preload() -> None:
-    """Loads the default model; `serve.py` calls it in a thread as the server starts, so the first visitor
-    finds the model loaded, or loading, instead of starting the load. A failure is left for that
-    visitor's own load to report. (A warm-up run here made the first visitor, arriving at once, wait for
-    the model's lock: 0.6 s later to the first picture.)"""
+def preload() -> LoadedModel | None:
+    """Loads the default model and returns it (None when the load failed: that is left for the first
+    visitor's own load to report). `serve.py` calls it in a thread as the server starts (see
+    explorer.serving.startup), so the first visitor finds the model loaded, or loading, instead of
+    starting the load. (A warm-up run here made the first visitor, arriving at once, wait for the model's
+    lock: 0.6 s later to the first picture.)"""
     try:
-        registry().load(default_request())
+        return registry().load(default_request())
     except LoadError:
-        pass
+        return None
 
 
 def current_request() -> LoadRequest | None:
@@ -243,7 +246,6 @@ def fetch(request: LoadRequest) -> LoadedModel:
     if found is not None:
         return found
     bar = st.progress(0.0, text=f"Loading {md(request.label)} …")
-    warming = _warm_charts()
 
     def progress(stage: str, fraction: float) -> None:
         bar.progress(min(max(fraction, 0.0), 1.0), text=f"Loading {md(request.label)}: {md(stage)}")
@@ -252,26 +254,6 @@ def fetch(request: LoadRequest) -> LoadedModel:
         return registry().load(request, progress)
     finally:
         bar.empty()
-        if warming is not None:
-            warming.empty()
-
-
-def _warm_charts():
-    """Before this session's first wait for a model: a hidden chart of one cell, so that the browser
-    fetches and starts Streamlit's Plotly code (a 4.6 MB script) while the model loads, not after it. On a
-    fresh server the first heatmap came 2.3 s sooner on this 2-core machine: 12.8 s against 15.0 s from
-    the server's start, medians of 4 runs each in turns (bench/first_picture.py's clock). Once per
-    session; returns the slot to clear when the wait is over, or None."""
-    if st.session_state.get(CHARTS_WARMED):
-        return None
-    st.session_state[CHARTS_WARMED] = True
-    import plotly.graph_objects as go
-
-    slot = st.empty()
-    with slot.container(key="chart_warmup"):
-        st.html("<style>.st-key-chart_warmup{height:0;overflow:hidden;visibility:hidden}</style>")
-        st.plotly_chart(go.Figure(go.Heatmap(z=[[0.0]])), config={"staticPlot": True})
-    return slot
 
 
 def current_model() -> LoadedModel | None:
@@ -295,6 +277,79 @@ def current_model() -> LoadedModel | None:
         return None
     found = registry().get(request)
     return found if found is not None else load(request)
+
+
+def preview() -> saved.SavedView | None:
+    """A first visit's picture while the default model is not yet in memory: its saved run of the
+    workspace's text (explorer.runs.saved), with the model's load started, when this session has chosen
+    no model, no other text and no link's model; else None. The pages that draw a capture (views.common.
+    capture_page) show it until `until_live` finds the model in; the rest wait for the model."""
+    taken = (REQUEST, PENDING, LOAD_ERROR, LINK_MODEL, PREVIEW_OVER)
+    if any(key in st.session_state for key in taken):
+        return None
+    request = default_request()
+    if registry().get(request) is not None:
+        return None
+    view = saved.find(request)
+    if view is None or st.session_state.get(TEXT, view.text) != view.text or st.session_state.get(TARGET):
+        return None
+    if not startup.preload_coming.is_set():  # else serve.py's preload starts it once this page is drawn
+        registry().start(request)
+    return view
+
+
+def live(loaded):
+    """The model itself, for work that needs more than a saved first view: `loaded` when it is a
+    LoadedModel; for a SavedView, this user's model, loaded with progress (the page stops there when the
+    load fails)."""
+    if not isinstance(loaded, saved.SavedView):
+        return loaded
+    st.session_state[PREVIEW_OVER] = True
+    found = current_model()
+    if found is None:
+        st.error(md(st.session_state.get(LOAD_ERROR, "The model could not be loaded.")))
+        st.stop()
+    return found
+
+
+@st.fragment(run_every=0.5)
+def until_live(view: saved.SavedView) -> None:
+    """Under a saved first view: its load's progress; once the load has ended (the model in, or an
+    error to report), the whole page runs again on the model itself."""
+    request = view.request
+    if registry().get(request) is not None or registry().failed(request):
+        st.session_state[PREVIEW_OVER] = True
+        st.rerun()
+    stage = registry().stage(request)
+    if stage is None and not startup.preload_coming.is_set():  # nobody has started it: this session does
+        registry().start(request)
+    name, fraction = stage or ("about to start", 0.0)
+    st.progress(min(max(fraction, 0.0), 1.0), text=f"Loading {md(view.request.label)}: {md(name)}")
+    when = time.strftime("%d %b %Y %H:%M", time.localtime(view.saved_at))
+    st.caption(
+        f"Meanwhile this page shows {md(view.card.name)}'s run of this text saved on this machine on {when} "
+        "(same weights, device, libraries and code). It is run again live as soon as the model is in "
+        "memory; until then, choices that need the model wait for it."
+    )
+
+
+_VIEWS_CHECKED: set[LoadRequest] = set()  # the models whose saved first view this process has checked
+
+
+def keep_first_view(loaded: LoadedModel, text: str, cap: Capture) -> None:
+    """After a live run of the default model's first text: saved as its first view (explorer.runs.saved)
+    unless the same numbers are saved already. Once per model and process."""
+    request = loaded.request
+    if request != default_request() or request in _VIEWS_CHECKED:
+        return
+    _VIEWS_CHECKED.add(request)
+    found = saved.find(request)
+    if found is not None and found.text == text and saved.same(found.capture, cap):
+        return
+    try:
+        saved.save(request, loaded.card, text, cap)
+    except OSError:  # a read-only cache: no saved view, the first picture waits for the model
+        pass
 
 
 @contextmanager

@@ -1,7 +1,6 @@
 """The Attention page: every head of every layer, as heatmaps, statistics and bertviz's views."""
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from explorer import session
@@ -334,6 +333,8 @@ def drawn_pattern(s: AttentionSet) -> None:
     except InputError as err:  # a link's pattern for another text
         st.warning(f"The link's drawn pattern does not fit this text: {md(err)} The grid starts empty.")
         want = np.zeros((m, m), dtype=bool)
+    import pandas as pd  # here: its import (0.3 s) would hold up every first picture of this page
+
     rows = [f"{i} {t}" for i, t in enumerate(s.queries.tokens[:m])]
     cols = [f"{i} {t}" for i, t in enumerate(s.keys.tokens[:m])]
     edited = st.data_editor(
@@ -532,7 +533,7 @@ def main() -> None:
     elif view == "Head statistics":
         head_stats(s)
         if s.same_sequence:
-            find_heads(loaded, s)
+            find_heads(session.live(loaded), s)
     else:
         bertviz_views(cap, choice(session.ATTN_LAYER, range(s.n_layers), 0), s.name)
     # once more: a view's own widgets (drawn inside it) may have just set their first value

@@ -8,12 +8,12 @@ import streamlit as st
 from explorer import session
 from explorer.models import zoo
 from explorer.models.anatomy import UnsupportedModel
+from explorer.models.zoo import DEFAULT_TEXT
 from explorer.runs.capture import Capture, Sequence
+from explorer.runs.saved import SavedView
 from explorer.serving import links
 from explorer.web.display import md
 
-DEFAULT_TEXT = "The cat sat on the mat because it was tired."
-DEFAULT_MASKED = "The cat sat on the {mask} because it was tired."
 LONG = 120  # tokens: more go in an expander
 
 
@@ -81,17 +81,9 @@ def _kept_box(label: str, key: str, default: str, height: int, container=st) -> 
 
 
 def default_text(loaded) -> str:
-    """The model's own example text (the date normalizer reads dates); for a masked-language model, the
-    classic sentence with a word masked by its own mask token; else the classic sentence."""
-    request = loaded.request
-    entry = zoo.entry_of(request)
-    if entry is not None and entry.example:
-        return entry.example
-    mask = loaded.tokenizer.mask_token
-    names = getattr(loaded.model.config, "architectures", None) or [type(loaded.model).__name__]
-    if mask and any(name.endswith("ForMaskedLM") for name in names):
-        return DEFAULT_MASKED.format(mask=mask)
-    return DEFAULT_TEXT
+    """The workspace's first text for `loaded` (explorer.models.zoo.default_text); a saved first view
+    (explorer.runs.saved) carries its own."""
+    return loaded.text if isinstance(loaded, SavedView) else zoo.default_text(loaded)
 
 
 def _follow_model(loaded) -> None:
@@ -186,15 +178,25 @@ def token_line(cap: Capture) -> None:
 
 def capture_page(what: str):
     """The start both capture pages share: the user's model, the text boxes, the run (kept per text),
-    the token line. Returns (loaded, capture), or None when there is nothing to show yet."""
-    loaded = session.current_model()
+    the token line. Returns (loaded, capture), or None when there is nothing to show yet. On a first visit
+    while the default model loads, `loaded` is its saved first view (explorer.runs.saved) and the capture
+    that view's; `session.live(loaded)` gives the model itself to work that needs it."""
+    view = session.preview()
+    loaded = view or session.current_model()
     if loaded is None:
         st.info(f"Load a model in the sidebar to look at its {what}.")
         return None
     text, target = text_inputs(loaded)
-    cap = session.capture_for(loaded, text, target)
-    if cap is None:
-        return None
+    if view is not None and text == view.text and not target:
+        session.until_live(view)
+        cap = view.capture
+    else:
+        loaded = session.live(loaded)
+        cap = session.capture_for(loaded, text, target)
+        if cap is None:
+            return None
+        if text == default_text(loaded) and not target:
+            session.keep_first_view(loaded, text, cap)
     token_line(cap)
     return loaded, cap
 

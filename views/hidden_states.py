@@ -128,7 +128,7 @@ def main() -> None:
         )
 
         def lens_figure():
-            lens = lens_at(loaded, cap, sorted(positions))
+            lens = lens_at(session.live(loaded), cap, sorted(positions))
             return logit_lens_figure(lens.top_probs, lens.top_tokens, cap.sequence.tokens, lens.positions)
 
         try:  # kept with the capture: coming back to these positions runs nothing

@@ -8,6 +8,7 @@ from streamlit.runtime.scriptrunner.script_cache import ScriptCache
 from streamlit.testing.v1 import app_test
 
 from explorer import session, tasks
+from explorer.runs import saved
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -26,7 +27,11 @@ def one_server_setup():
 
 
 @pytest.fixture(autouse=True)
-def fresh_registry():
+def fresh_registry(request, monkeypatch):
+    """No model loaded, no capture kept; and no saved first view (explorer.runs.saved), except for the
+    tests marked first_view: the others look at pages drawn on the model itself."""
+    if request.node.get_closest_marker("first_view") is None:
+        monkeypatch.setattr(saved, "find", lambda *args, **kwargs: None)
     session.registry.clear()
     session.store.clear()  # captures kept for every session
     tasks.forget_heads()  # the Tasks page's head models, kept beside the registry

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,16 +28,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_url():
-    """`make run` on a free port; yields its URL once the server answers its health check."""
+@contextmanager
+def app_server(name: str, env: dict | None = None, model_loaded: bool = True):
+    """`make run` on a free port, its output in ARTIFACTS/`name`.log; yields (its URL, the log's path) once
+    the server answers its health check and, with `model_loaded`, has loaded the default model (serve.py
+    says so in its log)."""
     port = _free_port()
-    log = ARTIFACTS / f"server-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.log"  # one per test process
+    log = ARTIFACTS / f"{name}.log"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
         proc = subprocess.Popen(
             ["make", "run", f"PORT={port}"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            env={**os.environ, **(env or {})}, start_new_session=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
@@ -44,22 +47,35 @@ def app_url():
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"make run exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
+            if not model_loaded or "The default model" in log.read_text(errors="replace"):
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
             if time.time() > deadline:
                 pytest.fail("the app did not start within 10 minutes")
-            time.sleep(0.5)
-        yield url
+            time.sleep(0.2)
+        yield url, log
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """The app for a test process's browser tests (one log per process). The tests see the pages drawn on
+    the model itself, not its saved first view (tests/e2e/test_first_view.py looks at that one)."""
+    with app_server(f"server-{worker()}") as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="session")
