@@ -145,3 +145,19 @@ def test_no_saved_view_for_a_link_to_another_text_or_another_page(first_view, he
     run(at)
     assert NOTE not in texts(at)
     assert session.registry().get(session.default_request()) is not None
+
+
+def test_the_logit_lens_on_the_saved_view_waits_for_the_model_and_reads_the_same_run(first_view, held_load):
+    _, view = first_view
+    at = first_visit("views/hidden_states.py")
+    assert NOTE in texts(at)
+    at.session_state[session.HIDDEN_VIEW] = "Logit lens"
+    threading.Timer(1.0, held_load.set).start()  # the lens needs the model's unembedding: the page waits
+    run(at)
+    lens = charts(at)[0]["data"][0]
+    z = lens["z"]
+    shape = tuple(int(n) for n in str(z["shape"]).split(",")) if isinstance(z, dict) else (len(z), len(z[0]))
+    assert shape[0] == view.card.n_layers + 1  # the embeddings and every layer
+    assert session.registry().get(session.default_request()) is not None
+    # the lens's last column is the model's own next-token guess for the text, as the saved run has it
+    assert lens["text"][-1][-1] == view.capture.next_token
