@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from bench.sessions import DONE, free_port  # noqa: E402
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
-ROUNDS = 3
+ROUNDS = 5
 BARE = """
 import numpy as np
 import plotly.graph_objects as go
