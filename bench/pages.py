@@ -44,7 +44,7 @@ from bench.sessions import DONE, free_port  # noqa: E402
 from explorer.models import zoo  # noqa: E402
 from explorer.models.loading import LoadRequest, load_model  # noqa: E402
 from explorer.runs import hooked  # noqa: E402
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, watch_runs  # noqa: E402
 
 # url path -> the query the page needs beyond the model ("" : the page as it opens)
 PAGES = {
@@ -75,40 +75,6 @@ SENTENCE = (
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]  # fmt: skip
 
-# In the page, after `ARM_RUN_RECORDS`: the moments the script state turns running and then back to
-# notRunning (window.__run). The states come from the mutation records: a run can turn running and back
-# before an observer is called, and the attribute read then says notRunning only. (A run of a few tens of
-# milliseconds can even start and end within one update of the page, and never show: see DRAWN.)
-ARM_RUN_RECORDS = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  const seen = window.__run = {running: null, done: null, path: location.pathname};
-  if (window.__runObserver) window.__runObserver.disconnect();
-  window.__runObserver = new MutationObserver((records) => {
-    records.forEach((r, i) => {
-      const state = i + 1 < records.length
-        ? records[i + 1].oldValue : app.getAttribute('data-test-script-state');
-      if (state === 'running' && seen.running === null) seen.running = performance.now();
-      if (state === 'notRunning' && seen.running !== null && seen.done === null)
-        seen.done = performance.now();
-    });
-  });
-  window.__runObserver.observe(app, {attributes: true, attributeOldValue: true,
-                                     attributeFilter: ['data-test-script-state']});
-}"""
-
-# After ARM_RUN_RECORDS: drawn once the run it recorded has ended, or, for a run so
-# fast that its "running" never reached the page, once the page's address has changed (a page opened from
-# the sidebar).
-DRAWN = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  const moved = location.pathname !== window.__run.path
-    && app.getAttribute('data-test-script-state') === 'notRunning';
-  if (window.__run.done === null && !moved) return false;
-  if (document.querySelector('[data-testid="stSpinner"], [data-testid="stSkeleton"]')) return false;
-  for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
-    if (!c.querySelector('.main-svg')) return false;
-  return true;
-}"""
 READY = """() => {
   const app = document.querySelector('[data-testid="stApp"]');
   if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
@@ -164,12 +130,23 @@ def main_thread_s(cdp) -> float:
 
 def timed(page, cdp, act, timeout: float) -> dict:
     """Times `act()` (a key or a click that reruns the page) up to the page drawn again: `page_s`; and
-    `browser_s`, how long the page's main thread was busy meanwhile (drawing, mostly)."""
-    page.evaluate(ARM_RUN_RECORDS)
+    `browser_s`, how long the page's main thread was busy meanwhile (drawing, mostly). The run's end is the
+    server's own word (tests/e2e/conftest.py `watch_runs`): the page's script state missed runs of a few
+    tens of milliseconds, which can start and end within one update of the page (the Tasks page's form,
+    not drawn within 120 s in one run of 4 December)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    settle(page, timeout)
     busy = main_thread_s(cdp)
+    before = page.runs_finished
     started = page.evaluate("performance.now()")
     act()
-    page.wait_for_function(DRAWN, timeout=timeout, polling=50)
+    deadline = time.monotonic() + timeout / 1000
+    while page.runs_finished == before:
+        if time.monotonic() > deadline:
+            raise PlaywrightTimeout(f"no run ended within {timeout / 1000:.0f} s")
+        page.wait_for_timeout(10)  # Playwright hands the websocket's messages over while it waits
+    page.wait_for_function(READY, timeout=timeout, polling=50)
     ended = page.evaluate("performance.now()")
     return {"page_s": round((ended - started) / 1000, 3), "browser_s": round(main_thread_s(cdp) - busy, 3)}
 
@@ -221,6 +198,7 @@ def main() -> None:
                         continue  # MiniLM reads 512 tokens; the date normalizer reads dates
                     context = browser.new_context(viewport={"width": 1500, "height": 1100})
                     page = context.new_page()
+                    watch_runs(page)
                     cdp = context.new_cdp_session(page)
                     cdp.send("Performance.enable")
                     url_path, _, _ = path.partition("/")
