@@ -288,8 +288,8 @@ def preview() -> saved.SavedView | None:
     if any(key in st.session_state for key in taken):
         return None
     request = default_request()
-    if registry().get(request) is not None:
-        return None
+    if registry().get(request) is not None or registry().failed(request):
+        return None  # in, or its load failed: the page's own load runs or reports it
     view = saved.find(request)
     if view is None or st.session_state.get(TEXT, view.text) != view.text or st.session_state.get(TARGET):
         return None
