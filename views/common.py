@@ -20,11 +20,20 @@ LONG = 120  # tokens: more go in an expander
 NO_MODEL = "No model is loaded. Pick one in the sidebar and press Load."
 
 
+def no_model(message: str = NO_MODEL) -> None:
+    """Says on the page that this user has no model: why, when their last load failed (the sidebar says it
+    too, but below the fold of a laptop's screen), then `message`."""
+    error = st.session_state.get(session.LOAD_ERROR)
+    if error:
+        st.error(md(error))
+    st.info(message)
+
+
 def model_or_stop(message: str = NO_MODEL):
-    """This user's model; without one, `message` and the page stops there."""
+    """This user's model; without one, `no_model(message)` and the page stops there."""
     loaded = session.current_model()
     if loaded is None:
-        st.info(message)
+        no_model(message)
         st.stop()
     return loaded
 
@@ -184,7 +193,7 @@ def capture_page(what: str):
     view = session.preview()
     loaded = view or session.current_model()
     if loaded is None:
-        st.info(f"Load a model in the sidebar to look at its {what}.")
+        no_model(f"Load a model in the sidebar to look at its {what}.")
         return None
     text, target = text_inputs(loaded)
     if view is not None and text == view.text and not target:

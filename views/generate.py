@@ -15,7 +15,7 @@ from explorer.lessons.glossary import help_for
 from explorer.models import anatomy, zoo
 from explorer.runs.stepping import Settings, Stepper, templated
 from explorer.web.display import md
-from views.common import DEFAULT_TEXT, default_text, kept, share
+from views.common import DEFAULT_TEXT, default_text, kept, no_model, share
 
 DEFAULT_PROMPT = "The capital of France is"  # a base model continues it
 DEFAULT_QUESTION = "What is the capital of France?"  # an instruct model answers it
@@ -353,7 +353,7 @@ def main() -> None:
     st.title("Generate, one token at a time")
     loaded = session.current_model()
     if loaded is None:
-        st.info("Load a model in the sidebar to generate with it.")
+        no_model("Load a model in the sidebar to generate with it.")
         return
     if loaded.card.family == "encoder":
         st.warning(

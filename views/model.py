@@ -7,12 +7,12 @@ from explorer.figures.model import architecture_diagram, parameter_chart
 from explorer.models import devices
 from explorer.models.card import parameter_groups
 from explorer.web.display import md
-from views.common import share
+from views.common import no_model, share
 
 loaded = session.current_model()
 if loaded is None:
     st.title("Model")
-    st.info("No model is loaded. Pick one in the sidebar and press Load.")
+    no_model()
     st.stop()
 share()  # the model in the URL: a copied link opens this page on it
 

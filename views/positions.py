@@ -9,7 +9,7 @@ from explorer.figures.learn import heatmap, lines
 from explorer.lessons.glossary import help_for
 from explorer.models import anatomy
 from explorer.web.display import md
-from views.common import kept, or_stop, share
+from views.common import kept, no_model, or_stop, share
 
 SINE_POSITIONS, LEARNED_POSITIONS, REACH = session.POS_SINE, session.POS_LEARNED, session.POS_REACH
 
@@ -53,7 +53,7 @@ st.plotly_chart(
 )  # fmt: skip
 
 if loaded is None:
-    st.info("Load a model in the sidebar to see its own position scheme.")
+    no_model("Load a model in the sidebar to see its own position scheme.")
     st.stop()
 st.subheader(f"{md(loaded.card.name)}: {md(loaded.card.position_encoding)}")
 kind = or_stop(positions.scheme, loaded.model)

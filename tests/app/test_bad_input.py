@@ -9,7 +9,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer import session
-from tests.app.helpers import app, charts, load_folder, run
+from explorer.errors import LoadError
+from explorer.models import registry as registry_module
+from tests.app.helpers import APP, app, charts, load_folder, run
 from tests.unit.test_capture import _cli
 
 ATTENTION = "views/attention.py"
@@ -160,3 +162,20 @@ def test_a_1_mb_prompt_on_the_generate_page_gets_a_message():
     at.text_area(key=f"{session.GEN_PROMPT}_box").input("Name a colour.")
     run(at)
     assert not at.main.error and at.session_state[session.STEPPER][1].prompt_tokens
+
+
+@pytest.mark.parametrize("page", [None, ATTENTION, GENERATE, "views/positions.py", "views/tokens.py"])
+def test_a_default_model_that_cannot_be_loaded_is_explained_on_the_page(page, monkeypatch):
+    """A first visit whose default model fails to load says why in the page itself, not only in the
+    sidebar (whose message sits below the fold of a laptop's screen)."""
+
+    def broken(request, progress):
+        raise LoadError("The weights of the default model cannot be loaded: a test's damaged file.")
+
+    monkeypatch.setattr(registry_module, "load_model", broken)
+    at = AppTest.from_file(APP, default_timeout=120)
+    if page is not None:
+        at.switch_page(page)
+    run(at)
+    assert "a test's damaged file" in " ".join(e.value for e in at.main.error)
+    assert "sidebar" in said(at)  # and where to pick another

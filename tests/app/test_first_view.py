@@ -135,6 +135,7 @@ def test_a_load_that_fails_leaves_the_saved_view_for_its_message(first_view, hel
     run(at)
     assert NOTE not in texts(at)
     assert any("could not be read" in e.value for e in at.sidebar.error)
+    assert any("could not be read" in e.value for e in at.main.error)  # on the page too, not only the sidebar
 
 
 def test_no_saved_view_for_a_link_to_another_text_or_another_page(first_view, held_load):
