@@ -288,14 +288,22 @@ def preview() -> saved.SavedView | None:
     if any(key in st.session_state for key in taken):
         return None
     request = default_request()
-    if registry().get(request) is not None or registry().failed(request):
-        return None  # in, or its load failed: the page's own load runs or reports it
+    if _load_over(request):  # in, or its load failed: the page's own load runs or reports it
+        return None
     view = saved.find(request)
     if view is None or st.session_state.get(TEXT, view.text) != view.text or st.session_state.get(TARGET):
         return None
-    if not startup.preload_coming.is_set():  # else serve.py's preload starts it once this page is drawn
-        registry().start(request)
     return view
+
+
+def _load_over(request: LoadRequest) -> bool:
+    """Whether `request`'s load has ended (the model in, or its load failed); if not, sees that it is
+    under way: started here unless serve.py's preload will start it once the first page is drawn."""
+    if registry().get(request) is not None or registry().failed(request):
+        return True
+    if not startup.preload_coming.is_set():
+        registry().start(request)  # nothing when it is loading already
+    return False
 
 
 def live(loaded):
@@ -316,14 +324,10 @@ def live(loaded):
 def until_live(view: saved.SavedView) -> None:
     """Under a saved first view: its load's progress; once the load has ended (the model in, or an
     error to report), the whole page runs again on the model itself."""
-    request = view.request
-    if registry().get(request) is not None or registry().failed(request):
+    if _load_over(view.request):
         st.session_state[PREVIEW_OVER] = True
         st.rerun()
-    stage = registry().stage(request)
-    if stage is None and not startup.preload_coming.is_set():  # nobody has started it: this session does
-        registry().start(request)
-    name, fraction = stage or ("about to start", 0.0)
+    name, fraction = registry().stage(view.request) or ("about to start", 0.0)
     st.progress(min(max(fraction, 0.0), 1.0), text=f"Loading {md(view.request.label)}: {md(name)}")
     when = time.strftime("%d %b %Y %H:%M", time.localtime(view.saved_at))
     st.caption(
@@ -337,10 +341,11 @@ _VIEWS_CHECKED: set[LoadRequest] = set()  # the models whose saved first view th
 
 
 def keep_first_view(loaded: LoadedModel, text: str, cap: Capture) -> None:
-    """After a live run of the default model's first text: saved as its first view (explorer.runs.saved)
-    unless the same numbers are saved already. Once per model and process."""
+    """After a live run of `text` (with no target): when it is the default model's first text, saved as its
+    first view (explorer.runs.saved) unless the same numbers are saved already. Once per model and
+    process."""
     request = loaded.request
-    if request != default_request() or request in _VIEWS_CHECKED:
+    if request != default_request() or request in _VIEWS_CHECKED or text != zoo.default_text(loaded):
         return
     _VIEWS_CHECKED.add(request)
     found = saved.find(request)

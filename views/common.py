@@ -204,7 +204,7 @@ def capture_page(what: str):
         cap = session.capture_for(loaded, text, target)
         if cap is None:
             return None
-        if text == default_text(loaded) and not target:
+        if not target:
             session.keep_first_view(loaded, text, cap)
     token_line(cap)
     return loaded, cap

@@ -120,16 +120,17 @@ def find(request: LoadRequest, root: Path | None = None) -> SavedView | None:
     if not savable(request):
         return None
     path = path_for(request, root)
-    if not path.is_file():
-        return None
     try:
-        return _read(path)
-    except (OSError, ValueError, KeyError, TypeError):  # a damaged file is as good as none
+        stat = path.stat()
+        return _read(path, stat.st_mtime_ns, stat.st_size)
+    except (OSError, ValueError, KeyError, TypeError):  # none, or a damaged file, which is as good as none
         return None
 
 
 @functools.lru_cache(maxsize=4)
-def _read(path: Path) -> SavedView:
+def _read(path: Path, mtime_ns: int, size: int) -> SavedView:
+    """The view in `path`; kept per file version (its time and size): a live run that finds other numbers
+    rewrites the file under the same name (session.keep_first_view)."""
     with np.load(path, allow_pickle=False) as data:
         header = json.loads(str(data["header"]))
         arrays = {name: data[name] for name in ARRAYS if name in data.files}
