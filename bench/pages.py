@@ -44,7 +44,7 @@ from bench.sessions import DONE, free_port  # noqa: E402
 from explorer.models import zoo  # noqa: E402
 from explorer.models.loading import LoadRequest, load_model  # noqa: E402
 from explorer.runs import hooked  # noqa: E402
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, watch_runs  # noqa: E402
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, wait_for_run_after, watch_runs  # noqa: E402
 
 # url path -> the query the page needs beyond the model ("" : the page as it opens)
 PAGES = {
@@ -134,18 +134,12 @@ def timed(page, cdp, act, timeout: float) -> dict:
     server's own word (tests/e2e/conftest.py `watch_runs`): the page's script state missed runs of a few
     tens of milliseconds, which can start and end within one update of the page (the Tasks page's form,
     not drawn within 120 s in one run of 4 December)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
     settle(page, timeout)
     busy = main_thread_s(cdp)
     before = page.runs_finished
     started = page.evaluate("performance.now()")
     act()
-    deadline = time.monotonic() + timeout / 1000
-    while page.runs_finished == before:
-        if time.monotonic() > deadline:
-            raise PlaywrightTimeout(f"no run ended within {timeout / 1000:.0f} s")
-        page.wait_for_timeout(10)  # Playwright hands the websocket's messages over while it waits
+    wait_for_run_after(page, before, timeout, poll_ms=10)
     page.wait_for_function(READY, timeout=timeout, polling=50)
     ended = page.evaluate("performance.now()")
     return {"page_s": round((ended - started) / 1000, 3), "browser_s": round(main_thread_s(cdp) - busy, 3)}

@@ -178,12 +178,20 @@ def rerun(page, act, timeout: float = 180_000) -> None:
     wait_for_app_run(page, timeout)
     before = page.runs_finished
     act()
+    wait_for_run_after(page, before, timeout)
+    wait_for_app_run(page, timeout)
+
+
+def wait_for_run_after(page, before: int, timeout: float, poll_ms: float = 25) -> None:
+    """Waits until the server has reported a run finished to `page` since its count (`watch_runs`) was
+    `before`; Playwright's TimeoutError after `timeout` ms."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     deadline = time.monotonic() + timeout / 1000
     while page.runs_finished == before:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no run of the app ended within {timeout / 1000:.0f} s of the action")
-        page.wait_for_timeout(25)  # Playwright hands the websocket's messages over while it waits
-    wait_for_app_run(page, timeout)
+            raise PlaywrightTimeout(f"no run of the app ended within {timeout / 1000:.0f} s of the action")
+        page.wait_for_timeout(poll_ms)  # Playwright hands the websocket's messages over while it waits
 
 
 def screenshot(page, name: str) -> Path:
